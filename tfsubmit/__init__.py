@@ -1,0 +1,43 @@
+"""tfsubmit: submit TensorFlow training jobs to compute you own, each run a Prefect flow.
+
+    from tfsubmit import Experiment, TensorFlow
+    run = Experiment("demo").submit(TensorFlow(source_directory=".", entry_script="train.py"))
+    run.wait_for_completion(show_output=True)
+
+A bare `import tfsubmit` imports nothing heavy: the in-job runtime (`run_context`) runs in
+the job's environment, which has TensorFlow but not Prefect. Everything else loads lazily.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from tfsubmit.runtime import RunContext, run_context
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "TensorFlow": "tfsubmit.spec",
+    "TrainingJob": "tfsubmit.spec",
+    "Experiment": "tfsubmit.experiment",
+    "Run": "tfsubmit.experiment",
+    "TfsubmitError": "tfsubmit.errors",
+    "JobSpecError": "tfsubmit.errors",
+    "RunFailedError": "tfsubmit.errors",
+    "Workspace": "tfsubmit.workspace",
+}
+
+__all__ = ["RunContext", "run_context", *_LAZY]
+
+if TYPE_CHECKING:
+    from tfsubmit.errors import JobSpecError, RunFailedError, TfsubmitError  # noqa: F401
+    from tfsubmit.experiment import Experiment, Run  # noqa: F401
+    from tfsubmit.spec import TensorFlow, TrainingJob  # noqa: F401
+    from tfsubmit.workspace import Workspace  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tfsubmit' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""The `tfsubmit` command line.
+
+    tfsubmit submit JOB.yaml [--experiment NAME] [--detach]
+    tfsubmit runs [--experiment NAME]
+    tfsubmit show RUN
+    tfsubmit logs RUN [--follow]
+    tfsubmit cancel RUN
+    tfsubmit server start|stop|status
+
+Exit codes: 0 success, 1 the run Failed or was Canceled, 2 bad input or a tfsubmit error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tfsubmit.errors import RunFailedError, TfsubmitError
+from tfsubmit.workspace import Workspace
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from tfsubmit.experiment import Experiment
+    from tfsubmit.spec import load_job_file
+
+    job, experiment = load_job_file(args.job)
+    experiment = Experiment(args.experiment or experiment or "default", workspace=args.workspace)
+    run = experiment.submit(job)
+    print(f"Submitted run {run.id} (workspace {run.workspace.root})", flush=True)
+    if args.detach:
+        return 0
+    try:
+        details = run.wait_for_completion(show_output=True)
+    except RunFailedError as exc:
+        print(f"tfsubmit: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nStill running; follow with `tfsubmit logs {run.id} --follow` or stop it with "
+              f"`tfsubmit cancel {run.id}`", file=sys.stderr)
+        return 130
+    _print_metrics(run.get_metrics())
+    print(f"Run {run.id} {details['status']} in {details.get('duration', 0):.1f} s; "
+          f"outputs in {run.paths.outputs}")
+    return 0
+
+
+def _print_metrics(metrics: dict[str, list[float]]) -> None:
+    for name, values in sorted(metrics.items()):
+        shown = ", ".join(f"{v:.4g}" for v in values[-5:])
+        more = "..., " if len(values) > 5 else ""
+        print(f"  {name}: [{more}{shown}]")
+
+
+def _runs(args: argparse.Namespace) -> int:
+    records = Workspace(args.workspace).list_runs(args.experiment)[: args.limit]
+    if not records:
+        print("no runs yet")
+        return 0
+    from tfsubmit.experiment import Run
+
+    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} DURATION")
+    for record in records:
+        status = Run(record["id"], workspace=args.workspace).get_status()
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("created", 0)))
+        duration = f"{record['duration']:.1f} s" if "duration" in record else "-"
+        print(f"{record['id']:44} {record.get('experiment', ''):16} {status:10} {created:20} "
+              f"{duration}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tfsubmit.experiment import Run
+
+    run = Run(args.run, workspace=args.workspace)
+    details = run.get_details()
+    details["metrics"] = {name: values[-1] for name, values in run.get_metrics().items()}
+    details["run_folder"] = str(run.paths.root)
+    if details.get("prefect_api_url") and details.get("flow_run_id"):
+        ui = details["prefect_api_url"].removesuffix("/api")
+        details["prefect_ui"] = f"{ui}/runs/flow-run/{details['flow_run_id']}"
+    print(json.dumps(details, indent=2, sort_keys=True))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from tfsubmit.experiment import Run
+
+    for line in Run(args.run, workspace=args.workspace).stream_logs(follow=args.follow):
+        print(line, flush=True)
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from tfsubmit.experiment import Run
+
+    run = Run(args.run, workspace=args.workspace)
+    before = run.get_status()
+    run.cancel()
+    print(f"Run {run.id}: {before} -> {run.get_status()}; no process of it is left")
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from tfsubmit import server
+
+    workspace = Workspace(args.workspace)
+    if args.action == "start":
+        info = server.ensure_server(workspace, port=args.port)
+        print(f"Prefect API {info.api_url} (pid {info.pid}); UI {info.ui_url}")
+    elif args.action == "stop":
+        stopped = server.stop_server(workspace)
+        print("stopped the embedded Prefect server" if stopped else "no embedded server running")
+    else:
+        info = server.server_status(workspace)
+        state = "running" if info.running else "not running"
+        where = "embedded" if info.embedded else "PREFECT_API_URL"
+        print(f"{where} Prefect server {state}" + (f": {info.api_url}" if info.api_url else ""))
+        return 0 if info.running else 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfsubmit", description=__doc__.split("\n")[0])
+    parser.add_argument("--workspace", help="workspace folder (default: $TFSUBMIT_WORKSPACE "
+                        "or ~/.tfsubmit)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    submit = commands.add_parser("submit", help="submit a job YAML and follow it")
+    submit.add_argument("job", help="path of the job YAML")
+    submit.add_argument("--experiment", help="experiment name (default: the YAML's, or "
+                        "'default')")
+    submit.add_argument("--detach", action="store_true", help="return once submitted")
+    submit.set_defaults(func=_submit)
+
+    runs = commands.add_parser("runs", help="list runs, newest first")
+    runs.add_argument("--experiment")
+    runs.add_argument("--limit", type=int, default=50)
+    runs.set_defaults(func=_runs)
+
+    show = commands.add_parser("show", help="a run's details as JSON")
+    show.add_argument("run")
+    show.set_defaults(func=_show)
+
+    logs = commands.add_parser("logs", help="print a run's merged log")
+    logs.add_argument("run")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    logs.set_defaults(func=_logs)
+
+    cancel = commands.add_parser("cancel", help="stop a run and all its processes")
+    cancel.add_argument("run")
+    cancel.set_defaults(func=_cancel)
+
+    srv = commands.add_parser("server", help="the embedded Prefect server")
+    srv.add_argument("action", choices=("start", "stop", "status"))
+    srv.add_argument("--port", type=int, help="port for `start` (default: a free one)")
+    srv.set_defaults(func=_server)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TfsubmitError as exc:
+        print(f"tfsubmit: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

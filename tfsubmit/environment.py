@@ -1,0 +1,226 @@
+"""Job environments: isolated Python environments keyed by the hash of what goes in them.
+
+An environment is built once (with uv when available, else venv + pip) under the shared
+environment cache and reused by every later job with the same inputs: the second job
+installs nothing. The orchestrator never imports TensorFlow; only the job's interpreter does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tfsubmit.errors import EnvironmentBuildError
+from tfsubmit.spec import TrainingJob
+
+# Bump when the way environments are built changes, so old ones are not reused.
+LAYOUT_VERSION = 2
+MARKER = ".tfsubmit-env.json"
+CONDA_TOOLS = ("micromamba", "mamba", "conda")
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """Everything that decides an environment's contents."""
+
+    python_version: str
+    requirements: tuple[str, ...]
+    conda_packages: tuple[str, ...] = ()
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps(
+            {
+                "layout": LAYOUT_VERSION,
+                "python": self.python_version,
+                "requirements": sorted(self.requirements),
+                "conda": sorted(self.conda_packages),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Environment:
+    hash: str
+    path: str
+    python: str
+    reused: bool
+    freeze: str
+    build_seconds: float = 0.0
+
+
+def tensorflow_requirement(job: TrainingJob) -> str:
+    package = "tensorflow" if job.use_gpu else "tensorflow-cpu"
+    version = job.framework_version
+    return f"{package}=={version}.*" if version.count(".") == 1 else f"{package}=={version}"
+
+
+def environment_spec(job: TrainingJob, *, python_version: str | None = None) -> EnvironmentSpec:
+    return EnvironmentSpec(
+        python_version=python_version or "{}.{}.{}".format(*sys.version_info[:3]),
+        requirements=(tensorflow_requirement(job), *job.pip_packages),
+        conda_packages=tuple(job.conda_packages),
+    )
+
+
+def find_conda() -> str | None:
+    for tool in CONDA_TOOLS:
+        found = shutil.which(tool)
+        if found:
+            return found
+    return None
+
+
+def find_uv() -> str | None:
+    try:
+        from uv import find_uv_bin
+
+        return find_uv_bin()
+    except (ImportError, FileNotFoundError):
+        return shutil.which("uv")
+
+
+LineSink = Callable[[str], None]
+
+
+def resolve_environment(
+    spec: EnvironmentSpec,
+    cache_dir: Path,
+    *,
+    on_line: LineSink = lambda line: None,
+    cancel: threading.Event | None = None,
+) -> Environment:
+    """Return the environment for `spec`, building it only if the cache lacks it.
+
+    Concurrent callers for the same spec wait on a lock; exactly one builds.
+    """
+    if spec.conda_packages and not find_conda():
+        raise EnvironmentBuildError(
+            f"conda_packages {list(spec.conda_packages)} need conda, mamba or micromamba on "
+            "PATH; install micromamba (https://mamba.readthedocs.io) or move the packages to "
+            "pip_packages"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    env_dir = cache_dir / spec.hash
+    with (cache_dir / f"{spec.hash}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = env_dir / MARKER
+        if marker.exists():
+            info = json.loads(marker.read_text())
+            return Environment(spec.hash, str(env_dir), info["python"], True, info["freeze"])
+        if env_dir.exists():  # a build that died half-way: start over
+            shutil.rmtree(env_dir)
+        started = time.monotonic()
+        try:
+            python = _build(spec, env_dir, on_line=on_line, cancel=cancel)
+            freeze = _freeze(python)
+        except BaseException:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise
+        marker.write_text(
+            json.dumps({"python": python, "freeze": freeze, "spec": spec.__dict__}, default=list)
+        )
+        elapsed = time.monotonic() - started
+        return Environment(spec.hash, str(env_dir), python, False, freeze, elapsed)
+
+
+def _build(
+    spec: EnvironmentSpec, env_dir: Path, *, on_line: LineSink, cancel: threading.Event | None
+) -> str:
+    python = str(env_dir / "bin" / "python")
+    uv = find_uv()
+    conda = find_conda() if spec.conda_packages else None
+    if conda:
+        major_minor = ".".join(spec.python_version.split(".")[:2])
+        _run([conda, "create", "-y", "-p", str(env_dir), f"python={major_minor}",
+              "pip", *spec.conda_packages], on_line, cancel)
+    elif uv:
+        _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], on_line, cancel)
+    else:
+        _run([sys.executable, "-m", "venv", str(env_dir)], on_line, cancel)
+    if uv:
+        install = [uv, "pip", "install", "--compile-bytecode", "--python", python]
+    else:
+        install = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+    _run([*install, *spec.requirements], on_line, cancel)
+    return python
+
+
+def _freeze(python: str) -> str:
+    uv = find_uv()
+    argv = [uv, "pip", "freeze", "--python", python] if uv else [python, "-m", "pip", "freeze"]
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def _run(argv: list[str], on_line: LineSink, cancel: threading.Event | None) -> None:
+    """Run an install step, streaming its output line by line; stop it on cancel."""
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "UV_NO_PROGRESS": "1"},
+    )
+    tail: list[str] = []
+    watcher = None
+    if cancel is not None:
+        def watch() -> None:
+            while process.poll() is None:
+                if cancel.wait(0.2):
+                    os.killpg(process.pid, 15)
+                    return
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        tail = (tail + [line])[-20:]
+        on_line(line)
+    code = process.wait()
+    if cancel is not None and cancel.is_set():
+        raise EnvironmentBuildError("environment build canceled")
+    if code != 0:
+        details = "\n".join(tail)
+        raise EnvironmentBuildError(
+            f"`{' '.join(argv[:3])} ...` failed with exit code {code}; check the package names "
+            f"and versions. Last lines:\n{details}"
+        )
+
+
+def runtime_dir(workspace_runtime: Path) -> Path:
+    """A copy of the tfsubmit package to put on the job's PYTHONPATH.
+
+    The job's environment has TensorFlow but not tfsubmit's own dependencies; the package's
+    face imports nothing heavy, so `from tfsubmit import run_context` works there.
+    """
+    package = Path(__file__).resolve().parent
+    sources = sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    target = workspace_runtime / digest.hexdigest()[:16]
+    if not (target / "tfsubmit" / "__init__.py").exists():
+        tmp = workspace_runtime / f".{target.name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        for path in sources:
+            dest = tmp / "tfsubmit" / path.relative_to(package)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,44 @@
+"""The one exception hierarchy: each class says what the user must fix."""
+
+from __future__ import annotations
+
+
+class TfsubmitError(Exception):
+    """Base of every error tfsubmit raises on purpose."""
+
+
+class JobSpecError(TfsubmitError, ValueError):
+    """A job spec field has a bad value; the message names the field."""
+
+
+class SourceError(TfsubmitError):
+    """The source directory or entry script cannot be snapshotted."""
+
+
+class EnvironmentBuildError(TfsubmitError):
+    """The job's Python environment could not be built."""
+
+
+class TargetError(TfsubmitError):
+    """A compute target is unknown, unreachable or misconfigured."""
+
+
+class NotSupportedError(TfsubmitError):
+    """The spec is valid, but this version of tfsubmit cannot run it yet."""
+
+
+class RunNotFoundError(TfsubmitError, LookupError):
+    """No run with that id exists in the workspace."""
+
+
+class ServerError(TfsubmitError):
+    """The embedded Prefect server could not be started or reached."""
+
+
+class RunFailedError(TfsubmitError):
+    """A run ended Failed or Canceled and the caller asked to raise on error."""
+
+    def __init__(self, message: str, *, run_id: str, status: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.status = status

@@ -1,0 +1,231 @@
+"""The user's face: `Experiment(name).submit(job) -> Run`.
+
+Submitting prepares the run folder and starts a detached runner process that executes the
+Prefect flow; the `Run` reads the run folder, so any process can follow, list or cancel it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tfsubmit.errors import NotSupportedError, RunFailedError, TfsubmitError
+from tfsubmit.procfs import pid_alive, processes_of_run
+from tfsubmit.runtime import read_metrics
+from tfsubmit.spec import TrainingJob, validate_experiment_name
+from tfsubmit.workspace import TERMINAL_STATUSES, RunPaths, Workspace, read_json, update_record
+
+POLL_SECONDS = 0.2
+
+
+class Experiment:
+    """A named group of runs in a workspace."""
+
+    def __init__(self, name: str = "default", *, workspace: str | Path | None = None) -> None:
+        self.name = validate_experiment_name(name)
+        self.workspace = Workspace(workspace)
+
+    def submit(self, job: TrainingJob) -> Run:
+        """Start `job` and return its Run at once; the job runs in a detached process."""
+        from tfsubmit.targets import get_target
+
+        get_target(job.compute_target)  # an unknown target fails here, before any run exists
+        if job.is_distributed:
+            raise NotSupportedError(
+                f"distributed_backend: {job.distributed_backend!r} is not supported yet "
+                "(this version runs single-node jobs; the launchers come in a later release)"
+            )
+        run_id = self.workspace.new_run_id(self.name)
+        paths = self.workspace.create_run(run_id, self.name, job.to_dict())
+        with paths.runner_log.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tfsubmit.runner", str(paths.root)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the run outlives this process, like a cloud job
+                env={**os.environ, "TFSUBMIT_WORKSPACE": str(self.workspace.root)},
+            )
+        (paths.root / "runner.pid").write_text(str(process.pid))
+        return Run(run_id, workspace=self.workspace.root)
+
+    def get_runs(self) -> list[Run]:
+        return [
+            Run(record["id"], workspace=self.workspace.root)
+            for record in self.workspace.list_runs(self.name)
+        ]
+
+
+class Run:
+    """One submission: status, logs, metrics, files, cancel."""
+
+    def __init__(self, run_id: str, *, workspace: str | Path | None = None) -> None:
+        self.workspace = Workspace(workspace)
+        self.paths: RunPaths = self.workspace.run_paths(run_id)
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, status={self.get_status()!r})"
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def get_details(self) -> dict[str, Any]:
+        """The run record: status, error, exit codes, timings, hashes, Prefect flow run id."""
+        record = read_json(self.paths.record) or {}
+        if record.get("status") not in TERMINAL_STATUSES and not self._runner_alive():
+            # The runner is gone without writing an end: say so instead of "Running" forever.
+            time.sleep(0.2)  # it may have written its last record just now
+            record = read_json(self.paths.record) or {}
+            if record.get("status") not in TERMINAL_STATUSES:
+                record = update_record(
+                    self.paths,
+                    status="Failed",
+                    error="the run's runner process died; see runner.log in the run folder",
+                    finished=time.time(),
+                )
+        return record
+
+    def get_status(self) -> str:
+        return self.get_details().get("status", "Queued")
+
+    @property
+    def experiment(self) -> str:
+        return self.get_details().get("experiment", "default")
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return read_json(self.paths.job) or {}
+
+    @property
+    def script_params(self) -> Any:
+        return self.job.get("script_params")
+
+    def get_metrics(self) -> dict[str, list[float]]:
+        """Every metric the job logged: {name: [values in order]}; live while it runs."""
+        if self.get_status() in TERMINAL_STATUSES and self.paths.metrics.exists():
+            return read_metrics([self.paths.metrics])
+        return read_metrics(sorted((self.paths.work / ".tfsubmit").glob("metrics-*.jsonl")))
+
+    def _runner_pid(self) -> int | None:
+        try:
+            return int((self.paths.root / "runner.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _runner_alive(self) -> bool:
+        pid = self._runner_pid()
+        return pid is not None and pid_alive(pid)
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+        """Lines of the merged log; with follow, keep reading until the run ends."""
+        with self.paths.output_log.open("r", errors="replace") as handle:
+            pending = ""
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    pending += chunk
+                    *complete, pending = pending.split("\n")
+                    yield from complete
+                    continue
+                if not follow or self.get_status() in TERMINAL_STATUSES:
+                    rest = handle.read()  # written between the last read and the status check
+                    pending += rest
+                    yield from (line for line in pending.split("\n") if line)
+                    return
+                time.sleep(POLL_SECONDS)
+
+    def wait_for_completion(
+        self,
+        show_output: bool = False,
+        *,
+        timeout: float | None = None,
+        raise_on_error: bool = True,
+    ) -> dict[str, Any]:
+        """Block until the run ends; with show_output, print its tagged log lines live.
+
+        Raises RunFailedError for a Failed or Canceled run unless raise_on_error is False,
+        and TimeoutError when `timeout` seconds pass first (the run keeps going).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if show_output:
+            for line in self.stream_logs(follow=True):
+                print(line, flush=True)
+                if deadline and time.monotonic() > deadline:
+                    break
+        while self.get_status() not in TERMINAL_STATUSES:
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.id} still {self.get_status()} after {timeout} s")
+            time.sleep(POLL_SECONDS)
+        details = self.get_details()
+        if raise_on_error and details["status"] != "Completed":
+            raise RunFailedError(
+                f"run {self.id} {details['status']}: {details.get('error') or 'no reason given'}"
+                f" (logs kept in {self.paths.root})",
+                run_id=self.id,
+                status=details["status"],
+            )
+        return details
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    def cancel(self, *, timeout: float = 60.0) -> None:
+        """Stop the run: every process of it is terminated (TERM, grace, KILL) and checked gone."""
+        if self.get_status() in TERMINAL_STATUSES:
+            return
+        (self.paths.root / "cancel.requested").touch()
+        deadline = time.monotonic() + timeout
+        while self.get_status() not in TERMINAL_STATUSES and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        leftovers = processes_of_run(self.id)
+        if self.get_status() not in TERMINAL_STATUSES or leftovers:
+            for pid in [*leftovers, self._runner_pid()]:
+                if pid and pid_alive(pid):
+                    os.kill(pid, 9)
+            if self.get_status() not in TERMINAL_STATUSES:
+                update_record(self.paths, status="Canceled", error="canceled by the user",
+                              finished=time.time())
+        if processes_of_run(self.id):
+            raise TfsubmitError(f"run {self.id}: processes {processes_of_run(self.id)} survived "
+                                "SIGKILL")
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def get_file_names(self) -> list[str]:
+        """Files of the run, relative to its folder: outputs/..., logs/..., output.log."""
+        names = []
+        for folder in (self.paths.outputs, self.paths.logs):
+            names += [str(p.relative_to(self.paths.root)) for p in folder.rglob("*") if p.is_file()]
+        names.append(self.paths.output_log.name)
+        return sorted(names)
+
+    def download_file(self, name: str, output_file_path: str | Path | None = None) -> Path:
+        source = self.paths.root / name
+        if name not in self.get_file_names():
+            raise TfsubmitError(f"run {self.id} has no file {name!r}; see get_file_names()")
+        target = Path(output_file_path or Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        return target
+
+    def download_files(
+        self, prefix: str = "outputs/", output_directory: str | Path = "."
+    ) -> list[Path]:
+        """Copy every file whose name starts with `prefix`, keeping the relative paths."""
+        copied = []
+        for name in self.get_file_names():
+            if name.startswith(prefix):
+                target = Path(output_directory) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.paths.root / name, target)
+                copied.append(target)
+        return copied

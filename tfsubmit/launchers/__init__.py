@@ -1,0 +1,8 @@
+"""Launchers decide what runs: pure functions from a job and its nodes to process specs.
+
+They start nothing, read no `os.environ`, and import no target and no Prefect.
+"""
+
+from tfsubmit.launchers.single_node import plan_single_node
+
+__all__ = ["plan_single_node"]

@@ -1,0 +1,41 @@
+"""What launchers hand to compute targets: immutable descriptions of processes to start."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class Node:
+    """One machine of a target, as the launchers see it."""
+
+    host: str
+    workdir: str
+    slots: int = 1
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process of a job. `env` holds only what the job adds to the target's base env."""
+
+    host: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+    role: str
+    index: int
+    log_name: str = field(default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "argv", tuple(self.argv))
+        object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
+        if not self.log_name:
+            object.__setattr__(self, "log_name", f"{self.role}-{self.index}.log")
+
+    @property
+    def tag(self) -> str:
+        """The prefix of every line this process prints in the merged log."""
+        return f"[{self.role}:{self.index}@{self.host}]"

@@ -1,0 +1,37 @@
+"""The merged run log: one file every reader tails, optionally forwarded to Prefect."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+Forward = Callable[[str], None]
+
+
+class RunLog:
+    """Appends tagged lines to `output.log`; `forward` also sends each to the Prefect run log."""
+
+    def __init__(self, path: Path, forward: Forward | None = None) -> None:
+        self.path = path
+        self.forward = forward
+        self._lock = threading.Lock()
+        self._file = path.open("a", buffering=1)
+
+    def event(self, message: str) -> None:
+        """A line from tfsubmit itself (pipeline progress, errors)."""
+        for text in message.splitlines() or [""]:
+            self.write(f"[tfsubmit] {text}")
+
+    def line(self, tag: str, text: str) -> None:
+        """A line one of the job's processes printed."""
+        self.write(f"{tag} {text}")
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._file.write(line + "\n")
+        if self.forward is not None:
+            self.forward(line)
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,284 @@
+"""The job spec: plain validated data describing one training job.
+
+`TensorFlow(...)` takes the same keyword names as a cloud ML SDK's TensorFlow estimator.
+Every bad value raises `JobSpecError` naming the field at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tfsubmit.errors import JobSpecError
+
+DistributedBackend = Literal["mpi", "ps", "multiworker"]
+BACKENDS: tuple[str, ...] = ("mpi", "ps", "multiworker")
+
+DEFAULT_FRAMEWORK_VERSION = "2.21"
+# tensorflow-cpu wheels for CPython 3.11 exist from 2.12 on; 2.21 is the newest release.
+OLDEST_FRAMEWORK = (2, 12)
+NEWEST_FRAMEWORK = (2, 21)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV_PREFIXES = ("TFSUBMIT_",)
+_RESERVED_ENV = {"TF_CONFIG", "PYTHONPATH"}
+_EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+ScriptParamValue = str | int | float | bool | None | list[str | int | float]
+
+
+class TrainingJob(BaseModel):
+    """One TensorFlow training job, validated on construction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_directory: str = Field(description="Folder holding the training code; snapshotted.")
+    entry_script: str = Field(description="Script to run, relative to source_directory.")
+    script_params: dict[str, ScriptParamValue] | list[str] = Field(
+        default_factory=dict,
+        description="Arguments for the script: {'--epochs': 3} or a list of strings.",
+    )
+    compute_target: str = Field(default="local", description="Name of the compute target.")
+    pip_packages: list[str] = Field(default_factory=list, description="Extra pip requirements.")
+    conda_packages: list[str] = Field(
+        default_factory=list, description="Conda packages; needs conda, mamba or micromamba."
+    )
+    use_gpu: bool = Field(default=False, description="Install `tensorflow` (GPU) instead of CPU.")
+    framework_version: str = Field(
+        default=DEFAULT_FRAMEWORK_VERSION, description="TensorFlow version, e.g. '2.21'."
+    )
+    environment_variables: dict[str, str] = Field(
+        default_factory=dict, description="Extra variables set for every process of the job."
+    )
+    max_run_duration_seconds: float | None = Field(
+        default=None, description="Stop the job (status Failed) after this many seconds."
+    )
+    node_count: int = Field(default=1, description="Number of nodes.")
+    process_count_per_node: int = Field(default=1, description="Processes on each node.")
+    distributed_backend: DistributedBackend | None = Field(
+        default=None, description="'mpi' (Horovod), 'ps' (parameter servers) or 'multiworker'."
+    )
+    worker_count: int = Field(default=1, description="Workers, for distributed_backend='ps'.")
+    parameter_server_count: int = Field(
+        default=0, description="Parameter servers, for distributed_backend='ps'."
+    )
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise JobSpecError(_describe(exc, data)) from None
+
+    # -- field checks -------------------------------------------------------------------------
+
+    @field_validator("source_directory")
+    @classmethod
+    def _source_exists(cls, value: str) -> str:
+        path = Path(value).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"folder {value!r} does not exist (resolved to {path.absolute()})")
+        return str(path.resolve())
+
+    @field_validator("entry_script")
+    @classmethod
+    def _entry_is_relative(cls, value: str) -> str:
+        posix = PurePosixPath(value.replace("\\", "/"))
+        if not value or posix.is_absolute() or ".." in posix.parts:
+            raise ValueError(
+                f"{value!r} must be a path inside source_directory, like 'train.py'"
+            )
+        return str(posix)
+
+    @field_validator("compute_target")
+    @classmethod
+    def _target_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError(f"{value!r} is not a target name (letters, digits, '_', '.', '-')")
+        return value
+
+    @field_validator("pip_packages")
+    @classmethod
+    def _pip_requirements(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                Requirement(item)
+            except InvalidRequirement as exc:
+                raise ValueError(f"{item!r} is not a pip requirement: {exc}") from None
+        return value
+
+    @field_validator("framework_version")
+    @classmethod
+    def _framework_known(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?", value.strip())
+        oldest = ".".join(map(str, OLDEST_FRAMEWORK))
+        newest = ".".join(map(str, NEWEST_FRAMEWORK))
+        if not match:
+            raise ValueError(f"{value!r} is not a version like '{newest}' or '{newest}.0'")
+        if not OLDEST_FRAMEWORK <= (int(match[1]), int(match[2])) <= NEWEST_FRAMEWORK:
+            raise ValueError(
+                f"TensorFlow {value} is not available for this Python; use {oldest} .. {newest}"
+            )
+        return value.strip()
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid variable name")
+            if name in _RESERVED_ENV or name.startswith(_RESERVED_ENV_PREFIXES):
+                raise ValueError(f"{name!r} is set by tfsubmit itself and cannot be overridden")
+        return value
+
+    @field_validator("max_run_duration_seconds")
+    @classmethod
+    def _positive_duration(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"must be a positive number of seconds (got {value})")
+        return value
+
+    @field_validator("node_count", "process_count_per_node", "worker_count")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be at least 1 (got {value})")
+        return value
+
+    @field_validator("parameter_server_count")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be 0 or more (got {value})")
+        return value
+
+    @model_validator(mode="after")
+    def _entry_exists_and_topology(self) -> TrainingJob:
+        script = Path(self.source_directory) / self.entry_script
+        if not script.is_file():
+            raise JobSpecError(
+                f"entry_script: {self.entry_script!r} is not a file in source_directory "
+                f"{self.source_directory}"
+            )
+        many = self.node_count > 1 or self.process_count_per_node > 1
+        if many and self.distributed_backend is None:
+            raise JobSpecError(
+                f"distributed_backend: node_count={self.node_count} and "
+                f"process_count_per_node={self.process_count_per_node} need a "
+                f"distributed_backend, one of {', '.join(BACKENDS)}"
+            )
+        if self.distributed_backend != "ps":
+            if self.parameter_server_count:
+                raise JobSpecError(
+                    "parameter_server_count: only used with distributed_backend='ps' "
+                    f"(backend is {self.distributed_backend!r})"
+                )
+            if self.worker_count != 1:
+                raise JobSpecError(
+                    "worker_count: only used with distributed_backend='ps' "
+                    f"(backend is {self.distributed_backend!r}); use node_count and "
+                    "process_count_per_node"
+                )
+        elif self.parameter_server_count < 1:
+            raise JobSpecError(
+                "parameter_server_count: distributed_backend='ps' needs at least 1 "
+                "parameter server"
+            )
+        return self
+
+    # -- derived views ------------------------------------------------------------------------
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.distributed_backend is not None
+
+    def script_arguments(self) -> list[str]:
+        """The script's argv after the script name, every value a separate string."""
+        if isinstance(self.script_params, list):
+            return [str(item) for item in self.script_params]
+        argv: list[str] = []
+        for key, value in self.script_params.items():
+            if value is None or value is False:
+                continue
+            if value is True:
+                argv.append(key)
+            elif isinstance(value, list):
+                argv += [key, *(str(item) for item in value)]
+            else:
+                argv += [key, str(value)]
+        return argv
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base_dir: Path | None = None) -> TrainingJob:
+        """Build a job from plain data; a relative source_directory is taken from base_dir."""
+        data = dict(data)
+        source = data.get("source_directory")
+        if base_dir is not None and isinstance(source, str):
+            data["source_directory"] = str(base_dir / Path(source).expanduser())
+        return cls(**data)
+
+
+TensorFlow = TrainingJob
+"""The estimator-style name users know: `TensorFlow(source_directory=..., entry_script=...)`."""
+
+
+def validate_experiment_name(name: str) -> str:
+    if not isinstance(name, str) or not _EXPERIMENT_NAME.match(name):
+        raise JobSpecError(
+            f"experiment: {name!r} is not a valid name (1-64 letters, digits, '_', '.', '-')"
+        )
+    return name
+
+
+def load_job_file(path: str | Path) -> tuple[TrainingJob, str | None]:
+    """Read a job YAML file; returns the job and its optional `experiment` name."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise JobSpecError(f"job file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise JobSpecError(f"job file {path} must hold a mapping of job fields")
+    experiment = data.pop("experiment", None)
+    if experiment is not None:
+        validate_experiment_name(experiment)
+    try:
+        job = TrainingJob.from_dict(data, base_dir=path.resolve().parent)
+    except JobSpecError as exc:
+        raise JobSpecError(f"{path}: {exc}") from None
+    return job, experiment
+
+
+def _describe(exc: ValidationError, data: dict[str, Any]) -> str:
+    """Turn pydantic's report into lines that each start with the field at fault."""
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "job"
+        if error["type"] == "extra_forbidden":
+            known = list(TrainingJob.model_fields)
+            close = difflib.get_close_matches(str(error["loc"][0]), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines.append(f"{field}: unknown field{hint}")
+            continue
+        if error["type"] == "missing":
+            lines.append(f"{field}: required field is missing")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        ctx = error.get("ctx", {})
+        if isinstance(ctx.get("error"), JobSpecError):
+            lines.append(message)
+            continue
+        value = error.get("input")
+        shown = f" (got {value!r})" if field in data and error["type"] != "value_error" else ""
+        lines.append(f"{field}: {message}{shown}")
+    return "; ".join(lines)

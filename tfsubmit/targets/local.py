@@ -1,0 +1,89 @@
+"""The local target: processes on this machine, each in its own session and process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from tfsubmit.process import Node, ProcessSpec
+from tfsubmit.procfs import processes_of_run
+
+# Variables of the orchestrator's own Python that must not leak into the job's interpreter.
+_DROPPED = ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "CONDA_PREFIX", "PYTHONSTARTUP")
+_DROPPED_PREFIXES = ("PREFECT_", "TFSUBMIT_")
+
+
+class LocalProcess:
+    """A running process group started from a ProcessSpec."""
+
+    def __init__(self, spec: ProcessSpec, popen: subprocess.Popen[str]) -> None:
+        self.spec = spec
+        self._popen = popen
+        self.pid = popen.pid
+
+    def lines(self) -> Iterator[str]:
+        """Output lines (stdout and stderr merged), until the process closes them."""
+        assert self._popen.stdout is not None
+        for line in self._popen.stdout:
+            yield line.rstrip("\n")
+
+    def poll(self) -> int | None:
+        return self._popen.poll()
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+class LocalTarget:
+    name = "local"
+    host = "local"
+
+    def provision(self, run_dir: Path) -> Node:
+        """A per-run working directory with outputs/ and logs/ for the job."""
+        workdir = run_dir / "work"
+        for sub in ("outputs", "logs", ".tfsubmit"):
+            (workdir / sub).mkdir(parents=True, exist_ok=True)
+        return Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1)
+
+    def base_env(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)
+        }
+        return env
+
+    def start(self, spec: ProcessSpec) -> LocalProcess:
+        env = self.base_env()
+        if os.path.isabs(spec.argv[0]):
+            env["PATH"] = os.pathsep.join([os.path.dirname(spec.argv[0]), env.get("PATH", "")])
+        env.update(spec.env)
+        popen = subprocess.Popen(
+            list(spec.argv),
+            cwd=spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # own session and process group: cancel hits all of it
+        )
+        return LocalProcess(spec, popen)
+
+    def leftovers(self, run_id: str) -> list[int]:
+        """Live processes of the run, found by the run id in their environment."""
+        return processes_of_run(run_id)
+
+    def kill(self, pids: list[int]) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tfsubmit.process import Node
+from tfsubmit.runtime import read_metrics
+from tfsubmit.submission import Submission
+from tfsubmit.supervisor import Outcome
+from tfsubmit.tasks._logging import forwarded
+
+
+def gather_local(node: Node, sub: Submission) -> None:
+    """Move a local node's outputs/, logs/ and metrics into the run folder."""
+    work = Path(node.workdir)
+    for name, dest in (("outputs", sub.paths.outputs), ("logs", sub.paths.logs)):
+        source = work / name
+        if source.is_dir():
+            dest.mkdir(exist_ok=True)
+            for entry in source.iterdir():
+                target = dest / entry.name
+                if target.exists():
+                    target = dest / f"job-{entry.name}"  # never overwrite tfsubmit's own logs
+                shutil.move(str(entry), target)
+    with sub.paths.metrics.open("a") as merged:
+        for path in sorted((work / ".tfsubmit").glob("metrics-*.jsonl")):
+            merged.write(path.read_text())
+
+
+def _artifact_key(run_id: str, suffix: str) -> str:
+    # Artifact keys allow lowercase letters, digits and dashes only.
+    cleaned = "".join(c if c.isalnum() else "-" for c in run_id.lower())
+    return f"{cleaned}-{suffix}"[:100]
+
+
+@task(name="collect_outputs", cache_policy=NO_CACHE)
+def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dict:
+    """Bring outputs, logs and metrics into the run folder, and publish Prefect artifacts.
+
+    Runs for failed and canceled runs too: nothing the job wrote is lost.
+
+    Args:
+        sub: the submission.
+        nodes: the nodes the job ran on.
+        outcome: what the processes did.
+
+    Returns:
+        The run's final record (status, exit code, duration, metrics, outputs).
+    """
+    with forwarded(sub.log) as log:
+        for node in nodes:
+            gather_local(node, sub)
+        metrics = read_metrics([sub.paths.metrics])
+        outputs = sorted(  # gathered before the status changes: readers then see them all
+            str(p.relative_to(sub.paths.root)) for p in sub.paths.outputs.rglob("*") if p.is_file()
+        )
+        exit_codes = {f"{r.role}:{r.index}@{r.host}": r.exit_code for r in outcome.results}
+        log.event(f"collected {len(outputs)} output file(s) into {sub.paths.outputs}")
+        final = {
+            "status": outcome.status,
+            "error": outcome.reason,
+            "exit_code": outcome.results[0].exit_code if outcome.results else None,
+            "exit_codes": exit_codes,
+            "finished": time.time(),
+            "duration": round(outcome.duration, 3),
+            "outputs": outputs,
+        }
+        # Artifacts first, the terminal status last: whoever sees the status sees everything.
+        if metrics:
+            create_table_artifact(
+                key=_artifact_key(sub.run_id, "metrics"),
+                table=[
+                    {"metric": name, "last": v[-1], "min": min(v), "max": max(v), "count": len(v)}
+                    for name, v in sorted(metrics.items())
+                ],
+                description=f"Metrics of run {sub.run_id}",
+            )
+        create_markdown_artifact(
+            key=_artifact_key(sub.run_id, "summary"),
+            markdown=_summary({**sub.record(), **final}, metrics),
+            description=f"Summary of run {sub.run_id}",
+        )
+        log.event(f"run {sub.run_id} {outcome.describe()}")
+        record = sub.record(**final)
+    return record
+
+
+def _summary(record: dict, metrics: dict[str, list[float]]) -> str:
+    lines = [
+        f"# Run `{record['id']}`",
+        "",
+        f"- **Status**: {record['status']} {record.get('error') or ''}",
+        f"- **Experiment**: {record.get('experiment')}",
+        f"- **Target**: {record.get('compute_target')}",
+        f"- **Duration**: {record.get('duration', 0):.1f} s",
+        f"- **Snapshot**: `{record.get('snapshot_hash', '-')}`",
+        f"- **Environment**: `{record.get('environment_hash', '-')}`"
+        + (" (reused)" if record.get("environment_reused") else ""),
+        f"- **Outputs**: `{Path(record['workspace']) / 'runs' / record['id'] / 'outputs'}`",
+        "",
+        "| process | exit code |",
+        "| --- | --- |",
+        *(f"| {name} | {code} |" for name, code in (record.get("exit_codes") or {}).items()),
+    ]
+    if metrics:
+        lines += ["", "| metric | last |", "| --- | --- |"]
+        lines += [f"| {name} | {values[-1]:.6g} |" for name, values in sorted(metrics.items())]
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tfsubmit import environment as envs
+from tfsubmit.spec import TrainingJob
+from tfsubmit.submission import Submission
+from tfsubmit.tasks._logging import forwarded
+
+
+@task(name="resolve_environment", cache_policy=NO_CACHE)
+def resolve_environment(job: TrainingJob, sub: Submission) -> envs.Environment:
+    """Find or build the job's Python environment (TensorFlow plus pip_packages).
+
+    Args:
+        job: the validated job spec.
+        sub: the submission; `pip freeze` of the environment is recorded there.
+
+    Returns:
+        The environment: its hash, interpreter, and whether it was reused.
+    """
+    sub.check_canceled()
+    spec = envs.environment_spec(job)
+    with forwarded(sub.log) as log:
+        cached = (sub.workspace.env_cache / spec.hash / envs.MARKER).exists()
+        if not cached:
+            log.event(f"environment {spec.hash}: building ({', '.join(spec.requirements)})")
+        env = envs.resolve_environment(
+            spec,
+            sub.workspace.env_cache,
+            on_line=lambda line: log.write(f"[tfsubmit:env] {line}"),
+            cancel=sub.cancel,
+        )
+        how = "reused" if env.reused else f"built in {env.build_seconds:.1f} s"
+        log.event(f"environment {env.hash}: {how} ({env.python})")
+    sub.paths.freeze.write_text(env.freeze)
+    sub.record(environment_hash=env.hash, environment_reused=env.reused)
+    return env

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         workspace = Workspace(record["workspace"])
         os.environ.update(prefect_env(workspace))
         os.environ["PREFECT_API_URL"] = ensure_server(workspace).api_url
+        os.environ["TFSUBMIT_RUNNER_OF"] = record["id"]
 
         from tfsubmit.flows import submit_training
 
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             workspace=record["workspace"],
             return_state=True,
         )
+        # The run ends when its flow run has ended, so that both always agree.
+        outcome = (read_json(paths.record) or {}).get("outcome", "Failed")
+        update_record(paths, status=outcome)
         return 0 if state.is_completed() else 1
     except BaseException as exc:  # the record must never stay "Running" after we are gone
         final = read_json(paths.record) or {}

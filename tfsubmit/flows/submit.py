@@ -84,10 +84,13 @@ def submit_training(
         sub.log.event("internal error:\n" + traceback.format_exc())
         outcome = Outcome("Failed", f"internal error: {exc!r}")
     record = collect_outputs(sub, nodes, outcome)
+    if os.environ.get("TFSUBMIT_RUNNER_OF") != sub.run_id:
+        # Not under tfsubmit's runner (e.g. a Prefect deployment): nobody else will set it.
+        record = sub.record(status=record["outcome"])
     sub.log.close()
-    if record["status"] == "Completed":
+    if record["outcome"] == "Completed":
         return Completed(message="training completed")
-    if record["status"] == "Canceled":
+    if record["outcome"] == "Canceled":
         return Cancelled(message=record.get("error") or "canceled")
     return Failed(message=record.get("error") or "failed")
 

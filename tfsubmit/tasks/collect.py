@@ -62,7 +62,7 @@ def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dic
         exit_codes = {f"{r.role}:{r.index}@{r.host}": r.exit_code for r in outcome.results}
         log.event(f"collected {len(outputs)} output file(s) into {sub.paths.outputs}")
         final = {
-            "status": outcome.status,
+            "outcome": outcome.status,  # the runner makes it the status once the flow has ended
             "error": outcome.reason,
             "exit_code": outcome.results[0].exit_code if outcome.results else None,
             "exit_codes": exit_codes,
@@ -70,7 +70,7 @@ def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dic
             "duration": round(outcome.duration, 3),
             "outputs": outputs,
         }
-        # Artifacts first, the terminal status last: whoever sees the status sees everything.
+        # Artifacts before the record: whoever sees the final status sees everything.
         if metrics:
             create_table_artifact(
                 key=_artifact_key(sub.run_id, "metrics"),
@@ -82,7 +82,7 @@ def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dic
             )
         create_markdown_artifact(
             key=_artifact_key(sub.run_id, "summary"),
-            markdown=_summary({**sub.record(), **final}, metrics),
+            markdown=_summary({**sub.record(), **final, "status": outcome.status}, metrics),
             description=f"Summary of run {sub.run_id}",
         )
         log.event(f"run {sub.run_id} {outcome.describe()}")

@@ -1,0 +1,71 @@
+"""Shared fixtures: a workspace served by a real, embedded Prefect server.
+
+Job environments live in the shared cache (TFSUBMIT_ENV_CACHE, default
+~/.cache/tfsubmit/envs): the first end-to-end test builds TensorFlow's, the rest reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tfsubmit.server import ensure_server, stop_server
+from tfsubmit.workspace import Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "keras-synthetic"
+JOBS = Path(__file__).resolve().parent / "jobs"
+TFSUBMIT = [sys.executable, "-m", "tfsubmit.cli"]
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Workspace:
+    """A fresh workspace with its embedded Prefect server running; stopped (by PID) at the end."""
+    root = tmp_path_factory.mktemp("workspace")
+    os.environ.pop("PREFECT_API_URL", None)
+    os.environ["TFSUBMIT_WORKSPACE"] = str(root)
+    ws = Workspace(root)
+    info = ensure_server(ws)
+    assert info.running
+    yield ws
+    stop_server(ws)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(workspace):
+    """Call the real Prefect REST API of the workspace's server."""
+    from tfsubmit.server import server_status
+
+    base = server_status(workspace).api_url
+
+    def call(path: str, body: dict | None = None):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{base}{path}", data=data, headers={"Content-Type": "application/json"},
+            method="GET" if body is None else "POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    return call
+
+
+@pytest.fixture
+def job_dir(tmp_path) -> Path:
+    """A source directory holding the test job scripts."""
+    target = tmp_path / "src"
+    shutil.copytree(JOBS, target)
+    return target
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*TFSUBMIT, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )

@@ -1,0 +1,213 @@
+"""End to end on the local target: real TensorFlow, a real Prefect server, the API and CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tfsubmit import Experiment, Run, TensorFlow
+from tfsubmit.errors import NotSupportedError, RunFailedError, TargetError
+from tfsubmit.procfs import processes_of_run
+
+from conftest import EXAMPLE, TFSUBMIT, run_cli
+
+pytestmark = pytest.mark.e2e
+STEPS = {"snapshot_source", "resolve_environment", "provision_nodes", "launch_topology",
+         "collect_outputs"}
+
+
+def example_job(**changes) -> TensorFlow:
+    spec = {"source_directory": str(EXAMPLE), "entry_script": "train.py",
+            "script_params": {"--epochs": 2, "--samples": 512}, **changes}
+    return TensorFlow(**spec)
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, capsys, tmp_path):
+    run = Experiment("e2e-api", workspace=workspace.root).submit(example_job())
+    details = run.wait_for_completion(show_output=True, timeout=600)
+
+    printed = capsys.readouterr().out
+    assert "[worker:0@local] Epoch 1/2" in printed
+    assert "[tfsubmit] snapshot " in printed
+    assert details["status"] == run.get_status() == "Completed"
+    assert details["exit_code"] == 0
+
+    metrics = run.get_metrics()
+    assert metrics["epoch"] == [1.0, 2.0]
+    assert len(metrics["loss"]) == len(metrics["accuracy"]) == len(metrics["val_loss"]) == 2
+
+    copied = run.download_files(prefix="outputs/", output_directory=tmp_path / "out")
+    names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in copied)
+    assert names == ["outputs/history.json", "outputs/model.keras"]
+    assert json.loads((tmp_path / "out/outputs/history.json").read_text())["loss"] == metrics["loss"]
+
+    manifest = json.loads(run.paths.manifest.read_text())
+    assert "train.py" in manifest["files"] and manifest["hash"] == details["snapshot_hash"]
+    assert "tensorflow-cpu==2.21.0" in run.paths.freeze.read_text()
+
+    # The run is a real Prefect flow run, one task run per pipeline step, with artifacts.
+    flow_run = prefect_api(f"/flow_runs/{details['flow_run_id']}")
+    assert flow_run["name"] == run.id and flow_run["state"]["type"] == "COMPLETED"
+    tasks = prefect_api("/task_runs/filter",
+                        {"flow_runs": {"id": {"any_": [details["flow_run_id"]]}}})
+    assert {t["name"].rsplit("-", 1)[0] for t in tasks} == STEPS
+    assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
+    artifacts = prefect_api("/artifacts/filter",
+                            {"artifacts": {"flow_run_id": {"any_": [details["flow_run_id"]]}}})
+    kinds = {a["type"]: a for a in artifacts}
+    assert set(kinds) == {"table", "markdown"}
+    assert "Completed" in kinds["markdown"]["data"]
+    rows = json.loads(kinds["table"]["data"]) if isinstance(kinds["table"]["data"], str) \
+        else kinds["table"]["data"]
+    assert {row["metric"] for row in rows} >= {"loss", "accuracy", "epoch"}
+    logs = wait_until(
+        lambda: [entry["message"] for entry in prefect_api(
+            "/logs/filter", {"logs": {"flow_run_id": {"any_": [details["flow_run_id"]]}}})
+            if "[worker:0@local]" in entry["message"]],
+        30, "forwarded log lines in the Prefect API")
+    assert any("Epoch 2/2" in message for message in logs)
+
+
+def test_same_spec_again_installs_nothing(workspace):
+    experiment = Experiment("e2e-reuse", workspace=workspace.root)
+    first = experiment.submit(example_job(script_params={"--epochs": 1, "--samples": 256}))
+    first.wait_for_completion(timeout=600)
+    second = experiment.submit(example_job(script_params={"--epochs": 1, "--samples": 256}))
+    details = second.wait_for_completion(timeout=300)
+    assert details["environment_reused"] is True
+    assert details["environment_hash"] == first.get_details()["environment_hash"]
+    log = second.paths.output_log.read_text()
+    assert "[tfsubmit:env]" not in log  # no installer ran
+    assert "(0 new to the store, 0 bytes copied)" in log
+    # The job's interpreter has TensorFlow and tfsubmit's runtime, but not Prefect.
+    marker = workspace.env_cache / details["environment_hash"] / ".tfsubmit-env.json"
+    python = json.loads(marker.read_text())["python"]
+    probe = subprocess.run([python, "-c", "import prefect"], capture_output=True)
+    assert probe.returncode != 0
+
+
+def test_cli_submit_runs_show_and_logs(workspace):
+    result = run_cli("submit", str(EXAMPLE / "job.yaml"), "--experiment", "e2e-cli", timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[worker:0@local] Epoch 3/3" in result.stdout
+    assert "  loss: [" in result.stdout
+    run_id = result.stdout.split("Submitted run ", 1)[1].split()[0]
+
+    listing = run_cli("runs", "--experiment", "e2e-cli")
+    row = next(line for line in listing.stdout.splitlines() if line.startswith(run_id))
+    assert "Completed" in row
+
+    shown = json.loads(run_cli("show", run_id).stdout)
+    assert shown["status"] == "Completed" and shown["exit_code"] == 0
+    assert set(shown["metrics"]) >= {"loss", "accuracy", "val_loss"}
+    assert "scikit-learn" in (workspace.runs / run_id / "pip-freeze.txt").read_text()
+
+    logs = run_cli("logs", run_id).stdout
+    assert "[worker:0@local] Epoch 1/3" in logs and f"[tfsubmit] run {run_id} Completed" in logs
+
+
+def test_exit_code_3_fails_and_keeps_logs_and_outputs(workspace, prefect_api, job_dir):
+    job = TensorFlow(source_directory=str(job_dir), entry_script="fail.py")
+    run = Experiment("e2e-fail", workspace=workspace.root).submit(job)
+    with pytest.raises(RunFailedError, match="exit code 3"):
+        run.wait_for_completion(timeout=300)
+    details = run.get_details()
+    assert details["status"] == "Failed" and details["exit_code"] == 3
+    assert details["error"] == "worker:0@local failed with exit code 3"
+    log = run.paths.output_log.read_text()
+    assert "[worker:0@local] about to fail with exit code 3" in log
+    assert "[worker:0@local] this goes to stderr" in log
+    assert (run.paths.logs / "worker-0.log").is_file()
+    assert (run.paths.outputs / "partial.txt").read_text() == "written before the failure\n"
+    assert run.get_metrics() == {"loss": [1.5]}
+    assert prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"] == "FAILED"
+
+
+def test_cli_reports_failure_with_exit_code_1(workspace, job_dir):
+    (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: fail.py\n")
+    result = run_cli("submit", str(job_dir / "job.yaml"))
+    assert result.returncode == 1
+    assert "Failed: worker:0@local failed with exit code 3" in result.stderr
+
+
+def test_cancel_mid_training_leaves_no_process(workspace, prefect_api):
+    job = example_job(script_params={"--epochs": 100000, "--samples": 256})
+    run = Experiment("e2e-cancel", workspace=workspace.root).submit(job)
+    wait_until(lambda: run.get_metrics().get("epoch"), 300, "the first epoch's metric")
+    assert run.get_status() == "Running"
+    assert processes_of_run(run.id)
+    run.cancel()
+    details = run.get_details()
+    assert details["status"] == "Canceled"
+    assert processes_of_run(run.id) == []
+    assert "[tfsubmit] stopping 1 process(es): canceled by the user" in \
+        run.paths.output_log.read_text()
+    assert prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"] == "CANCELLED"
+
+
+def test_cli_cancel_also_stops_children_that_left_the_group(workspace, job_dir):
+    (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: sleeper.py\n")
+    submitted = run_cli("submit", str(job_dir / "job.yaml"), "--detach")
+    assert submitted.returncode == 0, submitted.stderr
+    run = Run(submitted.stdout.split("Submitted run ", 1)[1].split()[0])
+    wait_until(lambda: "ready: sleeping" in run.paths.output_log.read_text(), 300, "the job")
+    assert len(processes_of_run(run.id)) == 3  # the script, its child, the setsid child
+    result = run_cli("cancel", run.id)
+    assert result.returncode == 0, result.stderr
+    assert "-> Canceled" in result.stdout
+    assert processes_of_run(run.id) == []
+
+
+def test_max_run_duration_stops_the_run(workspace, job_dir):
+    job = TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py",
+                     max_run_duration_seconds=3)
+    run = Experiment("e2e-timeout", workspace=workspace.root).submit(job)
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"] == "exceeded max_run_duration_seconds=3"
+    assert details["duration"] < 20
+    assert "ready: sleeping" in run.paths.output_log.read_text()
+    assert processes_of_run(run.id) == []
+
+
+def test_script_params_arrive_literally(workspace, job_dir):
+    job = TensorFlow(source_directory=str(job_dir), entry_script="echo_args.py",
+                     script_params={"--name": "; touch /tmp/tfsubmit-pwned", "--n": 2},
+                     environment_variables={"MY_SETTING": "$HOME"})
+    run = Experiment("e2e-args", workspace=workspace.root).submit(job)
+    run.wait_for_completion(timeout=300)
+    seen = json.loads((run.paths.outputs / "seen.json").read_text())
+    assert seen == {"argv": ["--name", "; touch /tmp/tfsubmit-pwned", "--n", "2"],
+                    "MY_SETTING": "$HOME"}
+
+
+def test_bad_targets_and_unsupported_topologies_fail_before_a_run_exists(workspace):
+    experiment = Experiment("e2e-refused", workspace=workspace.root)
+    with pytest.raises(TargetError, match="compute_target: unknown target 'gpu-cluster'"):
+        experiment.submit(example_job(compute_target="gpu-cluster"))
+    with pytest.raises(NotSupportedError, match="distributed_backend: 'mpi' is not supported yet"):
+        experiment.submit(example_job(node_count=2, distributed_backend="mpi"))
+    assert experiment.get_runs() == []
+
+
+def test_cli_bad_job_file_names_the_field(tmp_path):
+    (tmp_path / "train.py").write_text("")
+    (tmp_path / "job.yaml").write_text("source_directory: .\nentry_script: train.py\n"
+                                       "distributed_backend: horovod\n")
+    result = subprocess.run([*TFSUBMIT, "submit", str(tmp_path / "job.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "distributed_backend: Input should be 'mpi', 'ps' or 'multiworker'" in result.stderr

@@ -1,0 +1,66 @@
+"""Environment specs and hashing (pure), and the conda error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tfsubmit import TensorFlow
+from tfsubmit.environment import (
+    EnvironmentSpec,
+    environment_spec,
+    resolve_environment,
+    runtime_dir,
+    tensorflow_requirement,
+)
+from tfsubmit.errors import EnvironmentBuildError
+
+JOBS = Path(__file__).parent / "jobs"
+
+
+def _job(**kw):
+    return TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py", **kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "requirement"),
+    [
+        ({}, "tensorflow-cpu==2.21.*"),
+        ({"framework_version": "2.15"}, "tensorflow-cpu==2.15.*"),
+        ({"framework_version": "2.18.1"}, "tensorflow-cpu==2.18.1"),
+        ({"use_gpu": True}, "tensorflow==2.21.*"),
+    ],
+)
+def test_tensorflow_requirement(kw, requirement):
+    assert tensorflow_requirement(_job(**kw)) == requirement
+
+
+def test_hash_is_stable_and_tracks_every_input():
+    base = environment_spec(_job(pip_packages=["a", "b"]), python_version="3.11.7")
+    same = environment_spec(_job(pip_packages=["b", "a"]), python_version="3.11.7")
+    assert base.hash == same.hash  # order of pip_packages does not matter
+    others = [
+        environment_spec(_job(pip_packages=["a"]), python_version="3.11.7"),
+        environment_spec(_job(pip_packages=["a", "b"]), python_version="3.12.1"),
+        environment_spec(_job(pip_packages=["a", "b"], use_gpu=True), python_version="3.11.7"),
+        environment_spec(_job(pip_packages=["a", "b"], framework_version="2.20"),
+                         python_version="3.11.7"),
+        environment_spec(_job(pip_packages=["a", "b"], conda_packages=["cudnn"]),
+                         python_version="3.11.7"),
+    ]
+    assert len({base.hash, *(o.hash for o in others)}) == 1 + len(others)
+
+
+def test_conda_packages_without_conda_name_the_packages(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no conda, mamba or micromamba
+    spec = EnvironmentSpec("3.11.7", ("tensorflow-cpu==2.21.*",), ("cudatoolkit", "cudnn"))
+    with pytest.raises(EnvironmentBuildError, match=r"\['cudatoolkit', 'cudnn'\].*micromamba"):
+        resolve_environment(spec, tmp_path / "envs")
+    assert not (tmp_path / "envs" / spec.hash).exists()
+
+
+def test_runtime_copy_is_keyed_by_content(tmp_path):
+    first = runtime_dir(tmp_path)
+    assert (first / "tfsubmit" / "runtime.py").is_file()
+    assert runtime_dir(tmp_path) == first

@@ -1,0 +1,108 @@
+"""The supervisor on the real local target: real process groups, real signals."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tfsubmit.process import ProcessSpec
+from tfsubmit.procfs import processes_of_run
+from tfsubmit.runlog import RunLog
+from tfsubmit.supervisor import supervise
+from tfsubmit.targets import LocalTarget, get_target
+from tfsubmit.errors import TargetError
+
+SPAWN_AND_SLEEP = """
+import subprocess, sys, time
+subprocess.Popen(["sleep", "300"])
+subprocess.Popen(["sleep", "301"], start_new_session=True)
+print("children started", flush=True)
+time.sleep(300)
+"""
+
+
+def _spec(code: str, tmp_path: Path, run_id: str, index: int = 0, **env) -> ProcessSpec:
+    return ProcessSpec(host="local", argv=(sys.executable, "-c", code),
+                       env={"TFSUBMIT_RUN_ID": run_id, **env}, cwd=str(tmp_path),
+                       role="worker", index=index)
+
+
+def _run(specs, tmp_path, run_id, cancel=None, **kwargs):
+    log = RunLog(tmp_path / "output.log")
+    outcome = supervise(LocalTarget(), specs, run_id=run_id, log=log, log_dir=tmp_path / "logs",
+                        cancel=cancel or threading.Event(), **kwargs)
+    log.close()
+    return outcome, (tmp_path / "output.log").read_text()
+
+
+def test_success_streams_tagged_lines_and_per_process_logs(tmp_path):
+    code = "import sys; print('out line'); print('err line', file=sys.stderr)"
+    outcome, merged = _run([_spec(code, tmp_path, "ok-1")], tmp_path, "ok-1")
+    assert outcome.status == "Completed" and outcome.reason is None
+    assert [r.exit_code for r in outcome.results] == [0]
+    assert "[worker:0@local] out line\n" in merged
+    assert "[worker:0@local] err line\n" in merged
+    assert (tmp_path / "logs" / "worker-0.log").read_text().splitlines() == ["out line", "err line"]
+
+
+def test_exit_code_is_reported_and_names_the_process(tmp_path):
+    outcome, merged = _run([_spec("print('bye'); raise SystemExit(3)", tmp_path, "fail-1")],
+                           tmp_path, "fail-1")
+    assert outcome.status == "Failed"
+    assert outcome.reason == "worker:0@local failed with exit code 3"
+    assert outcome.results[0].exit_code == 3
+    assert "[worker:0@local] bye" in merged
+
+
+def test_one_failure_stops_the_others(tmp_path):
+    specs = [_spec("import time; time.sleep(300)", tmp_path, "gang-1", 0),
+             _spec("import time; time.sleep(0.5); raise SystemExit(5)", tmp_path, "gang-1", 1)]
+    started = time.monotonic()
+    outcome, merged = _run(specs, tmp_path, "gang-1", grace_seconds=2)
+    assert time.monotonic() - started < 10
+    assert outcome.reason == "worker:1@local failed with exit code 5"
+    assert outcome.results[0].exit_code == -15
+    assert processes_of_run("gang-1") == []
+    assert "[tfsubmit] stopping 2 process(es)" in merged
+
+
+def test_timeout_kills_the_group_and_escaped_children(tmp_path):
+    started = time.monotonic()
+    outcome, merged = _run([_spec(SPAWN_AND_SLEEP, tmp_path, "slow-1")], tmp_path, "slow-1",
+                           max_seconds=1.5, grace_seconds=2)
+    assert time.monotonic() - started < 10
+    assert outcome.status == "Failed"
+    assert outcome.reason == "exceeded max_run_duration_seconds=1.5"
+    assert "children started" in merged
+    assert processes_of_run("slow-1") == []
+
+
+def test_cancel_terms_then_kills_a_process_that_ignores_term(tmp_path):
+    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ignoring TERM', flush=True); time.sleep(300)")
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    started = time.monotonic()
+    outcome, _ = _run([_spec(code, tmp_path, "stubborn-1")], tmp_path, "stubborn-1",
+                      cancel=cancel, grace_seconds=1)
+    assert outcome.status == "Canceled"
+    assert outcome.results[0].exit_code == -9
+    assert time.monotonic() - started < 8
+    assert processes_of_run("stubborn-1") == []
+
+
+def test_base_env_drops_the_orchestrators_python_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/orchestrator/site-packages")
+    monkeypatch.setenv("PREFECT_API_URL", "http://secret")
+    code = "import os, json; print(json.dumps([os.environ.get(k) for k in ('PYTHONPATH', 'PREFECT_API_URL', 'JOB')]))"
+    outcome, merged = _run([_spec(code, tmp_path, "env-1", JOB="yes")], tmp_path, "env-1")
+    assert '[worker:0@local] [null, null, "yes"]' in merged
+
+
+def test_unknown_target_is_named():
+    with pytest.raises(TargetError, match="compute_target: unknown target 'gpu-cluster'"):
+        get_target("gpu-cluster")

@@ -211,3 +211,27 @@ def test_cli_bad_job_file_names_the_field(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "distributed_backend: Input should be 'mpi', 'ps' or 'multiworker'" in result.stderr
+
+
+def test_runner_takes_the_submitters_environment_forked_or_spawned(workspace, job_dir,
+                                                                    monkeypatch):
+    from tfsubmit import forkserver
+
+    experiment = Experiment("e2e-env", workspace=workspace.root)
+    job = TensorFlow(source_directory=str(job_dir), entry_script="echo_args.py")
+    for how in ("forked", "spawned"):
+        if how == "spawned":
+            forkserver.stop(workspace)
+        else:
+            wait_until(lambda: forkserver.request_runner is not None
+                       and forkserver.is_current(workspace), 30, "the fork server")
+        monkeypatch.setenv("MY_SETTING", f"from-the-shell-{how}")
+        run = experiment.submit(job)
+        run.wait_for_completion(timeout=300)
+        seen = json.loads((run.paths.outputs / "seen.json").read_text())
+        assert seen["MY_SETTING"] == f"from-the-shell-{how}"
+    # The next start of the server brings the fork server back.
+    from tfsubmit.server import ensure_server
+
+    ensure_server(workspace)
+    assert forkserver.is_current(workspace)

@@ -73,10 +73,10 @@ def test_one_failure_stops_the_others(tmp_path):
 def test_timeout_kills_the_group_and_escaped_children(tmp_path):
     started = time.monotonic()
     outcome, merged = _run([_spec(SPAWN_AND_SLEEP, tmp_path, "slow-1")], tmp_path, "slow-1",
-                           max_seconds=1.5, grace_seconds=2)
-    assert time.monotonic() - started < 10
+                           max_seconds=5, grace_seconds=2)
+    assert time.monotonic() - started < 15
     assert outcome.status == "Failed"
-    assert outcome.reason == "exceeded max_run_duration_seconds=1.5"
+    assert outcome.reason == "exceeded max_run_duration_seconds=5"
     assert "children started" in merged
     assert processes_of_run("slow-1") == []
 

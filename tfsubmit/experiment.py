@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tfsubmit import forkserver
 from tfsubmit.errors import NotSupportedError, RunFailedError, TfsubmitError
 from tfsubmit.procfs import pid_alive, processes_of_run
 from tfsubmit.runtime import read_metrics
@@ -43,6 +44,12 @@ class Experiment:
             )
         run_id = self.workspace.new_run_id(self.name)
         paths = self.workspace.create_run(run_id, self.name, job.to_dict())
+        pid = forkserver.request_runner(self.workspace, paths.root) or self._spawn_runner(paths)
+        (paths.root / "runner.pid").write_text(str(pid))
+        return Run(run_id, workspace=self.workspace.root)
+
+    def _spawn_runner(self, paths: RunPaths) -> int:
+        """Start a runner from scratch (no warm fork server for this workspace and code)."""
         with paths.runner_log.open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "tfsubmit.runner", str(paths.root)],
@@ -50,10 +57,8 @@ class Experiment:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the run outlives this process, like a cloud job
-                env={**os.environ, "TFSUBMIT_WORKSPACE": str(self.workspace.root)},
             )
-        (paths.root / "runner.pid").write_text(str(process.pid))
-        return Run(run_id, workspace=self.workspace.root)
+        return process.pid
 
     def get_runs(self) -> list[Run]:
         return [

@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(prefect_env(workspace))
         os.environ["PREFECT_API_URL"] = ensure_server(workspace).api_url
         os.environ["TFSUBMIT_RUNNER_OF"] = record["id"]
+        if "prefect" in sys.modules:  # forked from a warm fork server: re-read the settings
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
 
         from tfsubmit.flows import submit_training
 

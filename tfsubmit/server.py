@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfsubmit import forkserver
 from tfsubmit.errors import ServerError
 from tfsubmit.procfs import pid_alive
 from tfsubmit.workspace import Workspace, read_json, write_json
@@ -85,20 +86,21 @@ def _prefect_cli() -> list[str]:
 def ensure_server(workspace: Workspace, *, port: int | None = None) -> ServerInfo:
     """The API to use: PREFECT_API_URL, or the embedded server, started if needed."""
     info = server_status(workspace)
-    if info.running or not info.embedded:
-        if not info.running:
-            raise ServerError(
-                f"PREFECT_API_URL={info.api_url} does not answer; start that server or unset "
-                "PREFECT_API_URL to use tfsubmit's embedded one"
-            )
+    if info.running and info.embedded and forkserver.is_current(workspace):
         return info
+    if not info.embedded and not info.running:
+        raise ServerError(
+            f"PREFECT_API_URL={info.api_url} does not answer; start that server or unset "
+            "PREFECT_API_URL to use tfsubmit's embedded one"
+        )
     workspace.prefect_home.mkdir(parents=True, exist_ok=True)
     with (workspace.prefect_home / "server.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find it running
         info = server_status(workspace)
-        if info.running:
-            return info
-        return _start(workspace, port or _free_port())
+        if info.embedded and not info.running:
+            info = _start(workspace, port or _free_port())
+        forkserver.ensure(workspace)
+        return info
 
 
 def _start(workspace: Workspace, port: int) -> ServerInfo:
@@ -138,7 +140,8 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
 
 
 def stop_server(workspace: Workspace, *, timeout: float = 15.0) -> bool:
-    """Stop the embedded server; returns False when none was running."""
+    """Stop the embedded server and the fork server; returns False when none was running."""
+    forkserver.stop(workspace)
     state = read_json(_state_file(workspace))
     if not state or not pid_alive(state["pid"]):
         _state_file(workspace).unlink(missing_ok=True)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up everything, then run the linter and the whole test suite.
+# The tests start (and stop, by PID) their own Prefect server in a temporary workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+unset PREFECT_API_URL
+.venv/bin/ruff check tfsubmit tests benchmarks
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -7,12 +7,11 @@ import subprocess
 import time
 
 import pytest
+from conftest import EXAMPLE, TFSUBMIT, run_cli
 
 from tfsubmit import Experiment, Run, TensorFlow
 from tfsubmit.errors import NotSupportedError, RunFailedError, TargetError
 from tfsubmit.procfs import processes_of_run
-
-from conftest import EXAMPLE, TFSUBMIT, run_cli
 
 pytestmark = pytest.mark.e2e
 STEPS = {"snapshot_source", "resolve_environment", "provision_nodes", "launch_topology",
@@ -52,7 +51,8 @@ def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, c
     copied = run.download_files(prefix="outputs/", output_directory=tmp_path / "out")
     names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in copied)
     assert names == ["outputs/history.json", "outputs/model.keras"]
-    assert json.loads((tmp_path / "out/outputs/history.json").read_text())["loss"] == metrics["loss"]
+    history = json.loads((tmp_path / "out/outputs/history.json").read_text())
+    assert history["loss"] == metrics["loss"]
 
     manifest = json.loads(run.paths.manifest.read_text())
     assert "train.py" in manifest["files"] and manifest["hash"] == details["snapshot_hash"]

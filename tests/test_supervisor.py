@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tfsubmit.errors import TargetError
 from tfsubmit.process import ProcessSpec
 from tfsubmit.procfs import processes_of_run
 from tfsubmit.runlog import RunLog
 from tfsubmit.supervisor import supervise
 from tfsubmit.targets import LocalTarget, get_target
-from tfsubmit.errors import TargetError
 
 SPAWN_AND_SLEEP = """
 import subprocess, sys, time
@@ -98,7 +98,8 @@ def test_cancel_terms_then_kills_a_process_that_ignores_term(tmp_path):
 def test_base_env_drops_the_orchestrators_python_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", "/orchestrator/site-packages")
     monkeypatch.setenv("PREFECT_API_URL", "http://secret")
-    code = "import os, json; print(json.dumps([os.environ.get(k) for k in ('PYTHONPATH', 'PREFECT_API_URL', 'JOB')]))"
+    code = ("import os, json; print(json.dumps([os.environ.get(k) for k in "
+            "('PYTHONPATH', 'PREFECT_API_URL', 'JOB')]))")
     outcome, merged = _run([_spec(code, tmp_path, "env-1", JOB="yes")], tmp_path, "env-1")
     assert '[worker:0@local] [null, null, "yes"]' in merged
 

@@ -17,9 +17,9 @@ def test_single_node_spec_is_exact():
     job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py",
                      script_params={"--epochs": 3, "--name": "a b; c"},
                      environment_variables={"MY_SETTING": "on"})
-    node = Node(host="local", workdir="/runs/r1/work")
-    [spec] = plan_single_node(job, node, python="/envs/e1/bin/python", run_id="r1",
-                              runtime_path="/ws/runtime/abc")
+    node = Node(host="local", workdir="/runs/r1/work", python="/envs/e1/bin/python",
+                runtime="/ws/runtime/abc")
+    [spec] = plan_single_node(job, node, run_id="r1")
     assert spec.argv == ("/envs/e1/bin/python", "echo_args.py", "--epochs", "3", "--name", "a b; c")
     assert spec.cwd == "/runs/r1/work"
     assert (spec.role, spec.index, spec.host) == ("worker", 0, "local")
@@ -38,10 +38,10 @@ def test_single_node_spec_is_exact():
 
 def test_specs_are_immutable_and_ignore_the_parent_environment(monkeypatch):
     job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py")
-    node = Node(host="local", workdir="/w")
-    first = plan_single_node(job, node, python="p", run_id="r", runtime_path="rt")
+    node = Node(host="local", workdir="/w", python="p", runtime="rt")
+    first = plan_single_node(job, node, run_id="r")
     monkeypatch.setenv("TFSUBMIT_RUN_ID", "leaked")
     monkeypatch.setenv("MY_SETTING", "leaked")
-    assert plan_single_node(job, node, python="p", run_id="r", runtime_path="rt") == first
+    assert plan_single_node(job, node, run_id="r") == first
     with pytest.raises(TypeError):
         first[0].env["X"] = "y"

@@ -104,6 +104,6 @@ def test_base_env_drops_the_orchestrators_python_settings(tmp_path, monkeypatch)
     assert '[worker:0@local] [null, null, "yes"]' in merged
 
 
-def test_unknown_target_is_named():
+def test_unknown_target_is_named(tmp_path):
     with pytest.raises(TargetError, match="compute_target: unknown target 'gpu-cluster'"):
-        get_target("gpu-cluster")
+        get_target("gpu-cluster", tmp_path)

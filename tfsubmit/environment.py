@@ -3,6 +3,7 @@
 An environment is built once (with uv when available, else venv + pip) under the shared
 environment cache and reused by every later job with the same inputs: the second job
 installs nothing. The orchestrator never imports TensorFlow; only the job's interpreter does.
+Only the standard library is used here: remote hosts run this module to build there.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tfsubmit.errors import EnvironmentBuildError
-from tfsubmit.spec import TrainingJob
+
+if TYPE_CHECKING:  # this module also runs on remote hosts, where only the stdlib is sure
+    from tfsubmit.spec import TrainingJob
 
 # Bump when the way environments are built changes, so old ones are not reused.
 LAYOUT_VERSION = 2
@@ -130,7 +134,7 @@ def resolve_environment(
             shutil.rmtree(env_dir, ignore_errors=True)
             raise
         marker.write_text(
-            json.dumps({"python": python, "freeze": freeze, "spec": spec.__dict__}, default=list)
+            json.dumps({"python": python, "freeze": freeze, "spec": asdict(spec)})
         )
         elapsed = time.monotonic() - started
         return Environment(spec.hash, str(env_dir), python, False, freeze, elapsed)

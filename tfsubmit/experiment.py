@@ -36,7 +36,7 @@ class Experiment:
         """Start `job` and return its Run at once; the job runs in a detached process."""
         from tfsubmit.targets import get_target
 
-        get_target(job.compute_target)  # an unknown target fails here, before any run exists
+        get_target(job.compute_target, self.workspace.root)  # unknown: fails before a run exists
         if job.is_distributed:
             raise NotSupportedError(
                 f"distributed_backend: {job.distributed_backend!r} is not supported yet "

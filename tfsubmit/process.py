@@ -15,6 +15,8 @@ class Node:
     workdir: str
     slots: int = 1
     gpus: int = 0
+    python: str = ""  # the job environment's interpreter on this node
+    runtime: str = ""  # the folder holding tfsubmit's in-job runtime on this node
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.runlog import RunLog
@@ -24,6 +25,7 @@ class Submission:
     experiment: str
     paths: RunPaths
     log: RunLog
+    target: Any = None  # the compute target, connected once for the whole submission
     cancel: threading.Event = field(default=CANCEL)
 
     def check_canceled(self) -> None:

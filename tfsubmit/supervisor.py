@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from tfsubmit.errors import TfsubmitError
 from tfsubmit.process import ProcessSpec
 from tfsubmit.runlog import RunLog
 
@@ -27,8 +28,8 @@ class Handle(Protocol):
 
 class Target(Protocol):
     def start(self, spec: ProcessSpec) -> Handle: ...
-    def leftovers(self, run_id: str) -> list[int]: ...
-    def kill(self, pids: list[int]) -> None: ...
+    def leftovers(self, run_id: str) -> list[tuple[str, int]]: ...
+    def kill(self, processes: list[tuple[str, int]]) -> None: ...
 
 
 @dataclass
@@ -81,18 +82,22 @@ def supervise(
         for reader in readers:
             reader.join(timeout=2.0)  # a helper that escaped the group may hold the pipe
         _drain(lines, handles, files, log)
-        leftovers = target.leftovers(run_id)
-        if leftovers:
-            log.event(f"killing {len(leftovers)} leftover process(es) of the run: {leftovers}")
-            target.kill(leftovers)
+        try:
+            leftovers = target.leftovers(run_id)
+            if leftovers:
+                shown = ", ".join(f"{pid}@{host}" for host, pid in leftovers)
+                log.event(f"killing {len(leftovers)} leftover process(es) of the run: {shown}")
+                target.kill(leftovers)
+        except TfsubmitError as exc:
+            log.event(f"could not check for leftover processes: {exc}")
     finally:
         for handle in handles:  # never leave a group behind, even when tfsubmit itself fails
-            if handle.poll() is None:
+            if _poll(handle) is None:
                 handle.signal_group(signal.SIGKILL)
         for file in files:
             file.close()
     results = [
-        ProcessResult(h.spec.role, h.spec.index, h.spec.host, h.poll(), str(log_dir / s.log_name))
+        ProcessResult(h.spec.role, h.spec.index, h.spec.host, _poll(h), str(log_dir / s.log_name))
         for h, s in zip(handles, specs, strict=False)
     ]
     return Outcome(status, reason, results, time.monotonic() - started)
@@ -119,7 +124,10 @@ def _watch(handles, lines, files, log, cancel, started, max_seconds) -> tuple[st
             return "Canceled", "canceled by the user"
         if max_seconds is not None and time.monotonic() - started > max_seconds:
             return "Failed", f"exceeded max_run_duration_seconds={max_seconds:g}"
-        codes = [handle.poll() for handle in handles]
+        try:
+            codes = [handle.poll() for handle in handles]
+        except TfsubmitError as exc:  # a host stopped answering
+            return "Failed", str(exc)
         for handle, code in zip(handles, codes, strict=True):
             if code not in (None, 0):
                 what = f"signal {-code}" if code < 0 else f"exit code {code}"
@@ -150,12 +158,29 @@ def _drain(lines, handles, files, log, *, wait: float = 0.0) -> int:
         deadline = time.monotonic()  # got something: empty the rest without waiting
 
 
+def _lost(handle: Handle) -> bool:
+    try:
+        handle.poll()
+    except TfsubmitError:
+        return True
+    return False
+
+
+def _poll(handle: Handle) -> int | None:
+    """The exit code, or None while running or unknowable (its host is lost)."""
+    try:
+        return handle.poll()
+    except TfsubmitError:
+        return None
+
+
 def _stop(handles: list[Handle], grace_seconds: float) -> None:
     for handle in handles:
-        if handle.poll() is None:
+        if _poll(handle) is None:
             handle.signal_group(signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds
-    while time.monotonic() < deadline and any(h.poll() is None for h in handles):
+    reachable = [h for h in handles if not _lost(h)]
+    while time.monotonic() < deadline and any(_poll(h) is None for h in reachable):
         time.sleep(0.05)
     for handle in handles:
         handle.signal_group(signal.SIGKILL)  # the group, even if its leader already exited

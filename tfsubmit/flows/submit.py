@@ -16,6 +16,7 @@ from tfsubmit.runlog import RunLog
 from tfsubmit.spec import TrainingJob, load_job_file, validate_experiment_name
 from tfsubmit.submission import RunCanceled, Submission
 from tfsubmit.supervisor import Outcome
+from tfsubmit.targets import get_target
 from tfsubmit.tasks import (
     collect_outputs,
     launch_topology,
@@ -71,9 +72,10 @@ def submit_training(
     )
     nodes = []
     try:
+        sub.target = get_target(spec.compute_target, sub.workspace.root)
         snapshot = snapshot_source(spec, sub)
         env = resolve_environment(spec, sub)
-        nodes = provision_nodes(spec, sub, snapshot)
+        nodes = provision_nodes(spec, sub, snapshot, env)
         outcome = launch_topology(spec, sub, nodes, env)
     except RunCanceled as exc:
         outcome = Outcome("Canceled", str(exc))
@@ -83,7 +85,11 @@ def submit_training(
     except Exception as exc:  # a bug of ours: keep the traceback with the run
         sub.log.event("internal error:\n" + traceback.format_exc())
         outcome = Outcome("Failed", f"internal error: {exc!r}")
-    record = collect_outputs(sub, nodes, outcome)
+    try:
+        record = collect_outputs(sub, nodes, outcome)
+    finally:
+        if sub.target is not None:
+            sub.target.close()
     if os.environ.get("TFSUBMIT_RUNNER_OF") != sub.run_id:
         # Not under tfsubmit's runner (e.g. a Prefect deployment): nobody else will set it.
         record = sub.record(status=record["outcome"])

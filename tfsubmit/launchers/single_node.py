@@ -19,16 +19,14 @@ def job_env(job: TrainingJob, *, run_id: str, node: Node, role: str, index: int)
     }
 
 
-def plan_single_node(
-    job: TrainingJob, node: Node, *, python: str, run_id: str, runtime_path: str
-) -> list[ProcessSpec]:
+def plan_single_node(job: TrainingJob, node: Node, *, run_id: str) -> list[ProcessSpec]:
     """One `python entry_script args...` process in the node's working directory."""
     env = job_env(job, run_id=run_id, node=node, role="worker", index=0)
-    env["PYTHONPATH"] = runtime_path
+    env["PYTHONPATH"] = node.runtime
     return [
         ProcessSpec(
             host=node.host,
-            argv=(python, job.entry_script, *job.script_arguments()),
+            argv=(node.python, job.entry_script, *job.script_arguments()),
             env=env,
             cwd=node.workdir,
             role="worker",

@@ -1,25 +1,35 @@
 """Compute targets decide where and how processes run; they never import launchers or flows.
 
-Every target offers the same small protocol: `provision(run_dir) -> Node`,
-`start(spec) -> handle` (handle: `lines()`, `poll()`, `signal_group(sig)`), `leftovers(run_id)`.
+Every target offers the same small protocol: `start(spec) -> handle` (handle: `lines()`,
+`poll()`, `signal_group(sig)`), `leftovers(run_id) -> [(host, pid)]`, `kill(...)`,
+`collect(node, dest)` and `close()`. `remote` says whether environments are built on the
+target's hosts while provisioning (SSH) or here before it (local).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tfsubmit.errors import TargetError
 from tfsubmit.targets.local import LocalTarget
 
-KNOWN_TYPES = ("local",)
 
-
-def get_target(name: str) -> LocalTarget:
-    """The compute target called `name`."""
+def get_target(name: str, workspace_root: Path):
+    """The compute target called `name`: `local`, or one defined in targets.yaml."""
     if name == "local":
         return LocalTarget()
-    raise TargetError(
-        f"compute_target: unknown target {name!r}; known targets: local "
-        "(SSH and Docker targets are not supported yet)"
-    )
+    from tfsubmit.targets.config import load_targets, targets_file
+
+    targets = load_targets(workspace_root)
+    if name not in targets:
+        known = ", ".join(["local", *sorted(targets)])
+        raise TargetError(
+            f"compute_target: unknown target {name!r}; known targets: {known} "
+            f"(define targets in {targets_file(workspace_root)})"
+        )
+    from tfsubmit.targets.ssh import SSHTarget
+
+    return SSHTarget(name, targets[name])
 
 
-__all__ = ["KNOWN_TYPES", "LocalTarget", "get_target"]
+__all__ = ["LocalTarget", "get_target"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -43,13 +44,16 @@ class LocalProcess:
 class LocalTarget:
     name = "local"
     host = "local"
+    remote = False
+    bytes_uploaded = 0
 
-    def provision(self, run_dir: Path) -> Node:
+    def provision(self, run_dir: Path, *, python: str, runtime: str) -> Node:
         """A per-run working directory with outputs/ and logs/ for the job."""
         workdir = run_dir / "work"
         for sub in ("outputs", "logs", ".tfsubmit"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
-        return Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1)
+        return Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
+                    python=python, runtime=runtime)
 
     def base_env(self) -> dict[str, str]:
         env = {
@@ -77,13 +81,32 @@ class LocalTarget:
         )
         return LocalProcess(spec, popen)
 
-    def leftovers(self, run_id: str) -> list[int]:
+    def leftovers(self, run_id: str) -> list[tuple[str, int]]:
         """Live processes of the run, found by the run id in their environment."""
-        return processes_of_run(run_id)
+        return [(self.host, pid) for pid in processes_of_run(run_id)]
 
-    def kill(self, pids: list[int]) -> None:
-        for pid in pids:
+    def kill(self, processes: list[tuple[str, int]]) -> None:
+        for _, pid in processes:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def collect(self, node: Node, dest: Path) -> list[str]:
+        """Move the node's outputs/, logs/ and metric files into `dest` (same disk: cheap)."""
+        work = Path(node.workdir)
+        for name in ("outputs", "logs", ".tfsubmit"):
+            source = work / name
+            if not source.is_dir():
+                continue
+            target_dir = dest / name
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for entry in source.iterdir():
+                target = target_dir / entry.name
+                if target.exists():
+                    target = target_dir / f"job-{entry.name}"  # never overwrite tfsubmit's logs
+                shutil.move(str(entry), target)
+        return []
+
+    def close(self) -> None:
+        pass

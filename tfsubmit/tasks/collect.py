@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -15,21 +14,21 @@ from tfsubmit.supervisor import Outcome
 from tfsubmit.tasks._logging import forwarded
 
 
-def gather_local(node: Node, sub: Submission) -> None:
-    """Move a local node's outputs/, logs/ and metrics into the run folder."""
-    work = Path(node.workdir)
-    for name, dest in (("outputs", sub.paths.outputs), ("logs", sub.paths.logs)):
-        source = work / name
-        if source.is_dir():
-            dest.mkdir(exist_ok=True)
-            for entry in source.iterdir():
-                target = dest / entry.name
-                if target.exists():
-                    target = dest / f"job-{entry.name}"  # never overwrite tfsubmit's own logs
-                shutil.move(str(entry), target)
+def gather(sub: Submission, nodes: list[Node]) -> list[str]:
+    """Bring every node's outputs, logs and metric files into the run folder.
+
+    The primary node's go to the run folder itself, the others' to `hosts/<host>/`.
+    Returns the problems met (an unreachable host keeps its files).
+    """
+    problems = []
+    for i, node in enumerate(nodes):
+        dest = sub.paths.root if i == 0 else sub.paths.root / "hosts" / node.host
+        problems += sub.target.collect(node, dest)
     with sub.paths.metrics.open("a") as merged:
-        for path in sorted((work / ".tfsubmit").glob("metrics-*.jsonl")):
-            merged.write(path.read_text())
+        for path in sorted(sub.paths.root.glob("**/.tfsubmit/metrics-*.jsonl")):
+            if "work" not in path.relative_to(sub.paths.root).parts:
+                merged.write(path.read_text())
+    return problems
 
 
 def _artifact_key(run_id: str, suffix: str) -> str:
@@ -53,8 +52,8 @@ def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dic
         The run's final record (status, exit code, duration, metrics, outputs).
     """
     with forwarded(sub.log) as log:
-        for node in nodes:
-            gather_local(node, sub)
+        for problem in gather(sub, nodes):
+            log.event(f"collecting: {problem}")
         metrics = read_metrics([sub.paths.metrics])
         outputs = sorted(  # gathered before the status changes: readers then see them all
             str(p.relative_to(sub.paths.root)) for p in sub.paths.outputs.rglob("*") if p.is_file()

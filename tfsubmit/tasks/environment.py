@@ -18,10 +18,16 @@ def resolve_environment(job: TrainingJob, sub: Submission) -> envs.Environment:
         sub: the submission; `pip freeze` of the environment is recorded there.
 
     Returns:
-        The environment: its hash, interpreter, and whether it was reused.
+        The environment: its hash, interpreter, and whether it was reused. For targets that
+        build on their hosts (SSH), only the hash is known here; the hosts' environments
+        come with the nodes.
     """
     sub.check_canceled()
     spec = envs.environment_spec(job)
+    if sub.target.remote:
+        sub.log.event(f"environment {spec.hash[:16]}: built or reused on each host of "
+                      f"{job.compute_target!r} while provisioning")
+        return envs.Environment(spec.hash, path="", python="", reused=False, freeze="")
     with forwarded(sub.log) as log:
         cached = (sub.workspace.env_cache / spec.hash / envs.MARKER).exists()
         if not cached:

@@ -5,14 +5,13 @@ import time
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tfsubmit.environment import Environment, runtime_dir
+from tfsubmit.environment import Environment
 from tfsubmit.errors import NotSupportedError
 from tfsubmit.launchers import plan_single_node
 from tfsubmit.process import Node
 from tfsubmit.spec import TrainingJob
 from tfsubmit.submission import Submission
 from tfsubmit.supervisor import Outcome, supervise
-from tfsubmit.targets import get_target
 from tfsubmit.tasks._logging import forwarded
 
 
@@ -36,18 +35,11 @@ def launch_topology(
         raise NotSupportedError(
             f"distributed_backend={job.distributed_backend!r} is not supported yet"
         )
-    target = get_target(job.compute_target)
-    specs = plan_single_node(
-        job,
-        nodes[0],
-        python=env.python,
-        run_id=sub.run_id,
-        runtime_path=str(runtime_dir(sub.workspace.runtime)),
-    )
+    specs = plan_single_node(job, nodes[0], run_id=sub.run_id)
     with forwarded(sub.log) as log:
         log.event(f"starting {len(specs)} process(es): {' '.join(specs[0].argv[1:])}")
         outcome = supervise(
-            target,
+            sub.target,
             specs,
             run_id=sub.run_id,
             log=log,

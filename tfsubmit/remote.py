@@ -1,0 +1,155 @@
+"""Helpers that run on a compute host, inside `python -m tfsubmit.remote COMMAND ...`.
+
+tfsubmit uploads its own package (standard library only on this path) to each host once
+per code version and calls these over SSH, so a host needs nothing but Python 3.
+
+    preflight WORKDIR MIN_FREE_MB   -> JSON: python, version, free_mb, writable
+    missing OBJECTS                 stdin: hashes, one a line -> the ones the store lacks
+    materialize OBJECTS DEST        stdin: manifest JSON -> files written under DEST
+    build-env CACHE                 stdin: EnvironmentSpec JSON -> install lines, then
+                                    `TFSUBMIT-ENV {json}` as the last line
+    ps RUN_ID                       -> JSON list of live pids of the run
+    kill RUN_ID                     -> SIGKILL them; JSON list of pids killed
+    run                             stdin: one JSON line {argv, env, cwd, pidfile, path}:
+                                    start it in a new session (its pid, the group id, goes
+                                    to pidfile), relay its output, exit with its code
+                                    (128 + N when killed by signal N)
+    signal PIDFILE SIGNUM           -> signal the whole process group named in PIDFILE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+ENV_RESULT_PREFIX = "TFSUBMIT-ENV "
+
+
+def preflight(workdir: str, min_free_mb: str) -> dict:
+    report = {"python": sys.executable, "version": "{}.{}.{}".format(*sys.version_info[:3])}
+    root = Path(workdir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+        report["writable"] = True
+    except OSError as exc:
+        report["writable"] = False
+        report["error"] = f"workdir {workdir} is not writable: {exc.strerror or exc}"
+        return report
+    free_mb = shutil.disk_usage(root).free // (1 << 20)
+    report["free_mb"] = free_mb
+    if free_mb < int(min_free_mb):
+        report["error"] = f"only {free_mb} MB free in {workdir} (need {min_free_mb} MB)"
+    return report
+
+
+def missing(objects: str) -> list[str]:
+    root = Path(objects)
+    wanted = [line.strip() for line in sys.stdin if line.strip()]
+    return [d for d in wanted if not (root / d[:2] / d[2:]).exists()]
+
+
+def materialize(objects: str, dest: str) -> int:
+    manifest = json.load(sys.stdin)
+    root, target = Path(objects), Path(dest)
+    for rel, entry in manifest["files"].items():
+        path = target / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / entry["sha256"][:2] / entry["sha256"][2:], path)
+        if entry.get("executable"):
+            path.chmod(0o755)
+    return len(manifest["files"])
+
+
+def build_env(cache: str) -> None:
+    from tfsubmit.environment import EnvironmentSpec, resolve_environment
+
+    data = json.load(sys.stdin)
+    spec = EnvironmentSpec(
+        python_version=data["python_version"],
+        requirements=tuple(data["requirements"]),
+        conda_packages=tuple(data.get("conda_packages", ())),
+    )
+    env = resolve_environment(spec, Path(cache).expanduser(),
+                              on_line=lambda line: print(line, flush=True))
+    result = {"hash": env.hash, "path": env.path, "python": env.python, "reused": env.reused,
+              "freeze": env.freeze, "build_seconds": env.build_seconds}
+    print(ENV_RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def kill(run_id: str) -> list[int]:
+    from tfsubmit.procfs import processes_of_run
+
+    pids = processes_of_run(run_id)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def run_process() -> int:
+    request = json.loads(sys.stdin.readline())
+    env = {**os.environ, **request["env"]}
+    if request.get("path"):
+        env["PATH"] = request["path"] + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # own session and group: a signal to the group reaches all of it
+            Path(request["pidfile"]).write_text(str(os.getpid()))
+            os.chdir(request["cwd"])
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.execvpe(request["argv"][0], request["argv"], env)
+        except BaseException as exc:  # noqa: BLE001 (report, then leave the fork at once)
+            print(f"tfsubmit: cannot start {request['argv'][0]}: {exc}", flush=True)
+        os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def signal_group(pidfile: str, signum: str) -> None:
+    try:
+        os.killpg(int(Path(pidfile).read_text()), int(signum))
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    command, args = argv[0], argv[1:]
+    if command == "preflight":
+        print(json.dumps(preflight(*args)))
+    elif command == "missing":
+        print("\n".join(missing(*args)))
+    elif command == "materialize":
+        print(materialize(*args))
+    elif command == "build-env":
+        build_env(*args)
+    elif command == "ps":
+        from tfsubmit.procfs import processes_of_run
+
+        print(json.dumps(processes_of_run(*args)))
+    elif command == "kill":
+        print(json.dumps(kill(*args)))
+    elif command == "run":
+        return run_process()
+    elif command == "signal":
+        signal_group(*args)
+    else:
+        print(f"unknown command {command!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,468 @@
+"""The SSH target: the user's own machines, reached with paramiko.
+
+Per run: connect to every host in parallel, pre-flight each (reachable, auth, python,
+workdir writable, disk space) and report every failing host at once; upload tfsubmit's
+small runtime and the snapshot content-addressed over SFTP (files a host has are not sent
+again); build the job environment on each host with the same hash scheme as locally;
+start processes in their own session with a pidfile, stream their lines back, signal
+their group, and fetch outputs, logs and metrics back, also for failed runs.
+Every value that reaches a remote shell goes through `shell_join` (shlex.quote).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import paramiko
+
+from tfsubmit.environment import Environment, EnvironmentSpec, package_hash
+from tfsubmit.errors import TargetError
+from tfsubmit.process import Node, ProcessSpec
+from tfsubmit.remote import ENV_RESULT_PREFIX
+from tfsubmit.snapshot import ObjectStore, Snapshot
+from tfsubmit.targets.config import SSHHost, SSHTargetConfig
+
+LineSink = Callable[[str], None]
+
+
+def shell_join(argv: list[str]) -> str:
+    """The one place that builds remote shell text: every piece quoted."""
+    return " ".join(shlex.quote(str(part)) for part in argv)
+
+
+class HostLostError(TargetError):
+    """A host stopped answering while the job ran."""
+
+
+class _RecordingPolicy(paramiko.MissingHostKeyPolicy):
+    """trust_on_first_use: accept an unknown key and append it to known_hosts."""
+
+    def __init__(self, known_hosts: Path, lock: threading.Lock) -> None:
+        self.known_hosts = known_hosts
+        self.lock = lock
+
+    def missing_host_key(self, client, hostname, key) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        with self.lock:
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            with self.known_hosts.open("a") as handle:
+                handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class Connection:
+    """One host: an SSH client, its SFTP channel, an upload counter and a heartbeat."""
+
+    def __init__(self, config: SSHTargetConfig, host: SSHHost, tofu_lock: threading.Lock):
+        self.config = config
+        self.host = host
+        self.name = host.address
+        self.client = paramiko.SSHClient()
+        self._tofu_lock = tofu_lock
+        self._sftp: paramiko.SFTPClient | None = None
+        self.bytes_uploaded = 0
+        self.lost: str | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def where(self) -> str:
+        return f"{self.config.user}@{self.host.address}:{self.config.port}"
+
+    def connect(self) -> None:
+        known = Path(self.config.known_hosts).expanduser()
+        if known.exists():
+            self.client.load_host_keys(str(known))
+        if self.config.trust_on_first_use:
+            self.client.set_missing_host_key_policy(_RecordingPolicy(known, self._tofu_lock))
+        else:
+            self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        key = Path(self.config.key_file).expanduser()
+        if not key.is_file():
+            raise TargetError(f"{self.where}: key_file {key} does not exist")
+        timeout = self.config.connect_timeout
+        hostname = (f"[{self.host.address}]:{self.config.port}" if self.config.port != 22
+                    else self.host.address)
+        try:
+            self.client.connect(
+                self.host.address, port=self.config.port, username=self.config.user,
+                key_filename=str(key), timeout=timeout, banner_timeout=timeout,
+                auth_timeout=timeout, look_for_keys=False, allow_agent=False,
+            )
+        except paramiko.BadHostKeyException:
+            raise TargetError(
+                f"{self.where}: the host key CHANGED since it was recorded in {known}; if "
+                f"the host was reinstalled, remove the old key with "
+                f"`ssh-keygen -R '{hostname}' -f {known}` and connect again"
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            raise TargetError(
+                f"{self.where}: authentication failed with key {key} ({exc}); check the "
+                f"user and that the public key is in the host's authorized_keys"
+            ) from None
+        except paramiko.SSHException as exc:
+            if "known_hosts" in str(exc):
+                raise TargetError(
+                    f"{self.where}: unknown host key, refused; trust it with "
+                    f"`ssh-keyscan -p {self.config.port} {self.host.address} >> {known}` after "
+                    "checking its fingerprint, or set trust_on_first_use: true on the target"
+                ) from None
+            raise TargetError(f"{self.where}: SSH failed: {exc}") from None
+        except (TimeoutError, OSError) as exc:
+            reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or exc)
+            raise TargetError(
+                f"{self.where}: unreachable ({reason}, connect_timeout={timeout:g} s)"
+            ) from None
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._sftp = self.client.open_sftp()
+        return self._sftp
+
+    def run(self, argv: list[str], *, stdin: str | None = None, env: dict | None = None,
+            timeout: float = 120.0) -> str:
+        """Run a command (argv, quoted here) and return its stdout; raise on failure."""
+        command = shell_join(argv)
+        if env:
+            command = f"env {shell_join([f'{k}={v}' for k, v in env.items()])} {command}"
+        try:
+            channel = self.client.get_transport().open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin.encode())
+            channel.shutdown_write()
+            out = _read_all(channel.makefile("rb"))
+            err = _read_all(channel.makefile_stderr("rb"))
+            code = channel.recv_exit_status()
+        except (paramiko.SSHException, OSError, TimeoutError) as exc:
+            raise TargetError(f"{self.where}: `{argv[0]} ...` failed: {exc or 'timed out'}") \
+                from None
+        if code != 0:
+            detail = (err or out).strip().splitlines()[-5:]
+            raise TargetError(f"{self.where}: `{shell_join(argv)[:120]}` exited {code}: "
+                              + " | ".join(detail))
+        return out
+
+    def stream(self, argv: list[str], *, stdin: str, env: dict, on_line: LineSink) -> int:
+        channel = self.client.get_transport().open_session(timeout=30)
+        channel.set_combine_stderr(True)
+        channel.exec_command(f"env {shell_join([f'{k}={v}' for k, v in env.items()])} "
+                             f"{shell_join(argv)}")
+        channel.sendall(stdin.encode())
+        channel.shutdown_write()
+        for raw in channel.makefile("rb"):
+            on_line(raw.decode(errors="replace").rstrip("\n"))
+        return channel.recv_exit_status()
+
+    def put_bytes(self, data: bytes, path: str) -> None:
+        tmp = f"{path}.{id(self)}.tmp"
+        with self.sftp.open(tmp, "wb") as handle:
+            handle.set_pipelined(True)
+            handle.write(data)
+        self.sftp.posix_rename(tmp, path)
+        self.bytes_uploaded += len(data)
+
+    def start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(self.config.heartbeat_seconds):
+                try:
+                    channel = self.client.get_transport().open_session(timeout=5)
+                    channel.settimeout(5)
+                    channel.exec_command("true")
+                    channel.recv_exit_status()
+                    channel.close()
+                except Exception as exc:  # noqa: BLE001 (any failure means the same)
+                    self.lost = f"no answer to the heartbeat ({exc or type(exc).__name__})"
+                    return
+
+        self._heartbeat = threading.Thread(target=beat, daemon=True, name=f"hb-{self.name}")
+        self._heartbeat.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.client.close()
+
+
+def _read_all(handle) -> str:
+    return handle.read().decode(errors="replace")
+
+
+class SSHProcess:
+    """A process group started on a host by `python -m tfsubmit.remote run`."""
+
+    def __init__(self, spec: ProcessSpec, conn: Connection, channel, pidfile: str, rt: str):
+        self.spec = spec
+        self.pid = 0  # the remote pid is in the pidfile; the channel is our handle
+        self._conn = conn
+        self._channel = channel
+        self._pidfile = pidfile
+        self._runtime = rt
+
+    def lines(self) -> Iterator[str]:
+        for raw in self._channel.makefile("rb"):
+            yield raw.decode(errors="replace").rstrip("\n")
+
+    def poll(self) -> int | None:
+        if self._channel.exit_status_ready():
+            return self._channel.recv_exit_status()
+        if self._conn.lost:
+            raise HostLostError(f"host {self._conn.where} lost: {self._conn.lost}")
+        return None
+
+    def signal_group(self, sig: int) -> None:
+        if self._conn.lost:
+            return
+        try:
+            self._conn.run([self._conn.config.python, "-m", "tfsubmit.remote", "signal",
+                            self._pidfile, str(int(sig))],
+                           env={"PYTHONPATH": self._runtime}, timeout=10)
+        except TargetError:
+            pass  # reported by the leftover check that follows every stop
+
+
+class SSHTarget:
+    def __init__(self, name: str, config: SSHTargetConfig) -> None:
+        self.name = name
+        self.config = config
+        self._tofu_lock = threading.Lock()
+        self.connections: dict[str, Connection] = {}
+        self.runtime = ""
+
+    # -- provisioning ---------------------------------------------------------------------------
+
+    @property
+    def bytes_uploaded(self) -> int:
+        return sum(conn.bytes_uploaded for conn in self.connections.values())
+
+    def _each(self, work: Callable[[Connection], object], hosts=None) -> dict[str, object]:
+        """Run `work` on every host in parallel; raise one error naming every failed host."""
+        conns = hosts or list(self.connections.values())
+        results, errors = {}, []
+        with ThreadPoolExecutor(max_workers=max(1, len(conns))) as pool:
+            futures = {conn.name: pool.submit(work, conn) for conn in conns}
+            for name, future in futures.items():
+                try:
+                    results[name] = future.result()
+                except TargetError as exc:
+                    errors.append(str(exc))
+                except Exception as exc:  # noqa: BLE001 (name the host whatever happened)
+                    errors.append(f"{name}: {type(exc).__name__}: {exc}")
+        if errors:
+            raise TargetError(
+                f"compute target {self.name!r}: {len(errors)} of {len(conns)} host(s) failed:\n"
+                + "\n".join(f"  - {e}" for e in errors)
+            )
+        return results
+
+    def connect(self) -> dict[str, dict]:
+        """Connect to every host and pre-flight it; returns each host's report."""
+        conns = [Connection(self.config, host, self._tofu_lock) for host in self.config.hosts]
+
+        def check(conn: Connection) -> dict:
+            conn.connect()
+            self.connections[conn.name] = conn
+            return self._preflight(conn)
+
+        return self._each(check, conns)
+
+    def _preflight(self, conn: Connection) -> dict:
+        wd = self.config.workdir
+        self.runtime = posixpath.join(wd, "runtime", package_hash())
+        try:
+            conn.run(["mkdir", "-p", posixpath.join(wd, "objects"), self.runtime], timeout=30)
+        except TargetError as exc:
+            raise TargetError(f"{conn.where}: workdir {wd} is not writable: {exc}") from None
+        self._upload_runtime(conn)
+        try:
+            report = json.loads(conn.run(
+                [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
+                 str(self.config.min_free_mb)], env={"PYTHONPATH": self.runtime}, timeout=60))
+        except TargetError as exc:
+            raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
+                              f"tfsubmit's helper ({exc}); set `python:` on the target") from None
+        if report.get("error"):
+            raise TargetError(f"{conn.where}: {report['error']}")
+        return report
+
+    def _upload_runtime(self, conn: Connection) -> None:
+        from tfsubmit.environment import _package_sources
+
+        marker = posixpath.join(self.runtime, "tfsubmit", "__init__.py")
+        try:
+            conn.sftp.stat(marker)
+            return
+        except FileNotFoundError:
+            pass
+        package, sources = _package_sources()
+        for path in sources:
+            rel = path.relative_to(package.parent).as_posix()
+            target = posixpath.join(self.runtime, rel)
+            _sftp_makedirs(conn.sftp, posixpath.dirname(target))
+            if rel != "tfsubmit/__init__.py":
+                conn.put_bytes(path.read_bytes(), target)
+        conn.put_bytes((package / "__init__.py").read_bytes(), marker)  # last: marks complete
+
+    def provision(self, *, run_id: str, snapshot: Snapshot, store: ObjectStore,
+                  env_spec: EnvironmentSpec, log: Callable[[str], None],
+                  cancel: threading.Event) -> tuple[list[Node], dict[str, Environment]]:
+        reports = self.connect()
+        for name, report in reports.items():
+            log(f"host {name}: ok (python {report['version']}, {report['free_mb']} MB free)")
+        run_dir = posixpath.join(self.config.workdir, "runs", run_id)
+        manifest = json.dumps(snapshot.manifest())
+
+        def stage(conn: Connection) -> Environment:
+            self._upload_objects(conn, snapshot, store)
+            objects = posixpath.join(self.config.workdir, "objects")
+            conn.run(["mkdir", "-p", *(posixpath.join(run_dir, d)
+                                        for d in ("outputs", "logs", ".tfsubmit"))])
+            conn.run([self.config.python, "-m", "tfsubmit.remote", "materialize", objects,
+                      run_dir], stdin=manifest, env={"PYTHONPATH": self.runtime})
+            return self._build_env(conn, env_spec, reports[conn.name]["version"], log)
+
+        envs = self._each(stage)
+        nodes = [
+            Node(host=host.address, workdir=run_dir, slots=host.slots, gpus=host.gpus,
+                 python=envs[host.address].python, runtime=self.runtime)
+            for host in self.config.hosts
+        ]
+        for conn in self.connections.values():
+            conn.start_heartbeat()
+        return nodes, envs
+
+    def _upload_objects(self, conn: Connection, snapshot: Snapshot, store: ObjectStore) -> None:
+        objects = posixpath.join(self.config.workdir, "objects")
+        digests = sorted({entry.sha256 for entry in snapshot.files.values()})
+        wanted = conn.run([self.config.python, "-m", "tfsubmit.remote", "missing", objects],
+                          stdin="\n".join(digests), env={"PYTHONPATH": self.runtime})
+        for digest in wanted.split():
+            folder = posixpath.join(objects, digest[:2])
+            _sftp_makedirs(conn.sftp, folder)
+            conn.put_bytes(store.path_for(digest).read_bytes(),
+                           posixpath.join(folder, digest[2:]))
+
+    def _build_env(self, conn: Connection, env_spec: EnvironmentSpec, version: str,
+                   log: Callable[[str], None]) -> Environment:
+        spec = EnvironmentSpec(version, env_spec.requirements, env_spec.conda_packages)
+        result: dict = {}
+
+        def on_line(line: str) -> None:
+            if line.startswith(ENV_RESULT_PREFIX):
+                result.update(json.loads(line[len(ENV_RESULT_PREFIX):]))
+            else:
+                log(f"env@{conn.name}: {line}")
+
+        request = json.dumps({"python_version": spec.python_version,
+                              "requirements": list(spec.requirements),
+                              "conda_packages": list(spec.conda_packages)})
+        code = conn.stream([self.config.python, "-m", "tfsubmit.remote", "build-env",
+                            self.config.env_cache], stdin=request,
+                           env={"PYTHONPATH": self.runtime}, on_line=on_line)
+        if code != 0 or not result:
+            raise TargetError(f"{conn.where}: building environment {spec.hash} failed "
+                              f"(exit code {code}); see the lines above")
+        return Environment(result["hash"], result["path"], result["python"], result["reused"],
+                           result["freeze"], result.get("build_seconds", 0.0))
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def start(self, spec: ProcessSpec) -> SSHProcess:
+        conn = self.connections[spec.host]
+        pidfile = posixpath.join(spec.cwd, ".tfsubmit", f"{spec.role}-{spec.index}.pid")
+        request = {"argv": list(spec.argv), "env": dict(spec.env), "cwd": spec.cwd,
+                   "pidfile": pidfile, "path": posixpath.dirname(spec.argv[0])}
+        channel = conn.client.get_transport().open_session(timeout=30)
+        channel.set_combine_stderr(True)
+        channel.exec_command(f"env PYTHONPATH={shlex.quote(self.runtime)} "
+                             + shell_join([self.config.python, "-m", "tfsubmit.remote", "run"]))
+        channel.sendall((json.dumps(request) + "\n").encode())
+        channel.shutdown_write()
+        return SSHProcess(spec, conn, channel, pidfile, self.runtime)
+
+    def leftovers(self, run_id: str) -> list[tuple[str, int]]:
+        found = []
+        for conn in self.connections.values():
+            if conn.lost:
+                continue
+            out = conn.run([self.config.python, "-m", "tfsubmit.remote", "ps", run_id],
+                           env={"PYTHONPATH": self.runtime}, timeout=15)
+            found += [(conn.name, pid) for pid in json.loads(out)]
+        return found
+
+    def kill(self, processes: list[tuple[str, int]]) -> None:
+        for host in {host for host, _ in processes}:
+            pids = [str(pid) for h, pid in processes if h == host]
+            self.connections[host].run(["kill", "-KILL", *pids], timeout=15)
+
+    def processes(self, run_id: str) -> dict[str, list[int]]:
+        """Live processes of the run on each reachable host (what `ps` there shows)."""
+        result: dict[str, list[int]] = {}
+        for host, pid in self.leftovers(run_id):
+            result.setdefault(host, []).append(pid)
+        return result
+
+    # -- outputs --------------------------------------------------------------------------------
+
+    def collect(self, node: Node, dest: Path) -> list[str]:
+        """Fetch outputs/, logs/ and metrics of `node` into `dest`; returns problems."""
+        conn = self.connections.get(node.host)
+        if conn is None or conn.lost:
+            return [f"{node.host}: unreachable, its outputs stay on the host in {node.workdir}"]
+        problems = []
+        for sub in ("outputs", "logs"):
+            try:
+                _sftp_download_tree(conn.sftp, posixpath.join(node.workdir, sub), dest / sub)
+            except (OSError, paramiko.SSHException) as exc:
+                problems.append(f"{node.host}: fetching {sub}/ failed: {exc}")
+        metrics_dir = posixpath.join(node.workdir, ".tfsubmit")
+        try:
+            for name in conn.sftp.listdir(metrics_dir):
+                if name.startswith("metrics-") and name.endswith(".jsonl"):
+                    (dest / ".tfsubmit").mkdir(parents=True, exist_ok=True)
+                    conn.sftp.get(posixpath.join(metrics_dir, name), str(dest / ".tfsubmit" / name))
+        except (OSError, paramiko.SSHException) as exc:
+            problems.append(f"{node.host}: fetching metrics failed: {exc}")
+        return problems
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            conn.close()
+
+
+def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+    missing = []
+    while path and path != "/":
+        try:
+            sftp.stat(path)
+            break
+        except FileNotFoundError:
+            missing.append(path)
+            path = posixpath.dirname(path)
+    for folder in reversed(missing):
+        try:
+            sftp.mkdir(folder)
+        except OSError:
+            sftp.stat(folder)  # made meanwhile by a parallel upload: fine
+
+
+def _sftp_download_tree(sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
+    try:
+        entries = sftp.listdir_attr(remote)
+    except FileNotFoundError:
+        return
+    local.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        source = posixpath.join(remote, entry.filename)
+        if stat.S_ISDIR(entry.st_mode or 0):
+            _sftp_download_tree(sftp, source, local / entry.filename)
+        else:
+            sftp.get(source, str(local / entry.filename))
+

@@ -229,6 +229,8 @@ class SSHProcess:
 
 
 class SSHTarget:
+    remote = True  # environments are built on the hosts while provisioning
+
     def __init__(self, name: str, config: SSHTargetConfig) -> None:
         self.name = name
         self.config = config
@@ -316,21 +318,26 @@ class SSHTarget:
         reports = self.connect()
         for name, report in reports.items():
             log(f"host {name}: ok (python {report['version']}, {report['free_mb']} MB free)")
-        run_dir = posixpath.join(self.config.workdir, "runs", run_id)
         manifest = json.dumps(snapshot.manifest())
+
+        def run_dir(host: str) -> str:
+            # One folder per host, even where hosts share a file system (NFS homes).
+            return posixpath.join(self.config.workdir, "runs", run_id, host)
 
         def stage(conn: Connection) -> Environment:
             self._upload_objects(conn, snapshot, store)
             objects = posixpath.join(self.config.workdir, "objects")
-            conn.run(["mkdir", "-p", *(posixpath.join(run_dir, d)
+            workdir = run_dir(conn.name)
+            conn.run(["mkdir", "-p", *(posixpath.join(workdir, d)
                                         for d in ("outputs", "logs", ".tfsubmit"))])
             conn.run([self.config.python, "-m", "tfsubmit.remote", "materialize", objects,
-                      run_dir], stdin=manifest, env={"PYTHONPATH": self.runtime})
+                      workdir], stdin=manifest, env={"PYTHONPATH": self.runtime})
             return self._build_env(conn, env_spec, reports[conn.name]["version"], log)
 
         envs = self._each(stage)
         nodes = [
-            Node(host=host.address, workdir=run_dir, slots=host.slots, gpus=host.gpus,
+            Node(host=host.address, workdir=run_dir(host.address), slots=host.slots,
+                 gpus=host.gpus,
                  python=envs[host.address].python, runtime=self.runtime)
             for host in self.config.hosts
         ]

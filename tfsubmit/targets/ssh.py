@@ -278,18 +278,28 @@ class SSHTarget:
     def _preflight(self, conn: Connection) -> dict:
         wd = self.config.workdir
         self.runtime = posixpath.join(wd, "runtime", package_hash())
+        preflight = [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
+                     str(self.config.min_free_mb)]
+        try:
+            # Warm path: one command, when the host already has this version's runtime.
+            return self._check(conn, conn.run(preflight, env={"PYTHONPATH": self.runtime}))
+        except TargetError:
+            pass
         try:
             conn.run(["mkdir", "-p", posixpath.join(wd, "objects"), self.runtime], timeout=30)
         except TargetError as exc:
             raise TargetError(f"{conn.where}: workdir {wd} is not writable: {exc}") from None
         self._upload_runtime(conn)
         try:
-            report = json.loads(conn.run(
-                [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
-                 str(self.config.min_free_mb)], env={"PYTHONPATH": self.runtime}, timeout=60))
+            output = conn.run(preflight, env={"PYTHONPATH": self.runtime}, timeout=60)
         except TargetError as exc:
             raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
                               f"tfsubmit's helper ({exc}); set `python:` on the target") from None
+        return self._check(conn, output)
+
+    @staticmethod
+    def _check(conn: Connection, output: str) -> dict:
+        report = json.loads(output)
         if report.get("error"):
             raise TargetError(f"{conn.where}: {report['error']}")
         return report

@@ -10,6 +10,10 @@ APT="apt-get -o DPkg::Lock::Timeout=600 -y -q"
 need_apt=()
 $PYTHON -c "import ensurepip, venv" 2>/dev/null || need_apt+=(python3-venv python3-pip)
 command -v ps >/dev/null || need_apt+=(procps)
+# The SSH target's tests start real sshd test hosts; namespaces need iproute2.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
+command -v ip >/dev/null || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     $APT update -qq && DEBIAN_FRONTEND=noninteractive $APT install --no-install-recommends "${need_apt[@]}"

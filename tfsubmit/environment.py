@@ -204,14 +204,14 @@ def _run(argv: list[str], on_line: LineSink, cancel: threading.Event | None) -> 
         )
 
 
-def _package_sources() -> tuple[Path, list[Path]]:
+def package_sources() -> tuple[Path, list[Path]]:
     package = Path(__file__).resolve().parent
     return package, sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def package_hash() -> str:
     """A hash of tfsubmit's own code: changes with every upgrade or edit."""
-    package, sources = _package_sources()
+    package, sources = package_sources()
     digest = hashlib.sha256()
     for path in sources:
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
@@ -224,7 +224,7 @@ def runtime_dir(workspace_runtime: Path) -> Path:
     The job's environment has TensorFlow but not tfsubmit's own dependencies; the package's
     face imports nothing heavy, so `from tfsubmit import run_context` works there.
     """
-    package, sources = _package_sources()
+    package, sources = package_sources()
     target = workspace_runtime / package_hash()
     if not (target / "tfsubmit" / "__init__.py").exists():
         tmp = workspace_runtime / f".{target.name}.{os.getpid()}.tmp"

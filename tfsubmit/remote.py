@@ -30,7 +30,8 @@ ENV_RESULT_PREFIX = "TFSUBMIT-ENV "
 
 
 def preflight(workdir: str, min_free_mb: str) -> dict:
-    report = {"python": sys.executable, "version": "{}.{}.{}".format(*sys.version_info[:3])}
+    report = {"python": sys.executable, "version": "{}.{}.{}".format(*sys.version_info[:3]),
+              "runtime": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     root = Path(workdir)
     try:
         root.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import paramiko
 
-from tfsubmit.environment import Environment, EnvironmentSpec, package_hash
+from tfsubmit.environment import Environment, EnvironmentSpec, package_hash, package_sources
 from tfsubmit.errors import TargetError
 from tfsubmit.process import Node, ProcessSpec
 from tfsubmit.remote import ENV_RESULT_PREFIX
@@ -281,9 +281,12 @@ class SSHTarget:
         preflight = [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
                      str(self.config.min_free_mb)]
         try:
-            # Warm path: one command, when the host already has this version's runtime.
-            return self._check(conn, conn.run(preflight, env={"PYTHONPATH": self.runtime}))
-        except TargetError:
+            # Warm path: one command, when the host already has this version's runtime
+            # (and not merely some tfsubmit installed in its Python).
+            report = json.loads(conn.run(preflight, env={"PYTHONPATH": self.runtime}))
+            if report["runtime"] == self.runtime:
+                return self._check(conn, report)
+        except (TargetError, ValueError, KeyError):
             pass
         try:
             conn.run(["mkdir", "-p", posixpath.join(wd, "objects"), self.runtime], timeout=30)
@@ -295,25 +298,22 @@ class SSHTarget:
         except TargetError as exc:
             raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
                               f"tfsubmit's helper ({exc}); set `python:` on the target") from None
-        return self._check(conn, output)
+        return self._check(conn, json.loads(output))
 
     @staticmethod
-    def _check(conn: Connection, output: str) -> dict:
-        report = json.loads(output)
+    def _check(conn: Connection, report: dict) -> dict:
         if report.get("error"):
             raise TargetError(f"{conn.where}: {report['error']}")
         return report
 
     def _upload_runtime(self, conn: Connection) -> None:
-        from tfsubmit.environment import _package_sources
-
         marker = posixpath.join(self.runtime, "tfsubmit", "__init__.py")
         try:
             conn.sftp.stat(marker)
             return
         except FileNotFoundError:
             pass
-        package, sources = _package_sources()
+        package, sources = package_sources()
         for path in sources:
             rel = path.relative_to(package.parent).as_posix()
             target = posixpath.join(self.runtime, rel)

@@ -24,10 +24,11 @@ def gather(sub: Submission, nodes: list[Node]) -> list[str]:
     for i, node in enumerate(nodes):
         dest = sub.paths.root if i == 0 else sub.paths.root / "hosts" / node.host
         problems += sub.target.collect(node, dest)
+    metric_files = [*sub.paths.root.glob(".tfsubmit/metrics-*.jsonl"),
+                    *sub.paths.root.glob("hosts/*/.tfsubmit/metrics-*.jsonl")]
     with sub.paths.metrics.open("a") as merged:
-        for path in sorted(sub.paths.root.glob("**/.tfsubmit/metrics-*.jsonl")):
-            if "work" not in path.relative_to(sub.paths.root).parts:
-                merged.write(path.read_text())
+        for path in sorted(metric_files):
+            merged.write(path.read_text())
     return problems
 
 

@@ -214,3 +214,51 @@ def test_host_cut_off_mid_run_fails_fast_and_stops_the_others(tmp_path):
         for pid in processes_of_run(run_id):  # same machine: clean up what the cut left
             subprocess.run(["kill", "-9", str(pid)])
         hosts.stop()
+
+
+def test_target_saved_as_a_prefect_block(workspace, hosts, job_dir):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tfsubmit.server import server_status
+    from tfsubmit.targets.block import SSHTargetBlock
+
+    name = f"block-{uuid.uuid4().hex[:8]}"
+    with temporary_settings({PREFECT_API_URL: server_status(workspace).api_url}):
+        SSHTargetBlock(target=SSHTargetConfig(**hosts.target_config())).save(name)
+    job = TensorFlow(source_directory=str(job_dir), entry_script="echo_args.py",
+                     script_params={"--from": "block"}, compute_target=name)
+    run = Experiment("ssh-block", workspace=workspace.root).submit(job)
+    details = run.wait_for_completion(timeout=300)
+    assert details["hosts"] == ["127.0.0.2", "127.0.0.3"]
+    assert json.loads((run.paths.outputs / "seen.json").read_text())["argv"] == ["--from", "block"]
+
+
+@pytest.mark.skipif(not _netns_available(), reason="network namespaces need CAP_NET_ADMIN")
+def test_run_fails_fast_naming_the_host_cut_off_mid_run(workspace, job_dir, tmp_path):
+    hosts = NamespaceHosts(tmp_path / "nshosts", 2).start()
+    run = None
+    try:
+        target = add_target(workspace, hosts, connect_timeout=3, heartbeat_seconds=1)
+        job = TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py",
+                         compute_target=target)
+        run = Experiment("ssh-cut", workspace=workspace.root).submit(job)
+        deadline = time.monotonic() + 300
+        while "ready: sleeping" not in run.paths.output_log.read_text():
+            assert time.monotonic() < deadline and run.get_status() != "Failed", \
+                run.paths.output_log.read_text()
+            time.sleep(0.2)
+        hosts.cut(0)
+        cut_at = time.monotonic()
+        while run.get_status() not in ("Completed", "Failed", "Canceled"):
+            assert time.monotonic() - cut_at < 30, "the run did not notice the lost host"
+            time.sleep(0.2)
+        details = run.get_details()
+        assert details["status"] == "Failed"
+        assert f"host root@{hosts.addresses[0]}:2222 lost" in details["error"]
+        assert time.monotonic() - cut_at < 15
+        assert "unreachable, its outputs stay on the host" in run.paths.output_log.read_text()
+    finally:
+        if run is not None:  # same machine: end what the cut-off host could not be told to
+            for pid in processes_of_run(run.id):
+                subprocess.run(["kill", "-9", str(pid)])
+        hosts.stop()

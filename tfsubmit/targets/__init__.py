@@ -15,21 +15,27 @@ from tfsubmit.targets.local import LocalTarget
 
 
 def get_target(name: str, workspace_root: Path):
-    """The compute target called `name`: `local`, or one defined in targets.yaml."""
+    """The compute target called `name`: `local`, one in targets.yaml, or a Prefect Block."""
     if name == "local":
         return LocalTarget()
     from tfsubmit.targets.config import load_targets, targets_file
 
     targets = load_targets(workspace_root)
-    if name not in targets:
+    config = targets.get(name)
+    if config is None:
+        from tfsubmit.targets.block import load_block_target
+
+        config = load_block_target(name, workspace_root)
+    if config is None:
         known = ", ".join(["local", *sorted(targets)])
         raise TargetError(
             f"compute_target: unknown target {name!r}; known targets: {known} "
-            f"(define targets in {targets_file(workspace_root)})"
+            f"(define targets in {targets_file(workspace_root)}, or save a "
+            f"tfsubmit-ssh-target block named {name!r} in Prefect)"
         )
     from tfsubmit.targets.ssh import SSHTarget
 
-    return SSHTarget(name, targets[name])
+    return SSHTarget(name, config)
 
 
 __all__ = ["LocalTarget", "get_target"]

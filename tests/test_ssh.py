@@ -16,6 +16,7 @@ from conftest import EXAMPLE, run_cli
 from sshhosts import NamespaceHosts, loopback_hosts
 
 from tfsubmit import Experiment, TensorFlow
+from tfsubmit.environment import EnvironmentSpec
 from tfsubmit.errors import TargetError
 from tfsubmit.process import ProcessSpec
 from tfsubmit.procfs import processes_of_run
@@ -262,3 +263,27 @@ def test_run_fails_fast_naming_the_host_cut_off_mid_run(workspace, job_dir, tmp_
             for pid in processes_of_run(run.id):
                 subprocess.run(["kill", "-9", str(pid)])
         hosts.stop()
+
+
+def test_host_without_uv_builds_with_venv_and_pip_then_reuses(hosts, tmp_path):
+    base_python = str(Path(sys.base_prefix) / "bin" / "python3")
+    probe = subprocess.run([base_python, "-c", "import uv"], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip("the base Python has uv; the pip path needs one without it")
+    config = SSHTargetConfig(**hosts.target_config(
+        python=base_python, env_cache=str(tmp_path / "envs"), workdir=str(tmp_path / "wd"),
+        hosts=[{"address": hosts.addresses[0]}]))
+    target = SSHTarget("no-uv", config)
+    try:
+        version = target.connect()[hosts.addresses[0]]["version"]
+        conn = target.connections[hosts.addresses[0]]
+        spec = EnvironmentSpec(version, ("six",))
+        lines: list[str] = []
+        built = target._build_env(conn, spec, version, lines.append)
+        assert not built.reused and built.python.startswith(str(tmp_path / "envs"))
+        assert "six==" in built.freeze
+        assert any("Successfully installed" in line and "six" in line for line in lines)
+        again = target._build_env(conn, spec, version, lines.append)
+        assert again.reused and again.python == built.python
+    finally:
+        target.close()

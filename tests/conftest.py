@@ -57,6 +57,16 @@ def prefect_api(workspace):
     return call
 
 
+@pytest.fixture(scope="session")
+def hosts(tmp_path_factory):
+    """Two real sshd test hosts on 127.0.0.2 and 127.0.0.3, stopped (by PID) at the end."""
+    from sshhosts import loopback_hosts
+
+    test_hosts = loopback_hosts(tmp_path_factory.mktemp("sshhosts"), 2).start()
+    yield test_hosts
+    test_hosts.stop()
+
+
 @pytest.fixture
 def job_dir(tmp_path) -> Path:
     """A source directory holding the test job scripts."""

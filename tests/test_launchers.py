@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tfsubmit import TensorFlow
-from tfsubmit.launchers import plan_single_node
+from tfsubmit.launchers import plan_multiworker, plan_parameter_server, plan_single_node
+from tfsubmit.launchers.tf_config import base_port
 from tfsubmit.process import Node
 
 JOBS = Path(__file__).parent / "jobs"
@@ -45,3 +49,89 @@ def test_specs_are_immutable_and_ignore_the_parent_environment(monkeypatch):
     assert plan_single_node(job, node, run_id="r") == first
     with pytest.raises(TypeError):
         first[0].env["X"] = "y"
+
+
+# -- TF_CONFIG topologies ------------------------------------------------------------------
+
+
+def _nodes(count: int) -> list[Node]:
+    return [Node(host=f"10.0.0.{11 + i}", workdir=f"/wd/r/10.0.0.{11 + i}", python="/e/python",
+                 runtime="/wd/rt") for i in range(count)]
+
+
+def _tf_configs(specs):
+    return [json.loads(spec.env["TF_CONFIG"]) for spec in specs]
+
+
+def test_parameter_server_specs_are_exact():
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py", node_count=2,
+                     distributed_backend="ps", worker_count=2, parameter_server_count=1)
+    specs = plan_parameter_server(job, _nodes(2), run_id="r1")
+    port = base_port("r1")
+    assert [(s.role, s.index, s.host) for s in specs] == [
+        ("chief", 0, "10.0.0.11"), ("worker", 0, "10.0.0.12"),
+        ("worker", 1, "10.0.0.11"), ("ps", 0, "10.0.0.12"),
+    ]
+    cluster = {"chief": [f"10.0.0.11:{port}"],
+               "worker": [f"10.0.0.12:{port + 1}", f"10.0.0.11:{port + 2}"],
+               "ps": [f"10.0.0.12:{port + 3}"]}
+    for spec, config in zip(specs, _tf_configs(specs), strict=True):
+        assert config == {"cluster": cluster, "task": {"type": spec.role, "index": spec.index}}
+        assert spec.argv == ("/e/python", "echo_args.py")
+        assert spec.cwd == f"/wd/r/{spec.host}"
+        assert spec.env["TFSUBMIT_ROLE"] == spec.role
+
+
+def test_parameter_server_without_chief():
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py",
+                     distributed_backend="ps", worker_count=1, parameter_server_count=1)
+    specs = plan_parameter_server(job, _nodes(1), run_id="r", chief=False)
+    assert [(s.role, s.index) for s in specs] == [("worker", 0), ("ps", 0)]
+
+
+def test_local_node_uses_its_loopback_address():
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py",
+                     distributed_backend="multiworker", process_count_per_node=2)
+    local = Node(host="local", workdir="/w", python="p", runtime="rt", address="127.0.0.1")
+    [first, second] = plan_multiworker(job, [local], run_id="r")
+    port = base_port("r")
+    assert _tf_configs([first])[0]["cluster"] == {
+        "worker": [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]}
+    assert (first.host, second.host) == ("local", "local")
+
+
+@settings(max_examples=60, deadline=None)
+@given(nodes=st.integers(1, 5), workers=st.integers(1, 8), ps=st.integers(1, 4),
+       chief=st.booleans(), run_id=st.text(min_size=1, max_size=12))
+def test_parameter_server_invariants(nodes, workers, ps, chief, run_id):
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py",
+                     node_count=nodes, distributed_backend="ps", worker_count=workers,
+                     parameter_server_count=ps)
+    specs = plan_parameter_server(job, _nodes(nodes), run_id=run_id, chief=chief)
+    configs = _tf_configs(specs)
+    cluster = configs[0]["cluster"]
+    assert all(c["cluster"] == cluster for c in configs)  # every task sees the same cluster
+    for kind, count in (("chief", int(chief)), ("worker", workers), ("ps", ps)):
+        indexes = sorted(c["task"]["index"] for c in configs if c["task"]["type"] == kind)
+        assert indexes == list(range(count))  # unique and dense
+        assert len(cluster.get(kind, [])) == count
+    addresses = [a for kind in cluster for a in cluster[kind]]
+    ports = [a.rsplit(":", 1)[1] for a in addresses]
+    assert len(ports) == len(set(ports))  # no port used twice, on any host
+    assert not any(a.startswith(("localhost", "127.")) for a in addresses)
+    loads = [sum(s.host == n.host for s in specs) for n in _nodes(nodes)]
+    assert max(loads) - min(loads) <= 1  # round-robin
+
+
+@settings(max_examples=40, deadline=None)
+@given(nodes=st.integers(1, 4), per_node=st.integers(1, 4))
+def test_multiworker_invariants(nodes, per_node):
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py",
+                     node_count=nodes, process_count_per_node=per_node,
+                     distributed_backend="multiworker")
+    specs = plan_multiworker(job, _nodes(nodes), run_id="r")
+    configs = _tf_configs(specs)
+    assert [c["task"] for c in configs] == [
+        {"type": "worker", "index": i} for i in range(nodes * per_node)]
+    assert list(configs[0]["cluster"]) == ["worker"]
+    assert all(sum(s.host == n.host for s in specs) == per_node for n in _nodes(nodes))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EXAMPLE, run_cli
-from sshhosts import NamespaceHosts, loopback_hosts
+from sshhosts import NamespaceHosts
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.environment import EnvironmentSpec
@@ -25,13 +25,6 @@ from tfsubmit.supervisor import supervise
 from tfsubmit.targets import get_target
 from tfsubmit.targets.config import SSHTargetConfig, save_target
 from tfsubmit.targets.ssh import SSHTarget
-
-
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory):
-    test_hosts = loopback_hosts(tmp_path_factory.mktemp("sshhosts"), 2).start()
-    yield test_hosts
-    test_hosts.stop()
 
 
 def add_target(workspace, hosts, name: str | None = None, **extra) -> str:

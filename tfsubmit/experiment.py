@@ -37,10 +37,10 @@ class Experiment:
         from tfsubmit.targets import get_target
 
         get_target(job.compute_target, self.workspace.root)  # unknown: fails before a run exists
-        if job.is_distributed:
+        if job.distributed_backend == "mpi":
             raise NotSupportedError(
                 f"distributed_backend: {job.distributed_backend!r} is not supported yet "
-                "(this version runs single-node jobs; the launchers come in a later release)"
+                "(Horovod over MPI comes in a later release; 'ps' and 'multiworker' work)"
             )
         run_id = self.workspace.new_run_id(self.name)
         paths = self.workspace.create_run(run_id, self.name, job.to_dict())

@@ -17,6 +17,7 @@ class Node:
     gpus: int = 0
     python: str = ""  # the job environment's interpreter on this node
     runtime: str = ""  # the folder holding tfsubmit's in-job runtime on this node
+    address: str = ""  # where other nodes reach this one (default: host)
 
 
 @dataclass(frozen=True)

@@ -63,8 +63,14 @@ def supervise(
     max_seconds: float | None = None,
     grace_seconds: float = 10.0,
     on_started: Callable[[list[Handle]], None] = lambda handles: None,
+    decides: Callable[[ProcessSpec], bool] = lambda spec: True,
 ) -> Outcome:
-    """Start every spec, stream its output, and wait until all exit or one must stop them."""
+    """Start every spec, stream its output, and wait until all exit or one must stop them.
+
+    The job has succeeded when every process that `decides` exits 0 (by default: all of
+    them); the others (parameter servers, say) are then stopped. Any process failing fails
+    the job and stops the rest.
+    """
     lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
     log_dir.mkdir(parents=True, exist_ok=True)
     files = [(log_dir / spec.log_name).open("a", buffering=1) for spec in specs]
@@ -75,9 +81,13 @@ def supervise(
             handles.append(target.start(spec))
         on_started(handles)
         readers = [_reader(i, handle, lines) for i, handle in enumerate(handles)]
-        status, reason = _watch(handles, lines, files, log, cancel, started, max_seconds)
-        if status != "Completed":
-            log.event(f"stopping {len(handles)} process(es): {reason}")
+        deciding = [decides(h.spec) for h in handles]
+        status, reason = _watch(handles, deciding, lines, files, log, cancel, started,
+                                max_seconds)
+        running = [h for h in handles if _poll(h) is None]
+        if running:
+            why = reason or "the job is done"
+            log.event(f"stopping {len(running)} process(es): {why}")
             _stop(handles, grace_seconds)
         for reader in readers:
             reader.join(timeout=2.0)  # a helper that escaped the group may hold the pipe
@@ -116,7 +126,8 @@ def _reader(index: int, handle: Handle, lines: queue.Queue) -> threading.Thread:
     return thread
 
 
-def _watch(handles, lines, files, log, cancel, started, max_seconds) -> tuple[str, str | None]:
+def _watch(handles, deciding, lines, files, log, cancel, started,
+           max_seconds) -> tuple[str, str | None]:
     open_streams = len(handles)
     while True:
         open_streams -= _drain(lines, handles, files, log, wait=0.1)
@@ -132,9 +143,12 @@ def _watch(handles, lines, files, log, cancel, started, max_seconds) -> tuple[st
             if code not in (None, 0):
                 what = f"signal {-code}" if code < 0 else f"exit code {code}"
                 return "Failed", f"{handle.spec.tag.strip('[]')} failed with {what}"
-        if all(code == 0 for code in codes) and open_streams <= 0:
+        done = all(code == 0 for code, d in zip(codes, deciding, strict=True) if d)
+        if done and any(code is None for code in codes):
+            return "Completed", None  # the deciding processes are done; the rest are stopped
+        if done and open_streams <= 0:
             return "Completed", None
-        if all(code == 0 for code in codes):
+        if done:
             # Exited, but a child may still hold the output pipe: give it a moment.
             _drain(lines, handles, files, log, wait=0.5)
             return "Completed", None

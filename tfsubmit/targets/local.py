@@ -53,7 +53,7 @@ class LocalTarget:
         for sub in ("outputs", "logs", ".tfsubmit"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
         return Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
-                    python=python, runtime=runtime)
+                    python=python, runtime=runtime, address="127.0.0.1")
 
     def base_env(self) -> dict[str, str]:
         env = {

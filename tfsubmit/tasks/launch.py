@@ -7,12 +7,33 @@ from prefect.cache_policies import NO_CACHE
 
 from tfsubmit.environment import Environment
 from tfsubmit.errors import NotSupportedError
-from tfsubmit.launchers import plan_single_node
+from tfsubmit.launchers import plan_multiworker, plan_parameter_server, plan_single_node
 from tfsubmit.process import Node
 from tfsubmit.spec import TrainingJob
 from tfsubmit.submission import Submission
 from tfsubmit.supervisor import Outcome, supervise
 from tfsubmit.tasks._logging import forwarded
+
+
+def plan(job: TrainingJob, nodes: list[Node], *, run_id: str):
+    """The job's process specs, and which of them decide when the job is done."""
+    backend = job.distributed_backend
+    if backend is None:
+        return plan_single_node(job, nodes[0], run_id=run_id), _everyone
+    if backend == "ps":
+        # Done when the chief (the coordinator) is; servers and workers are then stopped.
+        return plan_parameter_server(job, nodes[: job.node_count], run_id=run_id), _is_chief
+    if backend == "multiworker":
+        return plan_multiworker(job, nodes, run_id=run_id), _everyone
+    raise NotSupportedError(f"distributed_backend={backend!r} is not supported yet")
+
+
+def _everyone(spec) -> bool:
+    return True
+
+
+def _is_chief(spec) -> bool:
+    return spec.role == "chief"
 
 
 @task(name="launch_topology", cache_policy=NO_CACHE)
@@ -31,13 +52,10 @@ def launch_topology(
         The outcome: Completed, Failed or Canceled, with each process's exit code.
     """
     sub.check_canceled()
-    if job.is_distributed:
-        raise NotSupportedError(
-            f"distributed_backend={job.distributed_backend!r} is not supported yet"
-        )
-    specs = plan_single_node(job, nodes[0], run_id=sub.run_id)
+    specs, decides = plan(job, nodes, run_id=sub.run_id)
     with forwarded(sub.log) as log:
-        log.event(f"starting {len(specs)} process(es): {' '.join(specs[0].argv[1:])}")
+        placed = ", ".join(f"{s.role}:{s.index}@{s.host}" for s in specs)
+        log.event(f"starting {len(specs)} process(es) ({placed}): {' '.join(specs[0].argv[1:])}")
         outcome = supervise(
             sub.target,
             specs,
@@ -49,6 +67,7 @@ def launch_topology(
             on_started=lambda handles: sub.record(
                 status="Running", started=time.time(), pids=[h.pid for h in handles]
             ),
+            decides=decides,
         )
         log.event(f"processes ended: {outcome.describe()}")
     return outcome

@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tfsubmit.environment import Environment, environment_spec, runtime_dir
+from tfsubmit.errors import TargetError
 from tfsubmit.process import Node
 from tfsubmit.snapshot import ObjectStore, Snapshot, materialize
 from tfsubmit.spec import TrainingJob
@@ -34,11 +35,18 @@ def provision_nodes(
     store = ObjectStore(sub.workspace.objects)
     with forwarded(sub.log) as log:
         if not target.remote:
+            if job.node_count > 1:
+                raise TargetError(f"node_count: {job.node_count} nodes asked, but the local "
+                                  "target is one node; use process_count_per_node, or an "
+                                  "SSH target with that many hosts")
             node = target.provision(sub.paths.root, python=env.python,
                                     runtime=str(runtime_dir(sub.workspace.runtime)))
             materialize(snapshot, store, Path(node.workdir))
             log.event(f"provisioned {node.host}: working directory {node.workdir}")
             return [node]
+        if job.node_count > len(target.config.hosts):
+            raise TargetError(f"node_count: {job.node_count} nodes asked, but target "
+                              f"{target.name!r} has {len(target.config.hosts)} host(s)")
         log.event(f"connecting to {len(target.config.hosts)} host(s) of {target.name!r}")
         nodes, envs = target.provision(
             run_id=sub.run_id, snapshot=snapshot, store=store, env_spec=environment_spec(job),

@@ -67,7 +67,7 @@ def test_one_failure_stops_the_others(tmp_path):
     assert outcome.reason == "worker:1@local failed with exit code 5"
     assert outcome.results[0].exit_code == -15
     assert processes_of_run("gang-1") == []
-    assert "[tfsubmit] stopping 2 process(es)" in merged
+    assert "[tfsubmit] stopping 1 process(es): worker:1@local failed with exit code 5" in merged
 
 
 def test_timeout_kills_the_group_and_escaped_children(tmp_path):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
 from conftest import ROOT
 
@@ -68,4 +73,89 @@ def test_multiworker_on_the_local_target(workspace):
                  if "weights checksum" in line}
     assert len(checksums) == 1  # both workers end with the same weights
     assert (run.paths.outputs / "model.weights.h5").is_file()
+    assert processes_of_run(run.id) == []
+
+
+# -- faults: restarts and the watchdog ----------------------------------------------------
+
+
+def _pid_of(run_id: str, role: str, index: int) -> int:
+    for pid in processes_of_run(run_id):
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"TFSUBMIT_ROLE={role}".encode() in environ and \
+                f"TFSUBMIT_INDEX={index}".encode() in environ:
+            return pid
+    raise AssertionError(f"no {role}:{index} process in run {run_id}")
+
+
+def _wait_for(run, text: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in run.paths.output_log.read_text():
+        assert run.get_status() in ("Queued", "Preparing", "Running"), \
+            run.paths.output_log.read_text()
+        assert time.monotonic() < deadline, f"no {text!r} in the log"
+        time.sleep(0.1)
+
+
+LONG = {"--epochs": 6, "--steps-per-epoch": 40}
+
+
+def test_killed_worker_is_restarted_alone_and_the_job_completes(workspace):
+    run = Experiment("ps-kill-worker", workspace=workspace.root).submit(
+        _ps_job(script_params=LONG, max_restarts=2))
+    _wait_for(run, "[chief:0@local] epoch 1:")
+    os.kill(_pid_of(run.id, "worker", 1), signal.SIGKILL)
+    details = run.wait_for_completion(timeout=600)
+    assert [(r["task"], r["action"]) for r in details["restarts"]] == [("worker:1@local", "task")]
+    assert details["restarts"][0]["exit_code"] == -9
+    assert run.get_metrics()["epoch"][-1] == 6
+    assert "restart 1 of 2: worker:1@local failed with signal 9; restarting it alone" in \
+        run.paths.output_log.read_text()
+    assert processes_of_run(run.id) == []
+
+
+def test_killed_parameter_server_restarts_the_gang_which_resumes(workspace, prefect_api):
+    run = Experiment("ps-kill-ps", workspace=workspace.root).submit(
+        _ps_job(script_params=LONG, max_restarts=1))
+    _wait_for(run, "[chief:0@local] epoch 2:")
+    os.kill(_pid_of(run.id, "ps", 0), signal.SIGKILL)
+    details = run.wait_for_completion(timeout=600)
+    assert [(r["task"], r["action"]) for r in details["restarts"]] == [("ps:0@local", "gang")]
+    log = run.paths.output_log.read_text()
+    assert "[chief:0@local] resumed from epoch" in log  # from the checkpoint, not from zero
+    epochs = run.get_metrics()["epoch"]
+    assert epochs[-1] == 6 and epochs.count(1.0) == 1  # epoch 1 was not trained again
+    summary = next(a for a in prefect_api("/artifacts/filter", {"artifacts": {
+        "flow_run_id": {"any_": [details["flow_run_id"]]}}}) if a["type"] == "markdown")
+    assert "| 1 | ps:0@local | -9 | gang |" in summary["data"]
+    assert processes_of_run(run.id) == []
+
+
+def test_exhausted_restarts_fail_with_the_last_error_and_keep_checkpoints(workspace):
+    run = Experiment("ps-exhausted", workspace=workspace.root).submit(
+        _ps_job(script_params=LONG, max_restarts=0))
+    _wait_for(run, "[chief:0@local] epoch 1:")
+    os.kill(_pid_of(run.id, "ps", 0), signal.SIGKILL)
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"] == "ps:0@local failed with signal 9"
+    assert (run.paths.outputs / "checkpoints" / "checkpoint").is_file()
+    assert (run.paths.logs / "ps-0.log").is_file() and (run.paths.logs / "chief-0.log").is_file()
+    assert processes_of_run(run.id) == []
+
+
+def test_frozen_worker_trips_the_watchdog(workspace):
+    run = Experiment("ps-frozen", workspace=workspace.root).submit(
+        _ps_job(script_params={"--epochs": 100, "--steps-per-epoch": 40},
+                hang_timeout_seconds=8))
+    _wait_for(run, "[chief:0@local] epoch 1:")
+    frozen = _pid_of(run.id, "worker", 0)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        details = run.wait_for_completion(timeout=120, raise_on_error=False)
+    finally:
+        os.kill(frozen, signal.SIGCONT) if frozen in processes_of_run(run.id) else None
+    assert details["status"] == "Failed"
+    assert details["error"].startswith("hung: no log line and no metric for 8 s")
+    assert "silent tasks: chief:0@local" in details["error"]
     assert processes_of_run(run.id) == []

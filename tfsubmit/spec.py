@@ -59,6 +59,15 @@ class TrainingJob(BaseModel):
     max_run_duration_seconds: float | None = Field(
         default=None, description="Stop the job (status Failed) after this many seconds."
     )
+    max_restarts: int = Field(
+        default=0, description="Restarts allowed after failures (per job, all tasks together)."
+    )
+    permanent_exit_codes: list[int] = Field(
+        default_factory=list, description="Exit codes that are never retried."
+    )
+    hang_timeout_seconds: float | None = Field(
+        default=None, description="Treat the job as hung after this long with no line or metric."
+    )
     node_count: int = Field(default=1, description="Number of nodes.")
     process_count_per_node: int = Field(default=1, description="Processes on each node.")
     distributed_backend: DistributedBackend | None = Field(
@@ -136,7 +145,7 @@ class TrainingJob(BaseModel):
                 raise ValueError(f"{name!r} is set by tfsubmit itself and cannot be overridden")
         return value
 
-    @field_validator("max_run_duration_seconds")
+    @field_validator("max_run_duration_seconds", "hang_timeout_seconds")
     @classmethod
     def _positive_duration(cls, value: float | None) -> float | None:
         if value is not None and value <= 0:
@@ -150,7 +159,7 @@ class TrainingJob(BaseModel):
             raise ValueError(f"must be at least 1 (got {value})")
         return value
 
-    @field_validator("parameter_server_count")
+    @field_validator("parameter_server_count", "max_restarts")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:

@@ -4,6 +4,8 @@ Every task runs this script; TF_CONFIG (set by tfsubmit) says which one it is:
 ps and worker tasks serve, the chief coordinates (ClusterCoordinator schedules steps on
 the workers; variables live on the parameter servers). Keras 3 `model.fit` does not work
 under ParameterServerStrategy, so the loop is written out. Logs loss and steps per worker.
+The chief checkpoints to outputs/checkpoints after every epoch and resumes from the
+newest checkpoint, so a restarted gang goes on where it stopped.
 """
 
 import argparse
@@ -55,6 +57,16 @@ with strategy.scope():
     optimizer = tf.keras.optimizers.SGD(args.learning_rate)
     loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=True,
                                                  reduction=tf.keras.losses.Reduction.NONE)
+    done_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+ctx = run_context()
+checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=done_epochs)
+manager = tf.train.CheckpointManager(checkpoint, str(ctx.outputs_dir / "checkpoints"),
+                                     max_to_keep=2)
+if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint)
+    print(f"resumed from epoch {int(done_epochs.numpy())} ({manager.latest_checkpoint})",
+          flush=True)
 
 for v in model.trainable_variables:
     print(f"variable {v.path} on {v.value.device}", flush=True)
@@ -77,9 +89,8 @@ def train_step(iterator):
 
 per_worker_dataset = coordinator.create_per_worker_dataset(dataset_fn)
 per_worker_iterator = iter(per_worker_dataset)
-ctx = run_context()
 steps_by_worker = {}
-for epoch in range(1, args.epochs + 1):
+for epoch in range(int(done_epochs.numpy()) + 1, args.epochs + 1):
     results = [coordinator.schedule(train_step, args=(per_worker_iterator,))
                for _ in range(args.steps_per_epoch)]
     coordinator.join()
@@ -87,6 +98,8 @@ for epoch in range(1, args.epochs + 1):
     losses = [float(loss) for loss, _ in fetched]
     for _, worker in fetched:
         steps_by_worker[int(worker)] = steps_by_worker.get(int(worker), 0) + 1
+    done_epochs.assign(epoch)
+    manager.save(checkpoint_number=epoch)
     ctx.log("epoch", epoch, step=epoch)
     ctx.log("loss", sum(losses) / len(losses), step=epoch)
     print(f"epoch {epoch}: loss {sum(losses) / len(losses):.4f}; steps by worker "

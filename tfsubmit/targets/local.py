@@ -108,5 +108,11 @@ class LocalTarget:
                 shutil.move(str(entry), target)
         return []
 
+    def last_activity(self, nodes: list[Node]) -> float:
+        """When the job last logged a metric (wall clock), for the hang watchdog."""
+        times = [path.stat().st_mtime for node in nodes
+                 for path in (Path(node.workdir) / ".tfsubmit").glob("metrics-*.jsonl")]
+        return max(times, default=0.0)
+
     def close(self) -> None:
         pass

@@ -107,6 +107,11 @@ def _summary(record: dict, metrics: dict[str, list[float]]) -> str:
         "| --- | --- |",
         *(f"| {name} | {code} |" for name, code in (record.get("exit_codes") or {}).items()),
     ]
+    if record.get("restarts"):
+        lines += ["", "| restart | task | exit code | action | reason |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['attempt']} | {r['task']} | {r['exit_code']} | {r['action']} | "
+                  f"{r['reason']} |" for r in record["restarts"]]
     if metrics:
         lines += ["", "| metric | last |", "| --- | --- |"]
         lines += [f"| {name} | {values[-1]:.6g} |" for name, values in sorted(metrics.items())]

@@ -11,7 +11,7 @@ from tfsubmit.launchers import plan_multiworker, plan_parameter_server, plan_sin
 from tfsubmit.process import Node
 from tfsubmit.spec import TrainingJob
 from tfsubmit.submission import Submission
-from tfsubmit.supervisor import Outcome, supervise
+from tfsubmit.supervisor import Outcome, RestartPolicy, supervise
 from tfsubmit.tasks._logging import forwarded
 
 
@@ -34,6 +34,14 @@ def _everyone(spec) -> bool:
 
 def _is_chief(spec) -> bool:
     return spec.role == "chief"
+
+
+def _is_worker(spec) -> bool:
+    return spec.role == "worker"
+
+
+def _nobody(spec) -> bool:
+    return False
 
 
 @task(name="launch_topology", cache_policy=NO_CACHE)
@@ -68,6 +76,16 @@ def launch_topology(
                 status="Running", started=time.time(), pids=[h.pid for h in handles]
             ),
             decides=decides,
+            policy=RestartPolicy(
+                max_restarts=job.max_restarts,
+                permanent_exit_codes=frozenset(job.permanent_exit_codes),
+                # ps: TensorFlow's coordinator re-uses a worker restarted at its address.
+                alone=_is_worker if job.distributed_backend == "ps" else _nobody,
+            ),
+            hang_seconds=job.hang_timeout_seconds,
+            activity=lambda: sub.target.last_activity(nodes),
         )
         log.event(f"processes ended: {outcome.describe()}")
+        if outcome.restarts:
+            sub.record(restarts=outcome.restarts)
     return outcome

@@ -159,3 +159,21 @@ def test_frozen_worker_trips_the_watchdog(workspace):
     assert details["error"].startswith("hung: no log line and no metric for 8 s")
     assert "silent tasks: chief:0@local" in details["error"]
     assert processes_of_run(run.id) == []
+
+
+def test_multiworker_failure_restarts_the_gang_which_resumes(workspace):
+    job = TensorFlow(source_directory=str(MW_EXAMPLE), entry_script="train.py",
+                     script_params={"--epochs": 6, "--steps-per-epoch": 40},
+                     distributed_backend="multiworker", process_count_per_node=2,
+                     max_restarts=1)
+    run = Experiment("mw-restart", workspace=workspace.root).submit(job)
+    _wait_for(run, "[worker:1@local] epoch 2:")
+    os.kill(_pid_of(run.id, "worker", 1), signal.SIGKILL)
+    details = run.wait_for_completion(timeout=600)
+    assert [(r["task"], r["action"]) for r in details["restarts"]] == [
+        ("worker:1@local", "gang")]
+    log = run.paths.output_log.read_text()
+    assert "[worker:0@local] resumed from epoch" in log
+    assert "[worker:1@local] resumed from epoch" in log
+    assert log.count("weights checksum") == 2
+    assert processes_of_run(run.id) == []

@@ -3,6 +3,8 @@
 Every worker runs this script with its TF_CONFIG (set by tfsubmit); worker 0 is the chief
 and saves the model. Keras 3 `model.fit` fails under this strategy on 2.21, so the loop is
 written out (a Keras 3 model in a custom loop works). Logs loss per epoch on every worker.
+Every worker checkpoints after each epoch to outputs/checkpoints/worker-<index> (workers
+may share a folder) and resumes from it, so a restarted gang goes on where it stopped.
 """
 
 import argparse
@@ -42,6 +44,15 @@ with strategy.scope():
     optimizer = tf.keras.optimizers.SGD(args.learning_rate)
     loss_fn = tf.keras.losses.BinaryCrossentropy(from_logits=True,
                                                  reduction=tf.keras.losses.Reduction.NONE)
+    done_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+ctx = run_context()
+checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=done_epochs)
+manager = tf.train.CheckpointManager(
+    checkpoint, str(ctx.outputs_dir / "checkpoints" / f"worker-{task['index']}"), max_to_keep=2)
+if manager.latest_checkpoint:
+    checkpoint.restore(manager.latest_checkpoint)
+    print(f"resumed from epoch {int(done_epochs.numpy())}", flush=True)
 
 
 @tf.function
@@ -58,9 +69,10 @@ def train_step(iterator):
     return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
 
-ctx = run_context()
-for epoch in range(1, args.epochs + 1):
+for epoch in range(int(done_epochs.numpy()) + 1, args.epochs + 1):
     loss = float(np.mean([train_step(iterator) for _ in range(args.steps_per_epoch)]))
+    done_epochs.assign(epoch)
+    manager.save(checkpoint_number=epoch)
     ctx.log("epoch", epoch, step=epoch)
     ctx.log("loss", loss, step=epoch)
     print(f"epoch {epoch}: loss {loss:.4f}", flush=True)

@@ -3,11 +3,14 @@
 tfsubmit uploads its own package (standard library only on this path) to each host once
 per code version and calls these over SSH, so a host needs nothing but Python 3.
 
-    preflight WORKDIR MIN_FREE_MB   -> JSON: python, version, free_mb, writable
-    missing OBJECTS                 stdin: hashes, one a line -> the ones the store lacks
-    materialize OBJECTS DEST        stdin: manifest JSON -> files written under DEST
+    preflight WORKDIR MIN_FREE_MB   stdin: object hashes, one a line (may be none)
+                                    -> JSON: python, version, free_mb, runtime, and
+                                    `missing`: the hashes WORKDIR/objects lacks
     build-env CACHE                 stdin: EnvironmentSpec JSON -> install lines, then
                                     `TFSUBMIT-ENV {json}` as the last line
+    stage                           stdin: JSON {objects, dest, manifest, cache, env}:
+                                    make DEST's folders, write the manifest's files there
+                                    from OBJECTS, then build-env
     ps RUN_ID                       -> JSON list of live pids of the run
     kill RUN_ID                     -> SIGKILL them; JSON list of pids killed
     run                             stdin: one JSON line {argv, env, cwd, pidfile, path}:
@@ -47,6 +50,7 @@ def preflight(workdir: str, min_free_mb: str) -> dict:
     report["free_mb"] = free_mb
     if free_mb < int(min_free_mb):
         report["error"] = f"only {free_mb} MB free in {workdir} (need {min_free_mb} MB)"
+    report["missing"] = missing(str(root / "objects"))
     return report
 
 
@@ -56,8 +60,7 @@ def missing(objects: str) -> list[str]:
     return [d for d in wanted if not (root / d[:2] / d[2:]).exists()]
 
 
-def materialize(objects: str, dest: str) -> int:
-    manifest = json.load(sys.stdin)
+def materialize(objects: str, dest: str, manifest: dict) -> int:
     root, target = Path(objects), Path(dest)
     for rel, entry in manifest["files"].items():
         path = target / rel
@@ -68,10 +71,10 @@ def materialize(objects: str, dest: str) -> int:
     return len(manifest["files"])
 
 
-def build_env(cache: str) -> None:
+def build_env(cache: str, data: dict | None = None) -> None:
     from tfsubmit.environment import EnvironmentSpec, resolve_environment
 
-    data = json.load(sys.stdin)
+    data = json.load(sys.stdin) if data is None else data
     spec = EnvironmentSpec(
         python_version=data["python_version"],
         requirements=tuple(data["requirements"]),
@@ -82,6 +85,15 @@ def build_env(cache: str) -> None:
     result = {"hash": env.hash, "path": env.path, "python": env.python, "reused": env.reused,
               "freeze": env.freeze, "build_seconds": env.build_seconds}
     print(ENV_RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def stage() -> None:
+    """Everything a host needs before its processes start, in one call."""
+    request = json.load(sys.stdin)
+    for sub in ("outputs", "logs", ".tfsubmit"):
+        Path(request["dest"], sub).mkdir(parents=True, exist_ok=True)
+    materialize(request["objects"], request["dest"], request["manifest"])
+    build_env(request["cache"], request["env"])
 
 
 def kill(run_id: str) -> list[int]:
@@ -130,12 +142,10 @@ def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     if command == "preflight":
         print(json.dumps(preflight(*args)))
-    elif command == "missing":
-        print("\n".join(missing(*args)))
-    elif command == "materialize":
-        print(materialize(*args))
     elif command == "build-env":
         build_env(*args)
+    elif command == "stage":
+        stage()
     elif command == "ps":
         from tfsubmit.procfs import processes_of_run
 

@@ -77,6 +77,9 @@ class TrainingJob(BaseModel):
     parameter_server_count: int = Field(
         default=0, description="Parameter servers, for distributed_backend='ps'."
     )
+    chief: bool = Field(
+        default=True, description="Run a chief (the coordinator), for distributed_backend='ps'."
+    )
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -193,7 +196,12 @@ class TrainingJob(BaseModel):
                     f"(backend is {self.distributed_backend!r}); use node_count and "
                     "process_count_per_node"
                 )
-        elif self.parameter_server_count < 1:
+        if self.distributed_backend != "ps" and not self.chief:
+            raise JobSpecError(
+                f"chief: only used with distributed_backend='ps' "
+                f"(backend is {self.distributed_backend!r})"
+            )
+        if self.distributed_backend == "ps" and self.parameter_server_count < 1:
             raise JobSpecError(
                 "parameter_server_count: distributed_backend='ps' needs at least 1 "
                 "parameter server"

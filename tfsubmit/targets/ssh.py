@@ -264,18 +264,19 @@ class SSHTarget:
             )
         return results
 
-    def connect(self) -> dict[str, dict]:
-        """Connect to every host and pre-flight it; returns each host's report."""
+    def connect(self, digests: list[str] = ()) -> dict[str, dict]:
+        """Connect to every host and pre-flight it; returns each host's report, whose
+        `missing` lists which of `digests` the host's object store lacks."""
         conns = [Connection(self.config, host, self._tofu_lock) for host in self.config.hosts]
 
         def check(conn: Connection) -> dict:
             conn.connect()
             self.connections[conn.name] = conn
-            return self._preflight(conn)
+            return self._preflight(conn, "\n".join(digests))
 
         return self._each(check, conns)
 
-    def _preflight(self, conn: Connection) -> dict:
+    def _preflight(self, conn: Connection, digests: str) -> dict:
         wd = self.config.workdir
         self.runtime = posixpath.join(wd, "runtime", package_hash())
         preflight = [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
@@ -283,7 +284,8 @@ class SSHTarget:
         try:
             # Warm path: one command, when the host already has this version's runtime
             # (and not merely some tfsubmit installed in its Python).
-            report = json.loads(conn.run(preflight, env={"PYTHONPATH": self.runtime}))
+            report = json.loads(conn.run(preflight, stdin=digests,
+                                         env={"PYTHONPATH": self.runtime}))
             if report["runtime"] == self.runtime:
                 return self._check(conn, report)
         except (TargetError, ValueError, KeyError):
@@ -294,7 +296,8 @@ class SSHTarget:
             raise TargetError(f"{conn.where}: workdir {wd} is not writable: {exc}") from None
         self._upload_runtime(conn)
         try:
-            output = conn.run(preflight, env={"PYTHONPATH": self.runtime}, timeout=60)
+            output = conn.run(preflight, stdin=digests, env={"PYTHONPATH": self.runtime},
+                              timeout=60)
         except TargetError as exc:
             raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
                               f"tfsubmit's helper ({exc}); set `python:` on the target") from None
@@ -325,24 +328,23 @@ class SSHTarget:
     def provision(self, *, run_id: str, snapshot: Snapshot, store: ObjectStore,
                   env_spec: EnvironmentSpec, log: Callable[[str], None],
                   cancel: threading.Event) -> tuple[list[Node], dict[str, Environment]]:
-        reports = self.connect()
+        reports = self.connect(sorted({entry.sha256 for entry in snapshot.files.values()}))
         for name, report in reports.items():
             log(f"host {name}: ok (python {report['version']}, {report['free_mb']} MB free)")
-        manifest = json.dumps(snapshot.manifest())
+        manifest = snapshot.manifest()
 
         def run_dir(host: str) -> str:
             # One folder per host, even where hosts share a file system (NFS homes).
             return posixpath.join(self.config.workdir, "runs", run_id, host)
 
         def stage(conn: Connection) -> Environment:
-            self._upload_objects(conn, snapshot, store)
-            objects = posixpath.join(self.config.workdir, "objects")
-            workdir = run_dir(conn.name)
-            conn.run(["mkdir", "-p", *(posixpath.join(workdir, d)
-                                        for d in ("outputs", "logs", ".tfsubmit"))])
-            conn.run([self.config.python, "-m", "tfsubmit.remote", "materialize", objects,
-                      workdir], stdin=manifest, env={"PYTHONPATH": self.runtime})
-            return self._build_env(conn, env_spec, reports[conn.name]["version"], log)
+            report = reports[conn.name]
+            self._upload_objects(conn, report["missing"], store)
+            request = {"objects": posixpath.join(self.config.workdir, "objects"),
+                       "dest": run_dir(conn.name), "manifest": manifest,
+                       "cache": self.config.env_cache,
+                       "env": _env_request(env_spec, report["version"])}
+            return self._env_command(conn, "stage", [], request, log)
 
         envs = self._each(stage)
         nodes = [
@@ -355,12 +357,9 @@ class SSHTarget:
             conn.start_heartbeat()
         return nodes, envs
 
-    def _upload_objects(self, conn: Connection, snapshot: Snapshot, store: ObjectStore) -> None:
+    def _upload_objects(self, conn: Connection, missing: list[str], store: ObjectStore) -> None:
         objects = posixpath.join(self.config.workdir, "objects")
-        digests = sorted({entry.sha256 for entry in snapshot.files.values()})
-        wanted = conn.run([self.config.python, "-m", "tfsubmit.remote", "missing", objects],
-                          stdin="\n".join(digests), env={"PYTHONPATH": self.runtime})
-        for digest in wanted.split():
+        for digest in missing:
             folder = posixpath.join(objects, digest[:2])
             _sftp_makedirs(conn.sftp, folder)
             conn.put_bytes(store.path_for(digest).read_bytes(),
@@ -368,7 +367,12 @@ class SSHTarget:
 
     def _build_env(self, conn: Connection, env_spec: EnvironmentSpec, version: str,
                    log: Callable[[str], None]) -> Environment:
-        spec = EnvironmentSpec(version, env_spec.requirements, env_spec.conda_packages)
+        return self._env_command(conn, "build-env", [self.config.env_cache],
+                                 _env_request(env_spec, version), log)
+
+    def _env_command(self, conn: Connection, command: str, args: list[str], request: dict,
+                     log: Callable[[str], None]) -> Environment:
+        """Run a remote helper command that ends by building or finding the environment."""
         result: dict = {}
 
         def on_line(line: str) -> None:
@@ -377,15 +381,12 @@ class SSHTarget:
             else:
                 log(f"env@{conn.name}: {line}")
 
-        request = json.dumps({"python_version": spec.python_version,
-                              "requirements": list(spec.requirements),
-                              "conda_packages": list(spec.conda_packages)})
-        code = conn.stream([self.config.python, "-m", "tfsubmit.remote", "build-env",
-                            self.config.env_cache], stdin=request,
-                           env={"PYTHONPATH": self.runtime}, on_line=on_line)
+        code = conn.stream([self.config.python, "-m", "tfsubmit.remote", command, *args],
+                           stdin=json.dumps(request), env={"PYTHONPATH": self.runtime},
+                           on_line=on_line)
         if code != 0 or not result:
-            raise TargetError(f"{conn.where}: building environment {spec.hash} failed "
-                              f"(exit code {code}); see the lines above")
+            raise TargetError(f"{conn.where}: `{command}` failed (exit code {code}) while "
+                              "preparing the run or its environment; see the lines above")
         return Environment(result["hash"], result["path"], result["python"], result["reused"],
                            result["freeze"], result.get("build_seconds", 0.0))
 
@@ -456,6 +457,12 @@ class SSHTarget:
     def close(self) -> None:
         for conn in self.connections.values():
             conn.close()
+
+
+def _env_request(env_spec: EnvironmentSpec, version: str) -> dict:
+    """The environment spec for a host whose Python is `version`."""
+    return {"python_version": version, "requirements": list(env_spec.requirements),
+            "conda_packages": list(env_spec.conda_packages)}
 
 
 def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

@@ -21,8 +21,11 @@ def plan(job: TrainingJob, nodes: list[Node], *, run_id: str):
     if backend is None:
         return plan_single_node(job, nodes[0], run_id=run_id), _everyone
     if backend == "ps":
-        # Done when the chief (the coordinator) is; servers and workers are then stopped.
-        return plan_parameter_server(job, nodes[: job.node_count], run_id=run_id), _is_chief
+        # Done when the chief (the coordinator) is, or with no chief when all workers are;
+        # the parameter servers (and workers) are then stopped.
+        specs = plan_parameter_server(job, nodes[: job.node_count], run_id=run_id,
+                                      chief=job.chief)
+        return specs, _is_chief if job.chief else _is_worker
     if backend == "multiworker":
         return plan_multiworker(job, nodes, run_id=run_id), _everyone
     raise NotSupportedError(f"distributed_backend={backend!r} is not supported yet")

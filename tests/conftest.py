@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -73,6 +74,16 @@ def job_dir(tmp_path) -> Path:
     target = tmp_path / "src"
     shutil.copytree(JOBS, target)
     return target
+
+
+def wait_for_line(run, text: str, timeout: float = 300) -> None:
+    """Wait until the run's merged log holds `text`; fail early if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while text not in run.paths.output_log.read_text():
+        assert run.get_status() in ("Queued", "Preparing", "Running"), \
+            run.paths.output_log.read_text()
+        assert time.monotonic() < deadline, f"no {text!r} in the log after {timeout} s"
+        time.sleep(0.1)
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, wait_for_line
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.procfs import processes_of_run
@@ -88,22 +87,13 @@ def _pid_of(run_id: str, role: str, index: int) -> int:
     raise AssertionError(f"no {role}:{index} process in run {run_id}")
 
 
-def _wait_for(run, text: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in run.paths.output_log.read_text():
-        assert run.get_status() in ("Queued", "Preparing", "Running"), \
-            run.paths.output_log.read_text()
-        assert time.monotonic() < deadline, f"no {text!r} in the log"
-        time.sleep(0.1)
-
-
 LONG = {"--epochs": 6, "--steps-per-epoch": 40}
 
 
 def test_killed_worker_is_restarted_alone_and_the_job_completes(workspace):
     run = Experiment("ps-kill-worker", workspace=workspace.root).submit(
         _ps_job(script_params=LONG, max_restarts=2))
-    _wait_for(run, "[chief:0@local] epoch 1:")
+    wait_for_line(run, "[chief:0@local] epoch 1:")
     os.kill(_pid_of(run.id, "worker", 1), signal.SIGKILL)
     details = run.wait_for_completion(timeout=600)
     assert [(r["task"], r["action"]) for r in details["restarts"]] == [("worker:1@local", "task")]
@@ -117,7 +107,7 @@ def test_killed_worker_is_restarted_alone_and_the_job_completes(workspace):
 def test_killed_parameter_server_restarts_the_gang_which_resumes(workspace, prefect_api):
     run = Experiment("ps-kill-ps", workspace=workspace.root).submit(
         _ps_job(script_params=LONG, max_restarts=1))
-    _wait_for(run, "[chief:0@local] epoch 2:")
+    wait_for_line(run, "[chief:0@local] epoch 2:")
     os.kill(_pid_of(run.id, "ps", 0), signal.SIGKILL)
     details = run.wait_for_completion(timeout=600)
     assert [(r["task"], r["action"]) for r in details["restarts"]] == [("ps:0@local", "gang")]
@@ -134,7 +124,7 @@ def test_killed_parameter_server_restarts_the_gang_which_resumes(workspace, pref
 def test_exhausted_restarts_fail_with_the_last_error_and_keep_checkpoints(workspace):
     run = Experiment("ps-exhausted", workspace=workspace.root).submit(
         _ps_job(script_params=LONG, max_restarts=0))
-    _wait_for(run, "[chief:0@local] epoch 1:")
+    wait_for_line(run, "[chief:0@local] epoch 1:")
     os.kill(_pid_of(run.id, "ps", 0), signal.SIGKILL)
     details = run.wait_for_completion(timeout=300, raise_on_error=False)
     assert details["status"] == "Failed"
@@ -148,7 +138,7 @@ def test_frozen_worker_trips_the_watchdog(workspace):
     run = Experiment("ps-frozen", workspace=workspace.root).submit(
         _ps_job(script_params={"--epochs": 100, "--steps-per-epoch": 40},
                 hang_timeout_seconds=8))
-    _wait_for(run, "[chief:0@local] epoch 1:")
+    wait_for_line(run, "[chief:0@local] epoch 1:")
     frozen = _pid_of(run.id, "worker", 0)
     os.kill(frozen, signal.SIGSTOP)
     try:
@@ -167,7 +157,7 @@ def test_multiworker_failure_restarts_the_gang_which_resumes(workspace):
                      distributed_backend="multiworker", process_count_per_node=2,
                      max_restarts=1)
     run = Experiment("mw-restart", workspace=workspace.root).submit(job)
-    _wait_for(run, "[worker:1@local] epoch 2:")
+    wait_for_line(run, "[worker:1@local] epoch 2:")
     os.kill(_pid_of(run.id, "worker", 1), signal.SIGKILL)
     details = run.wait_for_completion(timeout=600)
     assert [(r["task"], r["action"]) for r in details["restarts"]] == [

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE, run_cli
+from conftest import EXAMPLE, run_cli, wait_for_line
 from sshhosts import NamespaceHosts
 
 from tfsubmit import Experiment, TensorFlow
@@ -86,11 +86,7 @@ def test_cancel_leaves_no_process_on_any_host(workspace, hosts, job_dir):
     job = TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py",
                      compute_target=target_name)
     run = Experiment("ssh-cancel", workspace=workspace.root).submit(job)
-    deadline = time.monotonic() + 300
-    while "ready: sleeping" not in run.paths.output_log.read_text():
-        assert time.monotonic() < deadline and run.get_status() != "Failed", \
-            run.paths.output_log.read_text()
-        time.sleep(0.2)
+    wait_for_line(run, "ready: sleeping")
     target = get_target(target_name, workspace.root)
     target.connect()
     try:
@@ -236,11 +232,7 @@ def test_run_fails_fast_naming_the_host_cut_off_mid_run(workspace, job_dir, tmp_
         job = TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py",
                          compute_target=target)
         run = Experiment("ssh-cut", workspace=workspace.root).submit(job)
-        deadline = time.monotonic() + 300
-        while "ready: sleeping" not in run.paths.output_log.read_text():
-            assert time.monotonic() < deadline and run.get_status() != "Failed", \
-                run.paths.output_log.read_text()
-            time.sleep(0.2)
+        wait_for_line(run, "ready: sleeping")
         hosts.cut(0)
         cut_at = time.monotonic()
         while run.get_status() not in ("Completed", "Failed", "Canceled"):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tfsubmit import TensorFlow
 from tfsubmit.launchers import plan_multiworker, plan_parameter_server, plan_single_node
+from tfsubmit.launchers.horovod import SSHAgent, plan_horovod, shared_network
 from tfsubmit.launchers.tf_config import base_port
 from tfsubmit.process import Node
 
@@ -135,3 +136,50 @@ def test_multiworker_invariants(nodes, per_node):
         {"type": "worker", "index": i} for i in range(nodes * per_node)]
     assert list(configs[0]["cluster"]) == ["worker"]
     assert all(sum(s.host == n.host for s in specs) == per_node for n in _nodes(nodes))
+
+
+# -- Horovod over mpirun --------------------------------------------------------------------
+
+def test_horovod_mpirun_argv_is_exact_for_ssh_hosts():
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py", node_count=2,
+                     process_count_per_node=2, distributed_backend="mpi",
+                     script_params={"--epochs": 1}, environment_variables={"A": "b c"})
+    agent = SSHAgent(key_file="/k/id", port=2222, known_hosts="/k/known")
+    plan = plan_horovod(job, _nodes(2), run_id="r9", as_root=False, agent=agent)
+    assert plan.hostfile == "10.0.0.11 slots=2\n10.0.0.12 slots=2\n"
+    dirs = "/wd/r/10.0.0.11:/wd/r/10.0.0.11:/wd/r/10.0.0.12:/wd/r/10.0.0.12"
+    assert list(plan.spec.argv) == [
+        "mpirun", "-np", "4", "-H", "10.0.0.11:2,10.0.0.12:2", "--bind-to", "none",
+        "--map-by", "slot", "--tag-output",
+        "--mca", "plm_rsh_agent", "ssh -i /k/id -p 2222 -o BatchMode=yes -o "
+        "StrictHostKeyChecking=yes -o UserKnownHostsFile=/k/known -o ConnectTimeout=10",
+        "--mca", "oob_tcp_if_include", "10.0.0.0/24", "--mca", "btl_tcp_if_include",
+        "10.0.0.0/24",
+        "-x", "TFSUBMIT_RUN_ID=r9", "-x", "TFSUBMIT_ROLE=rank", "-x", "TFSUBMIT_INDEX=0",
+        "-x", "TFSUBMIT_METRICS_FILE=/wd/r/10.0.0.11/.tfsubmit/metrics-rank-0.jsonl",
+        "-x", "TFSUBMIT_OUTPUTS=/wd/r/10.0.0.11/outputs", "-x", "A=b c",
+        "-x", "PYTHONPATH=/wd/rt", "-x", f"TFSUBMIT_RANK_DIRS={dirs}",
+        "/e/python", "-m", "tfsubmit.remote", "rank", "echo_args.py", "--epochs", "1",
+    ]
+    assert plan.spec.rank_hosts == ("10.0.0.11", "10.0.0.11", "10.0.0.12", "10.0.0.12")
+    assert (plan.spec.host, plan.spec.role, plan.spec.cwd) == ("10.0.0.11", "mpirun",
+                                                               "/wd/r/10.0.0.11")
+
+
+def test_horovod_local_root_gpu_and_legacy_keras():
+    job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py",
+                     process_count_per_node=2, distributed_backend="mpi", use_gpu=True,
+                     framework_version="2.17")
+    local = Node(host="local", workdir="/w", python="p", runtime="rt", address="127.0.0.1")
+    argv = list(plan_horovod(job, [local], run_id="r", as_root=True).spec.argv)
+    assert argv[:5] == ["mpirun", "--allow-run-as-root", "-np", "2", "-H"]
+    assert argv[5] == "localhost:2" and "plm_rsh_agent" not in argv
+    assert "TFSUBMIT_RANK_GPUS=0:1" in argv and "TF_USE_LEGACY_KERAS=1" in argv
+    assert "127.0.0.0/24" in argv
+
+
+def test_shared_network():
+    assert shared_network(["127.0.0.2", "127.0.0.3"]) == "127.0.0.0/24"
+    assert shared_network(["10.1.2.3", "10.1.9.3"]) == "10.1.0.0/16"
+    with pytest.raises(ValueError, match="share no /8"):
+        shared_network(["10.0.0.1", "192.0.2.1"])

@@ -76,6 +76,8 @@ def test_every_param_becomes_one_flag_and_one_literal_value(params):
         ({"worker_count": 3}, "worker_count", "only used with distributed_backend='ps'"),
         ({"compute_target": "bad name!"}, "compute_target", "not a target name"),
         ({"chief": False}, "chief", "only used with distributed_backend='ps'"),
+        ({"distributed_backend": "mpi", "framework_version": "2.21"}, "framework_version",
+         "Horovod (distributed_backend='mpi') builds against TensorFlow 2.12 .. 2.18"),
         ({"max_restarts": -1}, "max_restarts", "0 or more"),
         ({"hang_timeout_seconds": -5}, "hang_timeout_seconds", "positive"),
         ({"epochs": 3}, "epochs", "unknown field"),
@@ -94,6 +96,14 @@ def test_bad_values_name_the_field(src, changes, field, words):
 def test_missing_required_fields_are_named():
     with pytest.raises(JobSpecError, match="source_directory: required field is missing"):
         TensorFlow(entry_script="train.py")
+
+
+def test_mpi_jobs_default_to_tensorflow_2_15(src):
+    job = TensorFlow(source_directory=str(src), entry_script="train.py",
+                     distributed_backend="mpi", process_count_per_node=2)
+    assert job.framework_version == "2.15" and not job.legacy_keras
+    newer = job.model_copy(update={"framework_version": "2.18"})
+    assert newer.legacy_keras
 
 
 def test_distributed_values_are_accepted_when_consistent(src):

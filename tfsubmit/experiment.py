@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit import forkserver
-from tfsubmit.errors import NotSupportedError, RunFailedError, TfsubmitError
+from tfsubmit.errors import RunFailedError, TfsubmitError
 from tfsubmit.procfs import pid_alive, processes_of_run
 from tfsubmit.runtime import read_metrics
 from tfsubmit.spec import TrainingJob, validate_experiment_name
@@ -37,11 +37,6 @@ class Experiment:
         from tfsubmit.targets import get_target
 
         get_target(job.compute_target, self.workspace.root)  # unknown: fails before a run exists
-        if job.distributed_backend == "mpi":
-            raise NotSupportedError(
-                f"distributed_backend: {job.distributed_backend!r} is not supported yet "
-                "(Horovod over MPI comes in a later release; 'ps' and 'multiworker' work)"
-            )
         run_id = self.workspace.new_run_id(self.name)
         paths = self.workspace.create_run(run_id, self.name, job.to_dict())
         pid = forkserver.request_runner(self.workspace, paths.root) or self._spawn_runner(paths)

@@ -31,6 +31,8 @@ class ProcessSpec:
     role: str
     index: int
     log_name: str = field(default="")
+    # mpirun: the host of each rank; its `--tag-output` lines are re-tagged rank:N@host.
+    rank_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))

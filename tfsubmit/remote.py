@@ -18,6 +18,8 @@ per code version and calls these over SSH, so a host needs nothing but Python 3.
                                     to pidfile), relay its output, exit with its code
                                     (128 + N when killed by signal N)
     signal PIDFILE SIGNUM           -> signal the whole process group named in PIDFILE
+    rank SCRIPT ARGS...             (an MPI rank) move into this rank's folder, pick its
+                                    GPU, then run SCRIPT in this process
 """
 
 from __future__ import annotations
@@ -138,6 +140,27 @@ def signal_group(pidfile: str, signum: str) -> None:
         pass
 
 
+def rank(script: str, args: list[str]) -> None:
+    import runpy
+
+    index = int(os.environ["OMPI_COMM_WORLD_RANK"])
+    workdir = os.environ["TFSUBMIT_RANK_DIRS"].split(":")[index]
+    os.chdir(workdir)
+    os.environ.update({
+        "TFSUBMIT_INDEX": str(index),
+        "TFSUBMIT_METRICS_FILE": f"{workdir}/.tfsubmit/metrics-rank-{index}.jsonl",
+        "TFSUBMIT_OUTPUTS": f"{workdir}/outputs",
+    })
+    for stream in (sys.stdout, sys.stderr):  # whole lines to mpirun, as they come
+        stream.reconfigure(line_buffering=True)
+    gpus = os.environ.get("TFSUBMIT_RANK_GPUS")
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus.split(":")[index]
+    sys.argv = [script, *args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+    runpy.run_path(script, run_name="__main__")
+
+
 def main(argv: list[str]) -> int:
     command, args = argv[0], argv[1:]
     if command == "preflight":
@@ -156,6 +179,8 @@ def main(argv: list[str]) -> int:
         return run_process()
     elif command == "signal":
         signal_group(*args)
+    elif command == "rank":
+        rank(args[0], args[1:])
     else:
         print(f"unknown command {command!r}", file=sys.stderr)
         return 2

@@ -21,6 +21,10 @@ DistributedBackend = Literal["mpi", "ps", "multiworker"]
 BACKENDS: tuple[str, ...] = ("mpi", "ps", "multiworker")
 
 DEFAULT_FRAMEWORK_VERSION = "2.21"
+# Horovod 0.28.1 (its last release) builds against TensorFlow <= 2.18; with 2.15 (Keras 2
+# built in) it needs no workaround, so that is the default of mpi jobs.
+MPI_FRAMEWORK_VERSION = "2.15"
+NEWEST_HOROVOD_FRAMEWORK = (2, 18)
 # tensorflow-cpu wheels for CPython 3.11 exist from 2.12 on; 2.21 is the newest release.
 OLDEST_FRAMEWORK = (2, 12)
 NEWEST_FRAMEWORK = (2, 21)
@@ -51,7 +55,8 @@ class TrainingJob(BaseModel):
     )
     use_gpu: bool = Field(default=False, description="Install `tensorflow` (GPU) instead of CPU.")
     framework_version: str = Field(
-        default=DEFAULT_FRAMEWORK_VERSION, description="TensorFlow version, e.g. '2.21'."
+        default=DEFAULT_FRAMEWORK_VERSION,
+        description="TensorFlow version, e.g. '2.21' (default 2.21; 2.15 for mpi jobs).",
     )
     environment_variables: dict[str, str] = Field(
         default_factory=dict, description="Extra variables set for every process of the job."
@@ -88,6 +93,14 @@ class TrainingJob(BaseModel):
             raise JobSpecError(_describe(exc, data)) from None
 
     # -- field checks -------------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mpi_framework_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("distributed_backend") == "mpi" \
+                and data.get("framework_version") is None:
+            return {**data, "framework_version": MPI_FRAMEWORK_VERSION}
+        return data
 
     @field_validator("source_directory")
     @classmethod
@@ -177,6 +190,14 @@ class TrainingJob(BaseModel):
                 f"entry_script: {self.entry_script!r} is not a file in source_directory "
                 f"{self.source_directory}"
             )
+        if self.distributed_backend == "mpi" and self.framework_minor > NEWEST_HOROVOD_FRAMEWORK:
+            newest = ".".join(map(str, NEWEST_HOROVOD_FRAMEWORK))
+            raise JobSpecError(
+                f"framework_version: Horovod (distributed_backend='mpi') builds against "
+                f"TensorFlow 2.12 .. {newest}, not {self.framework_version}; use "
+                f"{MPI_FRAMEWORK_VERSION} (the default for mpi jobs, Keras 2 built in) or "
+                f"2.16 .. {newest} (with legacy Keras)"
+            )
         many = self.node_count > 1 or self.process_count_per_node > 1
         if many and self.distributed_backend is None:
             raise JobSpecError(
@@ -209,6 +230,17 @@ class TrainingJob(BaseModel):
         return self
 
     # -- derived views ------------------------------------------------------------------------
+
+    @property
+    def framework_minor(self) -> tuple[int, int]:
+        major, minor = self.framework_version.split(".")[:2]
+        return int(major), int(minor)
+
+    @property
+    def legacy_keras(self) -> bool:
+        """Horovod on TensorFlow 2.16+ needs Keras 2 (tf-keras): under Keras 3 its
+        DistributedOptimizer silently stops averaging."""
+        return self.distributed_backend == "mpi" and self.framework_minor >= (2, 16)
 
     @property
     def is_distributed(self) -> bool:

@@ -5,6 +5,7 @@ grace period, then KILL), then check nothing of the run is left."""
 from __future__ import annotations
 
 import queue
+import re
 import signal
 import threading
 import time
@@ -211,7 +212,7 @@ class _Run:
                 continue
             self.last_line_of[i] = self.last_line = time.monotonic()
             self.files[i].write(line + "\n")
-            self.log.line(self.specs[i].tag, line)
+            self.log.line(*_tagged(self.specs[i], line))
             deadline = time.monotonic()  # got something: empty the rest without waiting
 
     def watch(self, started, max_seconds, decides, policy, hang_seconds, activity):
@@ -278,6 +279,19 @@ class _Run:
             self.kill_leftovers()
             self.start_all()
         return True
+
+
+_MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<std(?:out|err)>:(.*?)(?:\[\d+,\d+\]<std(?:out|err)>:)?$")
+
+
+def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:
+    """The tag and text of a line; mpirun's `--tag-output` lines get their rank's tag."""
+    if spec.rank_hosts:
+        match = _MPI_TAG.match(line)
+        if match and int(match[1]) < len(spec.rank_hosts):
+            rank = int(match[1])
+            return f"[rank:{rank}@{spec.rank_hosts[rank]}]", match[2]
+    return spec.tag, line
 
 
 def _monotonic(wall_time: float) -> float:

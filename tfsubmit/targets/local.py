@@ -108,6 +108,12 @@ class LocalTarget:
                 shutil.move(str(entry), target)
         return []
 
+    runs_as_root = os.geteuid() == 0
+
+    def mpi_ssh(self) -> None:
+        """mpirun needs no remote shell on one machine."""
+        return None
+
     def last_activity(self, nodes: list[Node]) -> float:
         """When the job last logged a metric (wall clock), for the hang watchdog."""
         times = [path.stat().st_mtime for node in nodes

@@ -450,6 +450,17 @@ class SSHTarget:
             problems.append(f"{node.host}: fetching metrics failed: {exc}")
         return problems
 
+    @property
+    def runs_as_root(self) -> bool:
+        return self.config.user == "root"
+
+    def mpi_ssh(self) -> dict:
+        """How mpirun on the first host reaches the others: this target's key, port and
+        known hosts (the key and known_hosts must exist at the same paths there)."""
+        return {"key_file": str(Path(self.config.key_file).expanduser()),
+                "port": self.config.port,
+                "known_hosts": str(Path(self.config.known_hosts).expanduser())}
+
     def last_activity(self, nodes: list[Node]) -> float:
         """Metrics of SSH runs arrive at the end; the watchdog relies on log lines."""
         return 0.0

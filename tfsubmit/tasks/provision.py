@@ -44,6 +44,13 @@ def provision_nodes(
             materialize(snapshot, store, Path(node.workdir))
             log.event(f"provisioned {node.host}: working directory {node.workdir}")
             return [node]
+        if job.use_gpu and job.distributed_backend == "mpi":
+            for host in target.config.hosts[: job.node_count]:
+                if job.process_count_per_node > host.gpus:
+                    raise TargetError(
+                        f"process_count_per_node: {job.process_count_per_node} ranks on host "
+                        f"{host.address}, which has {host.gpus} GPU(s) (use_gpu gives each "
+                        "rank its own GPU)")
         if job.node_count > len(target.config.hosts):
             raise TargetError(f"node_count: {job.node_count} nodes asked, but target "
                               f"{target.name!r} has {len(target.config.hosts)} host(s)")

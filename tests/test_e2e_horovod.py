@@ -79,3 +79,15 @@ def test_a_dead_rank_stops_the_job_and_is_named(workspace):
     assert details["error"].startswith("rank 1@local failed")
     assert (run.paths.logs / "mpirun-0.log").is_file()
     assert processes_of_run(run.id) == []
+
+
+def test_more_ranks_than_gpus_is_refused_naming_the_host(workspace, hosts):
+    from test_ssh import add_target
+
+    job = _job(node_count=2, process_count_per_node=1, use_gpu=True,
+               compute_target=add_target(workspace, hosts))
+    run = Experiment("hvd-gpus", workspace=workspace.root).submit(job)
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"].startswith("process_count_per_node: 1 ranks on host 127.0.0.2, "
+                                       "which has 0 GPU(s)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from tfsubmit.errors import JobSpecError
 from tfsubmit.launchers.single_node import job_env
 from tfsubmit.process import Node, ProcessSpec
 from tfsubmit.spec import TrainingJob
@@ -47,6 +48,18 @@ class SSHAgent:
 class MPIPlan:
     hostfile: str  # what `--hostfile` would hold; the argv passes the same with -H
     spec: ProcessSpec
+
+
+def check_gpus(job: TrainingJob, nodes: list[Node]) -> None:
+    """use_gpu with mpi gives each local rank its own GPU: a host needs enough of them."""
+    if not (job.use_gpu and job.distributed_backend == "mpi"):
+        return
+    for node in nodes[: job.node_count]:
+        if job.process_count_per_node > node.gpus:
+            raise JobSpecError(
+                f"process_count_per_node: {job.process_count_per_node} ranks on host "
+                f"{node.host}, which has {node.gpus} GPU(s); use_gpu gives each rank its own "
+                "GPU (set `gpus:` on the target's hosts, or lower process_count_per_node)")
 
 
 def shared_network(addresses: list[str]) -> str:

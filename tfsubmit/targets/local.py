@@ -41,6 +41,18 @@ class LocalProcess:
             pass
 
 
+def gpu_count() -> int:
+    """GPUs on this machine, as `nvidia-smi` lists them (0 without a driver)."""
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return 0
+    return len(listing.stdout.split()) if listing.returncode == 0 else 0
+
+
 class LocalTarget:
     name = "local"
     host = "local"
@@ -53,7 +65,7 @@ class LocalTarget:
         for sub in ("outputs", "logs", ".tfsubmit"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
         return Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
-                    python=python, runtime=runtime, address="127.0.0.1")
+                    gpus=gpu_count(), python=python, runtime=runtime, address="127.0.0.1")
 
     def base_env(self) -> dict[str, str]:
         env = {

@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tfsubmit.environment import Environment, environment_spec, runtime_dir
 from tfsubmit.errors import TargetError
+from tfsubmit.launchers.horovod import check_gpus
 from tfsubmit.process import Node
 from tfsubmit.snapshot import ObjectStore, Snapshot, materialize
 from tfsubmit.spec import TrainingJob
@@ -41,16 +42,12 @@ def provision_nodes(
                                   "SSH target with that many hosts")
             node = target.provision(sub.paths.root, python=env.python,
                                     runtime=str(runtime_dir(sub.workspace.runtime)))
+            check_gpus(job, [node])
             materialize(snapshot, store, Path(node.workdir))
             log.event(f"provisioned {node.host}: working directory {node.workdir}")
             return [node]
-        if job.use_gpu and job.distributed_backend == "mpi":
-            for host in target.config.hosts[: job.node_count]:
-                if job.process_count_per_node > host.gpus:
-                    raise TargetError(
-                        f"process_count_per_node: {job.process_count_per_node} ranks on host "
-                        f"{host.address}, which has {host.gpus} GPU(s) (use_gpu gives each "
-                        "rank its own GPU)")
+        check_gpus(job, [Node(host=h.address, workdir="", gpus=h.gpus)
+                         for h in target.config.hosts])
         if job.node_count > len(target.config.hosts):
             raise TargetError(f"node_count: {job.node_count} nodes asked, but target "
                               f"{target.name!r} has {len(target.config.hosts)} host(s)")

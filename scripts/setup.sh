@@ -14,6 +14,12 @@ command -v ps >/dev/null || need_apt+=(procps)
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# distributed_backend="mpi": Open MPI, and a compiler and Python headers to build Horovod.
+command -v mpirun >/dev/null || need_apt+=(openmpi-bin)
+command -v mpicc >/dev/null || need_apt+=(libopenmpi-dev)
+command -v g++ >/dev/null || need_apt+=(g++)
+$PYTHON -c "import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))" \
+    || need_apt+=(python3-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     $APT update -qq && DEBIAN_FRONTEND=noninteractive $APT install --no-install-recommends "${need_apt[@]}"

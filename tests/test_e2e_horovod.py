@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, wait_for_line
+from sshhosts import NamespaceHosts
+from test_ssh import _netns_available
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.procfs import processes_of_run
@@ -91,3 +93,28 @@ def test_more_ranks_than_gpus_is_refused_naming_the_host(workspace, hosts):
     assert details["status"] == "Failed"
     assert details["error"].startswith("process_count_per_node: 1 ranks on host 127.0.0.2, "
                                        "which has 0 GPU(s)")
+
+
+@pytest.mark.skipif(not _netns_available(), reason="network namespaces need CAP_NET_ADMIN")
+def test_preflight_names_the_host_mpi_cannot_reach(workspace, job_dir, tmp_path):
+    from test_ssh import add_target
+
+    hosts = NamespaceHosts(tmp_path / "nshosts", 2).start()
+    run = None
+    try:
+        target = add_target(workspace, hosts, connect_timeout=3)
+        run = Experiment("hvd-preflight", workspace=workspace.root).submit(
+            _job(node_count=2, process_count_per_node=1, compute_target=target))
+        wait_for_line(run, "[tfsubmit] provisioned 2 host(s)")
+        hosts.cut(1)  # tfsubmit got in; mpirun's own ssh to the second host will not
+        details = run.wait_for_completion(timeout=300, raise_on_error=False)
+        assert details["status"] == "Failed"
+        assert details["error"].startswith(
+            f"MPI pre-flight failed: {hosts.addresses[1]} cannot join an allreduce with "
+            f"{hosts.addresses[0]}")
+        assert "rank 0 of size" not in run.paths.output_log.read_text()  # no training began
+    finally:
+        if run is not None:
+            for pid in processes_of_run(run.id):
+                os.kill(pid, signal.SIGKILL)
+        hosts.stop()

@@ -410,8 +410,12 @@ class SSHTarget:
         for conn in self.connections.values():
             if conn.lost:
                 continue
-            out = conn.run([self.config.python, "-m", "tfsubmit.remote", "ps", run_id],
-                           env={"PYTHONPATH": self.runtime}, timeout=15)
+            try:
+                out = conn.run([self.config.python, "-m", "tfsubmit.remote", "ps", run_id],
+                               env={"PYTHONPATH": self.runtime}, timeout=15)
+            except TargetError as exc:  # unreachable now: skip it, check the others
+                conn.lost = str(exc)
+                continue
             found += [(conn.name, pid) for pid in json.loads(out)]
         return found
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import EXAMPLE, TFSUBMIT, run_cli
 
 from tfsubmit import Experiment, Run, TensorFlow
-from tfsubmit.errors import NotSupportedError, RunFailedError, TargetError
+from tfsubmit.errors import RunFailedError, TargetError
 from tfsubmit.procfs import processes_of_run
 
 pytestmark = pytest.mark.e2e
@@ -194,12 +194,10 @@ def test_script_params_arrive_literally(workspace, job_dir):
                     "MY_SETTING": "$HOME"}
 
 
-def test_bad_targets_and_unsupported_topologies_fail_before_a_run_exists(workspace):
+def test_unknown_target_fails_before_a_run_exists(workspace):
     experiment = Experiment("e2e-refused", workspace=workspace.root)
     with pytest.raises(TargetError, match="compute_target: unknown target 'gpu-cluster'"):
         experiment.submit(example_job(compute_target="gpu-cluster"))
-    with pytest.raises(NotSupportedError, match="distributed_backend: 'mpi' is not supported yet"):
-        experiment.submit(example_job(node_count=2, distributed_backend="mpi"))
     assert experiment.get_runs() == []
 
 

@@ -35,6 +35,11 @@ def workspace(tmp_path_factory) -> Workspace:
     ws = Workspace(root)
     info = ensure_server(ws)
     assert info.running
+    # Runs fork from the fork server once it listens, as most users' runs do.
+    deadline = time.monotonic() + 60
+    while not (ws.prefect_home / "forkserver.sock").exists():
+        assert time.monotonic() < deadline, "the fork server did not start"
+        time.sleep(0.1)
     yield ws
     stop_server(ws)
 

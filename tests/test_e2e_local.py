@@ -80,6 +80,11 @@ def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, c
             "/logs/filter", {"logs": {"task_run_id": {"any_": [launch]}},
                              "sort": "TIMESTAMP_ASC", "limit": 200})),
         30, "the job's forwarded log lines in the Prefect API")
+    # Even the very last line, logged just before the runner exits, reaches the API.
+    collect = next(t["id"] for t in tasks if t["name"].startswith("collect_outputs"))
+    last = [entry["message"] for entry in prefect_api(
+        "/logs/filter", {"logs": {"task_run_id": {"any_": [collect]}}, "limit": 200})]
+    assert f"[tfsubmit] run {run.id} Completed" in last
 
 
 def test_same_spec_again_installs_nothing(workspace):

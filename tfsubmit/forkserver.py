@@ -152,9 +152,23 @@ def _become_runner(request: dict, main) -> None:
         os.chdir(request["cwd"])
         code = main([str(run_dir)])
     finally:
+        _drain_prefect()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(code)  # never unwind into the server's loop (it would close its socket)
+
+
+def _drain_prefect() -> None:
+    """Send Prefect's last queued logs and events: os._exit skips the exit hooks that
+    would (without this, the last seconds of a run's log lines never reached the API)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except Exception as exc:  # noqa: BLE001 (best effort on the way out)
+            print(f"tfsubmit: could not flush {worker.__name__}: {exc}", file=sys.stderr)
 
 
 def _reap() -> None:

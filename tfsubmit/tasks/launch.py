@@ -49,14 +49,19 @@ def mpi_preflight(job: TrainingJob, sub: Submission, nodes: list[Node], options:
                   f"{job.process_count_per_node} slot(s)")
     if allreduce(job, nodes, "preflight").status == "Completed":
         return
+    advice = ("check that Open MPI and the network between the hosts work (logs in "
+              "logs/preflight*)")
+    if job.node_count == 1:
+        raise TargetError(f"MPI pre-flight failed on {nodes[0].host}: {job.process_count_per_node}"
+                          f" ranks did not complete an allreduce within {PREFLIGHT_SECONDS} s; "
+                          + advice)
     pair = job.model_copy(update={"node_count": 2, "process_count_per_node": 1})
     failing = [node.host for node in nodes[1: job.node_count]
                if allreduce(pair, [nodes[0], node], f"preflight-{node.host}").status
                != "Completed"]
     where = ", ".join(failing) if failing else "the hosts together (each pair works)"
     raise TargetError(f"MPI pre-flight failed: {where} cannot join an allreduce with "
-                      f"{nodes[0].host} within {PREFLIGHT_SECONDS} s; check that Open MPI "
-                      "and the network between the hosts work (logs in logs/preflight*)")
+                      f"{nodes[0].host} within {PREFLIGHT_SECONDS} s; " + advice)
 
 
 _RANK = re.compile(r"process rank (\d+)|Process name: \[\[\d+,\d+\],(\d+)\]")

@@ -14,22 +14,10 @@ and prints the medians and their ratio (goal: at most 1.1).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from compare import ROOT, bare_context, compare, warm_workspace
 
-from tfsubmit import Experiment, TensorFlow  # noqa: E402
-from tfsubmit.environment import environment_spec, runtime_dir  # noqa: E402
-from tfsubmit.server import ensure_server, stop_server  # noqa: E402
-from tfsubmit.workspace import Workspace  # noqa: E402
+from tfsubmit import TensorFlow
 
 EXAMPLE = ROOT / "examples" / "horovod-synthetic"
 
@@ -39,43 +27,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    os.environ.pop("PREFECT_API_URL", None)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with tempfile.TemporaryDirectory(prefix="tfsubmit-hvd-bench-") as tmp:
-        workspace = Workspace(Path(tmp) / "ws")
-        job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
-                         script_params={"--epochs": args.epochs}, distributed_backend="mpi",
-                         process_count_per_node=2)
-        experiment = Experiment("bench", workspace=workspace.root)
-        try:
-            ensure_server(workspace)
-            print("warming up: environment (Horovod), server, page cache ...", flush=True)
-            experiment.submit(job.model_copy(update={"script_params": {"--epochs": 1}})
-                              ).wait_for_completion()
-            python = str(workspace.env_cache / environment_spec(job).hash / "bin" / "python")
-            bare_dir = Path(tmp) / "bare"
-            shutil.copytree(EXAMPLE, bare_dir)
-            (bare_dir / "outputs").mkdir()
-            argv = ["mpirun", "--allow-run-as-root", "-np", "2", "-H", "localhost:2",
-                    "--bind-to", "none", python, "train.py", *job.script_arguments()]
-            env = {**os.environ, "PYTHONPATH": str(runtime_dir(workspace.runtime))}
-            bare, managed = [], []
-            for i in range(args.repeats):
-                started = time.perf_counter()
-                subprocess.run(argv, cwd=bare_dir, env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                bare.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                experiment.submit(job).wait_for_completion()
-                managed.append(time.perf_counter() - started)
-                print(f"  round {i + 1}: bare mpirun {bare[-1]:.2f} s, tfsubmit "
-                      f"{managed[-1]:.2f} s", flush=True)
-        finally:
-            stop_server(workspace)
-    b, m = statistics.median(bare), statistics.median(managed)
-    print(f"bare mpirun        median {b:.2f} s, best {min(bare):.2f} s")
-    print(f"tfsubmit (mpi)     median {m:.2f} s, best {min(managed):.2f} s")
-    print(f"ratio tfsubmit/bare: {m / b:.3f}  (medians; goal <= 1.1)")
+    job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
+                     script_params={"--epochs": args.epochs}, distributed_backend="mpi",
+                     process_count_per_node=2)
+    with warm_workspace(job, {"--epochs": 1}) as (workspace, bare_dir):
+        python, env = bare_context(workspace, job)
+        argv = ["mpirun", "--allow-run-as-root", "-np", "2", "-H", "localhost:2",
+                "--bind-to", "none", python, "train.py", *job.script_arguments()]
+        compare(workspace, job, argv, bare_dir, env, repeats=args.repeats,
+                bare_label="bare mpirun", goal=1.1)
 
 
 if __name__ == "__main__":

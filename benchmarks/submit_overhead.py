@@ -12,22 +12,10 @@ shared machine mean little; the ratio is measured within one run.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from compare import ROOT, bare_context, compare, warm_workspace
 
-from tfsubmit import Experiment, TensorFlow  # noqa: E402
-from tfsubmit.environment import environment_spec, runtime_dir  # noqa: E402
-from tfsubmit.server import ensure_server, stop_server  # noqa: E402
-from tfsubmit.workspace import Workspace  # noqa: E402
+from tfsubmit import TensorFlow
 
 EXAMPLE = ROOT / "examples" / "keras-synthetic"
 
@@ -38,47 +26,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-
-    os.environ.pop("PREFECT_API_URL", None)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with tempfile.TemporaryDirectory(prefix="tfsubmit-bench-") as tmp:
-        workspace = Workspace(Path(tmp) / "ws")
-        os.environ["TFSUBMIT_WORKSPACE"] = str(workspace.root)
-        params = {"--epochs": args.epochs, "--samples": args.samples}
-        job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
-                         script_params=params)
-        experiment = Experiment("bench", workspace=workspace.root)
-        try:
-            ensure_server(workspace)
-            print("warming up: environment, server, page cache ...", flush=True)
-            experiment.submit(job.model_copy(update={"script_params": {"--epochs": 1}})
-                              ).wait_for_completion()
-            python = str(workspace.env_cache / environment_spec(job).hash / "bin" / "python")
-            bare_dir = Path(tmp) / "bare"
-            shutil.copytree(EXAMPLE, bare_dir)
-            bare_env = {**os.environ, "PYTHONPATH": str(runtime_dir(workspace.runtime))}
-            bare_argv = [python, "train.py", *job.script_arguments()]
-
-            bare, managed = [], []
-            for i in range(args.repeats):
-                started = time.perf_counter()
-                subprocess.run(bare_argv, cwd=bare_dir, env=bare_env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                bare.append(time.perf_counter() - started)
-
-                started = time.perf_counter()
-                experiment.submit(job).wait_for_completion()
-                managed.append(time.perf_counter() - started)
-                print(f"  round {i + 1}: bare {bare[-1]:.2f} s, tfsubmit {managed[-1]:.2f} s",
-                      flush=True)
-        finally:
-            stop_server(workspace)
-
-    b, m = statistics.median(bare), statistics.median(managed)
-    print(f"bare python train.py   median {b:.2f} s, best {min(bare):.2f} s")
-    print(f"tfsubmit submit+wait   median {m:.2f} s, best {min(managed):.2f} s")
-    print(f"ratio of best runs tfsubmit/bare: {min(managed) / min(bare):.3f}")
-    print(f"ratio tfsubmit/bare: {m / b:.3f}  (medians; goal <= 1.15)")
+    job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
+                     script_params={"--epochs": args.epochs, "--samples": args.samples})
+    with warm_workspace(job, {"--epochs": 1}) as (workspace, bare_dir):
+        python, env = bare_context(workspace, job)
+        compare(workspace, job, [python, "train.py", *job.script_arguments()], bare_dir, env,
+                repeats=args.repeats, bare_label="bare python train.py", goal=1.15)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Only the standard library is used here: remote hosts run this module to build th
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -277,8 +278,10 @@ def package_sources() -> tuple[Path, list[Path]]:
     return package, sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
 
 
+@functools.lru_cache(maxsize=1)
 def package_hash() -> str:
-    """A hash of tfsubmit's own code: changes with every upgrade or edit."""
+    """A hash of tfsubmit's own code: changes with every upgrade or edit. Read once per
+    process (it is asked per host and per submission)."""
     package, sources = package_sources()
     digest = hashlib.sha256()
     for path in sources:

@@ -236,7 +236,7 @@ class SSHTarget:
         self.config = config
         self._tofu_lock = threading.Lock()
         self.connections: dict[str, Connection] = {}
-        self.runtime = ""
+        self.runtime = posixpath.join(config.workdir, "runtime", package_hash())
 
     # -- provisioning ---------------------------------------------------------------------------
 
@@ -244,9 +244,10 @@ class SSHTarget:
     def bytes_uploaded(self) -> int:
         return sum(conn.bytes_uploaded for conn in self.connections.values())
 
-    def _each(self, work: Callable[[Connection], object], hosts=None) -> dict[str, object]:
+    def _each(self, work: Callable[[Connection], object],
+              conns: list[Connection] | None = None) -> dict[str, object]:
         """Run `work` on every host in parallel; raise one error naming every failed host."""
-        conns = hosts or list(self.connections.values())
+        conns = conns or list(self.connections.values())
         results, errors = {}, []
         with ThreadPoolExecutor(max_workers=max(1, len(conns))) as pool:
             futures = {conn.name: pool.submit(work, conn) for conn in conns}
@@ -278,7 +279,6 @@ class SSHTarget:
 
     def _preflight(self, conn: Connection, digests: str) -> dict:
         wd = self.config.workdir
-        self.runtime = posixpath.join(wd, "runtime", package_hash())
         preflight = [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
                      str(self.config.min_free_mb)]
         try:

@@ -1,6 +1,6 @@
 """The `tfsubmit` command line.
 
-    tfsubmit submit JOB.yaml [--experiment NAME] [--detach]
+    tfsubmit submit JOB.yaml [--experiment NAME] [--detach] [--deployment FLOW/DEPLOYMENT]
     tfsubmit runs [--experiment NAME]
     tfsubmit show RUN
     tfsubmit logs RUN [--follow]
@@ -27,8 +27,12 @@ def _submit(args: argparse.Namespace) -> int:
 
     job, experiment = load_job_file(args.job)
     experiment = Experiment(args.experiment or experiment or "default", workspace=args.workspace)
-    run = experiment.submit(job)
-    print(f"Submitted run {run.id} (workspace {run.workspace.root})", flush=True)
+    run = experiment.submit(job, deployment=args.deployment)
+    if args.deployment:
+        print(f"Submitted run {run.id} to deployment {args.deployment}: "
+              f"{run.get_details()['prefect_ui']}", flush=True)
+    else:
+        print(f"Submitted run {run.id} (workspace {run.workspace.root})", flush=True)
     if args.detach:
         return 0
     try:
@@ -41,8 +45,9 @@ def _submit(args: argparse.Namespace) -> int:
               f"`tfsubmit cancel {run.id}`", file=sys.stderr)
         return 130
     _print_metrics(run.get_metrics())
-    print(f"Run {run.id} {details['status']} in {details.get('duration', 0):.1f} s; "
-          f"outputs in {run.paths.outputs}")
+    where = (f"outputs in {run.paths.outputs}" if hasattr(run, "paths")
+             else f"see {details['prefect_ui']}")
+    print(f"Run {run.id} {details['status']} in {details.get('duration', 0):.1f} s; {where}")
     return 0
 
 
@@ -54,6 +59,12 @@ def _print_metrics(metrics: dict[str, list[float]]) -> None:
 
 
 def _runs(args: argparse.Namespace) -> int:
+    from tfsubmit.prefect_api import api_url
+
+    url = api_url(args.workspace, start=False)
+    if url:
+        return _runs_from_api(args, url)
+    print("(no Prefect API running: listing this workspace's runs)", file=sys.stderr)
     records = Workspace(args.workspace).list_runs(args.experiment)[: args.limit]
     if not records:
         print("no runs yet")
@@ -70,13 +81,37 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import Run
+def _runs_from_api(args: argparse.Namespace, url: str) -> int:
+    """Flow runs of `submit-training`, wherever they ran (this machine or a worker)."""
+    from tfsubmit.deployment_run import FLOW_NAME
+    from tfsubmit.prefect_api import PrefectAPI, status_of
 
-    run = Run(args.run, workspace=args.workspace)
+    api = PrefectAPI(url)
+    flow_runs = api.flow_runs(flow_name=FLOW_NAME, tags=[args.experiment] if args.experiment
+                              else None, limit=args.limit)
+    if not flow_runs:
+        print("no runs yet" + (f" in experiment {args.experiment}" if args.experiment else ""))
+        return 0
+    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} {'DURATION':9} "
+          "FLOW RUN")
+    for flow_run in flow_runs:
+        experiment = (flow_run.get("parameters") or {}).get("experiment") or ",".join(
+            flow_run.get("tags") or [])
+        created = (flow_run.get("created") or "")[:19].replace("T", " ")
+        duration = f"{flow_run.get('total_run_time') or 0:.1f} s"
+        print(f"{flow_run['name']:44} {experiment or '-':16} {status_of(flow_run):10} "
+              f"{created:20} {duration:9} {flow_run['id']}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tfsubmit.experiment import open_run
+
+    run = open_run(args.run, workspace=args.workspace)
     details = run.get_details()
     details["metrics"] = {name: values[-1] for name, values in run.get_metrics().items()}
-    details["run_folder"] = str(run.paths.root)
+    if hasattr(run, "paths"):
+        details["run_folder"] = str(run.paths.root)
     if details.get("prefect_api_url") and details.get("flow_run_id"):
         ui = details["prefect_api_url"].removesuffix("/api")
         details["prefect_ui"] = f"{ui}/runs/flow-run/{details['flow_run_id']}"
@@ -85,17 +120,17 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import Run
+    from tfsubmit.experiment import open_run
 
-    for line in Run(args.run, workspace=args.workspace).stream_logs(follow=args.follow):
+    for line in open_run(args.run, workspace=args.workspace).stream_logs(follow=args.follow):
         print(line, flush=True)
     return 0
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import Run
+    from tfsubmit.experiment import open_run
 
-    run = Run(args.run, workspace=args.workspace)
+    run = open_run(args.run, workspace=args.workspace)
     before = run.get_status()
     run.cancel()
     print(f"Run {run.id}: {before} -> {run.get_status()}; no process of it is left")
@@ -132,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--experiment", help="experiment name (default: the YAML's, or "
                         "'default')")
     submit.add_argument("--detach", action="store_true", help="return once submitted")
+    submit.add_argument("--deployment", metavar="FLOW/DEPLOYMENT",
+                        help="run it as a flow run of this Prefect deployment (e.g. "
+                        "submit-training/default), executed by the deployment's worker")
     submit.set_defaults(func=_submit)
 
     runs = commands.add_parser("runs", help="list runs, newest first")

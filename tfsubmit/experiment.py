@@ -2,6 +2,8 @@
 
 Submitting prepares the run folder and starts a detached runner process that executes the
 Prefect flow; the `Run` reads the run folder, so any process can follow, list or cancel it.
+With `deployment=`, the job becomes a flow run of a Prefect deployment instead, executed by
+that deployment's worker; the `DeploymentRun` returned reads everything through the API.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit import forkserver
-from tfsubmit.errors import RunFailedError, TfsubmitError
+from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
 from tfsubmit.procfs import pid_alive, processes_of_run
 from tfsubmit.runtime import read_metrics
 from tfsubmit.spec import TrainingJob, validate_experiment_name
@@ -32,8 +34,19 @@ class Experiment:
         self.name = validate_experiment_name(name)
         self.workspace = Workspace(workspace)
 
-    def submit(self, job: TrainingJob) -> Run:
-        """Start `job` and return its Run at once; the job runs in a detached process."""
+    def submit(self, job: TrainingJob, *, deployment: str | None = None) -> BaseRun:
+        """Start `job` and return its Run at once; the job runs in a detached process.
+
+        With `deployment` ("FLOW/DEPLOYMENT", e.g. "submit-training/default"), create a flow
+        run of that Prefect deployment instead; a worker of its pool runs it, and the
+        returned run follows it through the Prefect API (PREFECT_API_URL, else the embedded
+        server). The job's source_directory must exist where the worker runs.
+        """
+        if deployment is not None:
+            from tfsubmit.deployment_run import submit_to_deployment
+
+            return submit_to_deployment(job, deployment, experiment=self.name,
+                                        workspace=self.workspace)
         from tfsubmit.targets import get_target
 
         get_target(job.compute_target, self.workspace.root)  # unknown: fails before a run exists
@@ -62,7 +75,58 @@ class Experiment:
         ]
 
 
-class Run:
+class BaseRun:
+    """What every kind of run offers; subclasses read their state from somewhere."""
+
+    id: str
+
+    def get_details(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get_status(self) -> str:
+        return self.get_details().get("status", "Queued")
+
+    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """Where the run's logs and outputs are kept, for error messages."""
+        raise NotImplementedError
+
+    def wait_for_completion(
+        self,
+        show_output: bool = False,
+        *,
+        timeout: float | None = None,
+        raise_on_error: bool = True,
+    ) -> dict[str, Any]:
+        """Block until the run ends; with show_output, print its tagged log lines live.
+
+        Raises RunFailedError for a Failed or Canceled run unless raise_on_error is False,
+        and TimeoutError when `timeout` seconds pass first (the run keeps going).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if show_output:
+            for line in self.stream_logs(follow=True):
+                print(line, flush=True)
+                if deadline and time.monotonic() > deadline:
+                    break
+        while self.get_status() not in TERMINAL_STATUSES:
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.id} still {self.get_status()} after {timeout} s")
+            time.sleep(POLL_SECONDS)
+        details = self.get_details()
+        if raise_on_error and details["status"] != "Completed":
+            raise RunFailedError(
+                f"run {self.id} {details['status']}: {details.get('error') or 'no reason given'}"
+                f" (logs kept in {self.where()})",
+                run_id=self.id,
+                status=details["status"],
+            )
+        return details
+
+
+class Run(BaseRun):
     """One submission: status, logs, metrics, files, cancel."""
 
     def __init__(self, run_id: str, *, workspace: str | Path | None = None) -> None:
@@ -91,8 +155,8 @@ class Run:
                 )
         return record
 
-    def get_status(self) -> str:
-        return self.get_details().get("status", "Queued")
+    def where(self) -> str:
+        return str(self.paths.root)
 
     @property
     def experiment(self) -> str:
@@ -141,38 +205,6 @@ class Run:
                     yield from (line for line in pending.split("\n") if line)
                     return
                 time.sleep(POLL_SECONDS)
-
-    def wait_for_completion(
-        self,
-        show_output: bool = False,
-        *,
-        timeout: float | None = None,
-        raise_on_error: bool = True,
-    ) -> dict[str, Any]:
-        """Block until the run ends; with show_output, print its tagged log lines live.
-
-        Raises RunFailedError for a Failed or Canceled run unless raise_on_error is False,
-        and TimeoutError when `timeout` seconds pass first (the run keeps going).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if show_output:
-            for line in self.stream_logs(follow=True):
-                print(line, flush=True)
-                if deadline and time.monotonic() > deadline:
-                    break
-        while self.get_status() not in TERMINAL_STATUSES:
-            if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"run {self.id} still {self.get_status()} after {timeout} s")
-            time.sleep(POLL_SECONDS)
-        details = self.get_details()
-        if raise_on_error and details["status"] != "Completed":
-            raise RunFailedError(
-                f"run {self.id} {details['status']}: {details.get('error') or 'no reason given'}"
-                f" (logs kept in {self.paths.root})",
-                run_id=self.id,
-                status=details["status"],
-            )
-        return details
 
     # -- cancel ---------------------------------------------------------------------------------
 
@@ -229,3 +261,19 @@ class Run:
                 shutil.copy2(self.paths.root / name, target)
                 copied.append(target)
         return copied
+
+
+def open_run(run_id: str, *, workspace: str | Path | None = None) -> BaseRun:
+    """The run with this id: from the workspace, else a flow run of that name in the Prefect
+    API (a run a deployment's worker executed elsewhere)."""
+    try:
+        return Run(run_id, workspace=workspace)
+    except RunNotFoundError as missing:
+        from tfsubmit.deployment_run import DeploymentRun
+        from tfsubmit.prefect_api import PrefectAPI, api_url
+
+        url = api_url(workspace, start=False)
+        found = url and DeploymentRun.find(run_id, PrefectAPI(url))
+        if not found:
+            raise missing from None
+        return found

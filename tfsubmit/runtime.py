@@ -58,12 +58,17 @@ class RunContext:
             self.log(name, value, step=step)
 
     def keras_callback(self):
-        """A Keras callback logging `epoch` and every metric Keras reports, each epoch."""
+        """A Keras callback logging `epoch` and every metric Keras reports, each epoch
+        (and `total_epochs` once, for the progress bar in the Prefect UI)."""
         import tensorflow as tf
 
         context = self
 
         class TfsubmitMetrics(tf.keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                if (self.params or {}).get("epochs"):
+                    context.log("total_epochs", self.params["epochs"])
+
             def on_epoch_end(self, epoch, logs=None):
                 context.log("epoch", epoch + 1, step=epoch + 1)
                 for name, value in (logs or {}).items():

@@ -246,6 +246,22 @@ class TrainingJob(BaseModel):
     def is_distributed(self) -> bool:
         return self.distributed_backend is not None
 
+    @property
+    def topology(self) -> str:
+        """The processes in words, e.g. 'ps: 1 chief, 2 workers, 1 parameter server'."""
+        backend = self.distributed_backend
+        if backend is None:
+            return "single process"
+        if backend == "ps":
+            chief = "1 chief, " if self.chief else ""
+            return (f"ps: {chief}{self.worker_count} worker(s), {self.parameter_server_count} "
+                    f"parameter server(s) on {self.node_count} node(s)")
+        if backend == "multiworker":
+            workers = self.node_count * self.process_count_per_node
+            return f"multiworker: {workers} worker(s) on {self.node_count} node(s)"
+        return (f"mpi (Horovod): {self.node_count} node(s) x {self.process_count_per_node} "
+                f"rank(s)")
+
     def script_arguments(self) -> list[str]:
         """The script's argv after the script name, every value a separate string."""
         if isinstance(self.script_params, list):

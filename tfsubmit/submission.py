@@ -26,6 +26,7 @@ class Submission:
     paths: RunPaths
     log: RunLog
     target: Any = None  # the compute target, connected once for the whole submission
+    artifacts: Any = None  # tasks.progress.RunArtifacts: the run's live Prefect artifacts
     cancel: threading.Event = field(default=CANCEL)
 
     def check_canceled(self) -> None:

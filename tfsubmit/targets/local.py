@@ -126,11 +126,14 @@ class LocalTarget:
         """mpirun needs no remote shell on one machine."""
         return None
 
+    def metric_files(self, nodes: list[Node]) -> list[Path]:
+        """The metric files the job's processes are writing now (read live)."""
+        return [path for node in nodes
+                for path in (Path(node.workdir) / ".tfsubmit").glob("metrics-*.jsonl")]
+
     def last_activity(self, nodes: list[Node]) -> float:
         """When the job last logged a metric (wall clock), for the hang watchdog."""
-        times = [path.stat().st_mtime for node in nodes
-                 for path in (Path(node.workdir) / ".tfsubmit").glob("metrics-*.jsonl")]
-        return max(times, default=0.0)
+        return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
 
     def close(self) -> None:
         pass

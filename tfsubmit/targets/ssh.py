@@ -465,6 +465,10 @@ class SSHTarget:
                 "port": self.config.port,
                 "known_hosts": str(Path(self.config.known_hosts).expanduser())}
 
+    def metric_files(self, nodes: list[Node]) -> list:
+        """Metrics of SSH runs arrive when the outputs are collected."""
+        return []
+
     def last_activity(self, nodes: list[Node]) -> float:
         """Metrics of SSH runs arrive at the end; the watchdog relies on log lines."""
         return 0.0

@@ -4,9 +4,10 @@ import time
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tfsubmit.prefect_api import artifact_key
 from tfsubmit.process import Node
 from tfsubmit.runtime import read_metrics
 from tfsubmit.submission import Submission
@@ -30,12 +31,6 @@ def gather(sub: Submission, nodes: list[Node]) -> list[str]:
         for path in sorted(metric_files):
             merged.write(path.read_text())
     return problems
-
-
-def _artifact_key(run_id: str, suffix: str) -> str:
-    # Artifact keys allow lowercase letters, digits and dashes only.
-    cleaned = "".join(c if c.isalnum() else "-" for c in run_id.lower())
-    return f"{cleaned}-{suffix}"[:100]
 
 
 @task(name="collect_outputs", cache_policy=NO_CACHE)
@@ -71,19 +66,18 @@ def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dic
             "outputs": outputs,
         }
         # Artifacts before the record: whoever sees the final status sees everything.
-        if metrics:
-            create_table_artifact(
-                key=_artifact_key(sub.run_id, "metrics"),
-                table=[
-                    {"metric": name, "last": v[-1], "min": min(v), "max": max(v), "count": len(v)}
-                    for name, v in sorted(metrics.items())
-                ],
-                description=f"Metrics of run {sub.run_id}",
-            )
+        if sub.artifacts is not None:
+            sub.artifacts.publish(metrics, final=True)
         create_markdown_artifact(
-            key=_artifact_key(sub.run_id, "summary"),
+            key=artifact_key(sub.run_id, "summary"),
             markdown=_summary({**sub.record(), **final, "status": outcome.status}, metrics),
             description=f"Summary of run {sub.run_id}",
+        )
+        create_link_artifact(
+            key=artifact_key(sub.run_id, "outputs"),
+            link=sub.paths.outputs.resolve().as_uri(),
+            link_text=f"{len(outputs)} output file(s) in {sub.paths.outputs}",
+            description=f"Outputs of run {sub.run_id} (on the machine that ran its flow)",
         )
         log.event(f"run {sub.run_id} {outcome.describe()}")
         record = sub.record(**final)
@@ -91,21 +85,31 @@ def collect_outputs(sub: Submission, nodes: list[Node], outcome: Outcome) -> dic
 
 
 def _summary(record: dict, metrics: dict[str, list[float]]) -> str:
+    restarts: dict[str, int] = {}
+    for restart in record.get("restarts") or []:
+        restarts[restart["task"]] = restarts.get(restart["task"], 0) + 1
     lines = [
         f"# Run `{record['id']}`",
         "",
         f"- **Status**: {record['status']} {record.get('error') or ''}",
         f"- **Experiment**: {record.get('experiment')}",
         f"- **Target**: {record.get('compute_target')}",
-        f"- **Duration**: {record.get('duration', 0):.1f} s",
+        f"- **Topology**: {record.get('topology', '-')}",
+        f"- **Hosts**: {', '.join(record.get('hosts') or []) or '-'}",
+        f"- **Duration**: {record.get('duration', 0):.1f} s (processes)",
         f"- **Snapshot**: `{record.get('snapshot_hash', '-')}`",
         f"- **Environment**: `{record.get('environment_hash', '-')}`"
         + (" (reused)" if record.get("environment_reused") else ""),
         f"- **Outputs**: `{Path(record['workspace']) / 'runs' / record['id'] / 'outputs'}`",
         "",
-        "| process | exit code |",
+        "| step | seconds |",
         "| --- | --- |",
-        *(f"| {name} | {code} |" for name, code in (record.get("exit_codes") or {}).items()),
+        *(f"| {name} | {seconds:.2f} |" for name, seconds in (record.get("steps") or {}).items()),
+        "",
+        "| process | exit code | restarts |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {code} | {restarts.get(name, 0)} |"
+          for name, code in (record.get("exit_codes") or {}).items()),
     ]
     if record.get("restarts"):
         lines += ["", "| restart | task | exit code | action | reason |",

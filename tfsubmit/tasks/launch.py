@@ -15,6 +15,7 @@ from tfsubmit.spec import TrainingJob
 from tfsubmit.submission import Submission
 from tfsubmit.supervisor import Outcome, RestartPolicy, supervise
 from tfsubmit.tasks._logging import forwarded
+from tfsubmit.tasks.progress import ProgressWatcher
 
 
 def plan(job: TrainingJob, nodes: list[Node], *, run_id: str, mpi_options: dict):
@@ -121,30 +122,38 @@ def launch_topology(
     with forwarded(sub.log) as log:
         placed = ", ".join(f"{s.role}:{s.index}@{s.host}" for s in specs)
         log.event(f"starting {len(specs)} process(es) ({placed}): {' '.join(specs[0].argv[1:])}")
-        outcome = supervise(
-            sub.target,
-            specs,
-            run_id=sub.run_id,
-            log=log,
-            log_dir=sub.paths.logs,
-            cancel=sub.cancel,
-            max_seconds=job.max_run_duration_seconds,
-            on_started=lambda handles: sub.record(
-                status="Running", started=time.time(), pids=[h.pid for h in handles]
-            ),
-            decides=decides,
-            policy=RestartPolicy(
-                max_restarts=job.max_restarts,
-                permanent_exit_codes=frozenset(job.permanent_exit_codes),
-                # ps: TensorFlow's coordinator re-uses a worker restarted at its address.
-                alone=_is_worker if job.distributed_backend == "ps" else _nobody,
-            ),
-            hang_seconds=job.hang_timeout_seconds,
-            activity=lambda: sub.target.last_activity(nodes),
-        )
+        watcher = ProgressWatcher(sub.artifacts, lambda: sub.target.metric_files(nodes),
+                                  warn=log.event)
+        with watcher:
+            outcome = _supervise(job, sub, nodes, specs, decides, log)
         if job.distributed_backend == "mpi" and outcome.status == "Failed":
             outcome.reason = _name_the_rank(sub, specs[0], outcome.reason)
         log.event(f"processes ended: {outcome.describe()}")
         if outcome.restarts:
             sub.record(restarts=outcome.restarts)
     return outcome
+
+
+def _supervise(job: TrainingJob, sub: Submission, nodes: list[Node], specs, decides,
+               log) -> Outcome:
+    return supervise(
+        sub.target,
+        specs,
+        run_id=sub.run_id,
+        log=log,
+        log_dir=sub.paths.logs,
+        cancel=sub.cancel,
+        max_seconds=job.max_run_duration_seconds,
+        on_started=lambda handles: sub.record(
+            status="Running", started=time.time(), pids=[h.pid for h in handles]
+        ),
+        decides=decides,
+        policy=RestartPolicy(
+            max_restarts=job.max_restarts,
+            permanent_exit_codes=frozenset(job.permanent_exit_codes),
+            # ps: TensorFlow's coordinator re-uses a worker restarted at its address.
+            alone=_is_worker if job.distributed_backend == "ps" else _nobody,
+        ),
+        hang_seconds=job.hang_timeout_seconds,
+        activity=lambda: sub.target.last_activity(nodes),
+    )

@@ -1,0 +1,130 @@
+"""Live artifacts of a run in the Prefect UI: a progress bar per epoch and a metrics table.
+
+While the job runs, a thread reads the metric files the job writes and keeps two artifacts
+of the flow run current: `<run>-progress` (epoch / total_epochs, with the latest values in
+its description) and `<run>-metrics` (one row per metric, every value so far). The metrics
+table is written once more, complete, when the outputs are collected.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import math
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactUpdate
+
+from tfsubmit.prefect_api import artifact_key
+from tfsubmit.runtime import read_metrics
+
+INTERVAL_SECONDS = 1.0
+
+
+def metrics_table(metrics: dict[str, list[float]]) -> list[dict]:
+    """Rows of the metrics artifact; `values` holds every value, so readers can rebuild them."""
+    return [
+        {"metric": name, "last": values[-1], "min": min(values), "max": max(values),
+         "count": len(values), "values": values}
+        for name, values in sorted(metrics.items())
+        if name != "total_epochs"
+    ]
+
+
+class RunArtifacts:
+    """The run's live artifacts; create once, then update in place (one artifact each)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.metrics_id: UUID | None = None
+        self.progress_id: UUID | None = None
+        self._published: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def publish(self, metrics: dict[str, list[float]], *, final: bool = False) -> None:
+        with self._lock:
+            if not metrics or (metrics == self._published and not final):
+                return
+            self._publish_metrics(metrics)
+            self._publish_progress(metrics, final)
+            self._published = {name: list(values) for name, values in metrics.items()}
+
+    def _publish_metrics(self, metrics: dict[str, list[float]]) -> None:
+        table = metrics_table(metrics)
+        if self.metrics_id is None:
+            self.metrics_id = create_table_artifact(
+                table=table, key=artifact_key(self.run_id, "metrics"),
+                description=f"Metrics of run {self.run_id}, every value in `values`",
+            )
+            return
+        data = json.dumps(_finite(table))
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self.metrics_id, ArtifactUpdate(data=data))
+
+    def _publish_progress(self, metrics: dict[str, list[float]], final: bool) -> None:
+        epochs = metrics.get("epoch")
+        if not epochs:
+            return
+        epoch = int(epochs[-1])
+        total = int(metrics["total_epochs"][-1]) if metrics.get("total_epochs") else None
+        percent = 100.0 if final else (min(100.0, 100.0 * epoch / total) if total else 0.0)
+        latest = ", ".join(f"{name} {values[-1]:.4g}" for name, values in sorted(metrics.items())
+                           if name not in ("epoch", "total_epochs"))
+        description = f"epoch {epoch}" + (f" of {total}" if total else "") + f": {latest}"
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(
+                percent, key=artifact_key(self.run_id, "progress"), description=description)
+        else:
+            update_progress_artifact(self.progress_id, percent, description=description)
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: write those as strings, as Prefect's own table does."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+class ProgressWatcher:
+    """Publish the job's metrics while it runs (a thread in the current Prefect context)."""
+
+    def __init__(self, artifacts: RunArtifacts, files: Callable[[], list[Path]],
+                 warn: Callable[[str], None]) -> None:
+        self.artifacts = artifacts
+        self.files = files
+        self.warn = warn
+        self._stop = threading.Event()
+        context = contextvars.copy_context()  # Prefect's run context: artifacts attach to it
+        self._thread = threading.Thread(target=context.run, args=(self._loop,), daemon=True,
+                                        name="tfsubmit-progress")
+
+    def __enter__(self) -> ProgressWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        warned = False
+        while not self._stop.wait(INTERVAL_SECONDS):
+            try:
+                self.artifacts.publish(read_metrics(sorted(self.files())))
+            except Exception as exc:  # the UI missing an update must never fail the job
+                if not warned:
+                    self.warn(f"could not update the progress artifacts: {exc!r}")
+                    warned = True

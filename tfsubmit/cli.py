@@ -113,8 +113,9 @@ def _show(args: argparse.Namespace) -> int:
     if hasattr(run, "paths"):
         details["run_folder"] = str(run.paths.root)
     if details.get("prefect_api_url") and details.get("flow_run_id"):
-        ui = details["prefect_api_url"].removesuffix("/api")
-        details["prefect_ui"] = f"{ui}/runs/flow-run/{details['flow_run_id']}"
+        from tfsubmit.prefect_api import flow_run_link
+
+        details["prefect_ui"] = flow_run_link(details["prefect_api_url"], details["flow_run_id"])
     print(json.dumps(details, indent=2, sort_keys=True))
     return 0
 

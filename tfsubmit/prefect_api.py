@@ -50,7 +50,7 @@ class PrefectAPI:
         return self.url.removesuffix("/api")
 
     def flow_run_link(self, flow_run_id: str) -> str:
-        return f"{self.ui_url}/runs/flow-run/{flow_run_id}"
+        return flow_run_link(self.url, flow_run_id)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         try:
@@ -134,6 +134,12 @@ class PrefectAPI:
 
     def close(self) -> None:
         self._http.close()
+
+
+def flow_run_link(api: str, flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI (the current UI lives under /v2; `/` redirects
+    there, while old deep links without it open the previous UI)."""
+    return f"{api.rstrip('/').removesuffix('/api')}/v2/runs/flow-run/{flow_run_id}"
 
 
 def status_of(flow_run: dict[str, Any]) -> str:

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The deployment tests load Prefect's UI in a real, headless browser: Debian's chromium.
+if ! command -v chromium >/dev/null; then
+    echo "test: installing chromium"
+    APT="apt-get -o DPkg::Lock::Timeout=600 -y -q"
+    $APT update -qq && DEBIAN_FRONTEND=noninteractive $APT install chromium
+fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 unset PREFECT_API_URL
 .venv/bin/ruff check tfsubmit tests benchmarks

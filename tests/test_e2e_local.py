@@ -67,12 +67,13 @@ def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, c
     assert all(t["state"]["type"] == "COMPLETED" for t in tasks)
     artifacts = prefect_api("/artifacts/filter",
                             {"artifacts": {"flow_run_id": {"any_": [details["flow_run_id"]]}}})
-    kinds = {a["type"]: a for a in artifacts}
-    assert set(kinds) == {"table", "markdown"}
-    assert "Completed" in kinds["markdown"]["data"]
-    rows = json.loads(kinds["table"]["data"]) if isinstance(kinds["table"]["data"], str) \
-        else kinds["table"]["data"]
+    by_key = {a["key"].rsplit("-", 1)[1]: a for a in artifacts}
+    assert {key: a["type"] for key, a in by_key.items()} == {
+        "metrics": "table", "progress": "progress", "summary": "markdown", "outputs": "markdown"}
+    assert "Completed" in by_key["summary"]["data"]
+    rows = json.loads(by_key["metrics"]["data"])
     assert {row["metric"] for row in rows} >= {"loss", "accuracy", "epoch"}
+    assert by_key["progress"]["data"] == 100.0
     # The job's lines reach the Prefect run log of the launch_topology task, live.
     launch = next(t["id"] for t in tasks if t["name"].startswith("launch_topology"))
     wait_until(

@@ -139,3 +139,16 @@ def test_job_yaml_errors_name_the_file_and_field(tmp_path, src):
 def test_bad_experiment_names(name):
     with pytest.raises(JobSpecError, match="experiment:"):
         validate_experiment_name(name)
+
+
+def test_topology_in_words(src):
+    def topology(**fields) -> str:
+        return TensorFlow(source_directory=str(src), entry_script="train.py", **fields).topology
+
+    assert topology() == "single process"
+    assert topology(distributed_backend="ps", worker_count=2, parameter_server_count=1) == \
+        "ps: 1 chief, 2 worker(s), 1 parameter server(s) on 1 node(s)"
+    assert topology(distributed_backend="multiworker", node_count=2, process_count_per_node=2) \
+        == "multiworker: 4 worker(s) on 2 node(s)"
+    assert topology(distributed_backend="mpi", node_count=2, process_count_per_node=3) == \
+        "mpi (Horovod): 2 node(s) x 3 rank(s)"

@@ -26,6 +26,7 @@ from conftest import EXAMPLE, ROOT, TFSUBMIT
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.errors import TfsubmitError
+from tfsubmit.procfs import processes_of_run
 from tfsubmit.registry import ModelRegistry
 from tfsubmit.workspace import TERMINAL_STATUSES, Workspace
 
@@ -282,6 +283,28 @@ def test_submit_to_a_deployment_returns_at_once_then_streams(deployed, monkeypat
                            env={**deployed.env, "TFSUBMIT_WORKSPACE": str(deployed.logs / "c2")})
     details = json.loads(shown.stdout)
     assert details["status"] == "Completed" and set(details["metrics"]) >= {"loss", "val_loss"}
+
+
+def test_cancel_a_deployment_run_leaves_nothing(deployed, monkeypatch, job_dir):
+    """Cancel goes through Prefect (Cancelling); the worker stops the flow run's process, and
+    the flow stops the job first, children that left its process group included."""
+    monkeypatch.setenv("PREFECT_API_URL", deployed.api)
+    run = Experiment("dep-cancel").submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py"),
+        deployment="submit-training/default")
+    # any() stops following the logs at the first match: the job is running.
+    assert any("ready: sleeping" in line for line in run.stream_logs())
+    assert processes_of_run(run.id)
+    run.cancel()
+    details = run.get_details()
+    assert details["status"] == "Canceled", details
+    deadline = time.monotonic() + 15
+    while processes_of_run(run.id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_of_run(run.id) == []
+    record = json.loads((deployed.workspace.runs / run.id / "run.json").read_text())
+    assert record["status"] == "Canceled" and "stopped by its worker" in record["error"]
+    assert (deployed.workspace.runs / run.id / "output.log").read_text().count("ready: sleeping")
 
 
 def test_unknown_deployment_is_named(deployed, monkeypatch):

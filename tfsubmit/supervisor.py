@@ -100,6 +100,7 @@ def supervise(
     """
     run = _Run(target, specs, run_id, log, log_dir, cancel, grace_seconds)
     started = time.monotonic()
+    ended = False
     try:
         run.start_all()
         on_started(run.handles)
@@ -111,8 +112,11 @@ def supervise(
             run.stop_all()
         run.finish_output()
         run.kill_leftovers()
+        ended = True
     finally:
         run.close()
+        if not ended:  # stopped from outside (a signal, a bug): leave nothing of the job behind
+            run.kill_leftovers()
     results = [
         ProcessResult(h.spec.role, h.spec.index, h.spec.host, _poll(h),
                       str(log_dir / h.spec.log_name))

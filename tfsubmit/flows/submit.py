@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from prefect import flow
 from prefect.client.orchestration import get_client
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -130,6 +131,11 @@ def submit_training(
                          lambda: launch_topology(spec, sub, nodes, env))
     except RunCanceled as exc:
         outcome = Outcome("Canceled", str(exc))
+    except TerminationSignal:
+        # A Prefect worker stops the flow run's process (a cancel from the UI or the API):
+        # the job's processes are already stopped; keep its logs and outputs.
+        sub.log.event("the flow run's process was told to stop (SIGTERM); canceling")
+        outcome = Outcome("Canceled", "canceled: the flow run was stopped by its worker")
     except TfsubmitError as exc:
         sub.log.event(f"error: {exc}")
         outcome = Outcome("Failed", str(exc))

@@ -1,6 +1,8 @@
 """The `tfsubmit` command line.
 
-    tfsubmit submit JOB.yaml [--experiment NAME] [--detach] [--deployment FLOW/DEPLOYMENT]
+    tfsubmit submit JOB.yaml|SWEEP.yaml [--experiment NAME] [--detach]
+                    [--deployment FLOW/DEPLOYMENT]
+    tfsubmit resume SWEEP
     tfsubmit runs [--experiment NAME]
     tfsubmit show RUN
     tfsubmit logs RUN [--follow]
@@ -21,11 +23,25 @@ from tfsubmit.errors import RunFailedError, TfsubmitError
 from tfsubmit.workspace import Workspace
 
 
+def _load(path: str):
+    """A job or a sweep (a YAML with `estimator:` and `space:`), and its experiment."""
+    import yaml
+
+    from tfsubmit.spec import load_job_file
+    from tfsubmit.tuning import is_sweep_data, load_sweep_file
+
+    try:
+        with open(path) as handle:
+            sweep = is_sweep_data(yaml.safe_load(handle))
+    except (OSError, yaml.YAMLError):
+        sweep = False  # load_job_file names the problem
+    return load_sweep_file(path) if sweep else load_job_file(path)
+
+
 def _submit(args: argparse.Namespace) -> int:
     from tfsubmit.experiment import Experiment
-    from tfsubmit.spec import load_job_file
 
-    job, experiment = load_job_file(args.job)
+    job, experiment = _load(args.job)
     experiment = Experiment(args.experiment or experiment or "default", workspace=args.workspace)
     run = experiment.submit(job, deployment=args.deployment)
     if args.deployment:
@@ -35,6 +51,10 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"Submitted run {run.id} (workspace {run.workspace.root})", flush=True)
     if args.detach:
         return 0
+    return _follow(run)
+
+
+def _follow(run) -> int:
     try:
         details = run.wait_for_completion(show_output=True)
     except RunFailedError as exc:
@@ -44,11 +64,35 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"\nStill running; follow with `tfsubmit logs {run.id} --follow` or stop it with "
               f"`tfsubmit cancel {run.id}`", file=sys.stderr)
         return 130
-    _print_metrics(run.get_metrics())
+    if hasattr(run, "get_trials"):
+        _print_trials(run)
+    else:
+        _print_metrics(run.get_metrics())
     where = (f"outputs in {run.paths.outputs}" if hasattr(run, "paths")
              else f"see {details['prefect_ui']}")
     print(f"Run {run.id} {details['status']} in {details.get('duration', 0):.1f} s; {where}")
     return 0
+
+
+def _print_trials(run) -> None:
+    details = run.get_details()
+    metric = details.get("primary_metric", "metric")
+    print(f"{'TRIAL':6} {'STATUS':16} {metric:>12} PARAMS")
+    for row in run.get_trials():
+        value = "-" if row["value"] is None else f"{row['value']:.6g}"
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        print(f"{row['trial']:<6} {row['status']:16} {value:>12} {params}")
+    best = run.get_best_run()
+    if best:
+        print(f"best: {best.id} {best.script_params}")
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from tfsubmit.experiment import SweepRun
+
+    run = SweepRun(args.run, workspace=args.workspace).resume()
+    print(f"Resumed sweep {run.id}", flush=True)
+    return 0 if args.detach else _follow(run)
 
 
 def _print_metrics(metrics: dict[str, list[float]]) -> None:
@@ -163,8 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "or ~/.tfsubmit)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    submit = commands.add_parser("submit", help="submit a job YAML and follow it")
-    submit.add_argument("job", help="path of the job YAML")
+    submit = commands.add_parser("submit", help="submit a job or sweep YAML and follow it")
+    submit.add_argument("job", help="path of the job YAML, or of a sweep YAML")
     submit.add_argument("--experiment", help="experiment name (default: the YAML's, or "
                         "'default')")
     submit.add_argument("--detach", action="store_true", help="return once submitted")
@@ -172,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run it as a flow run of this Prefect deployment (e.g. "
                         "submit-training/default), executed by the deployment's worker")
     submit.set_defaults(func=_submit)
+
+    resume = commands.add_parser("resume", help="continue an interrupted sweep")
+    resume.add_argument("run")
+    resume.add_argument("--detach", action="store_true", help="return once resumed")
+    resume.set_defaults(func=_resume)
 
     runs = commands.add_parser("runs", help="list runs, newest first")
     runs.add_argument("--experiment")

@@ -22,6 +22,7 @@ from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
 from tfsubmit.procfs import pid_alive, processes_of_run
 from tfsubmit.runtime import read_metrics
 from tfsubmit.spec import TrainingJob, validate_experiment_name
+from tfsubmit.tuning import Sweep
 from tfsubmit.workspace import TERMINAL_STATUSES, RunPaths, Workspace, read_json, update_record
 
 POLL_SECONDS = 0.2
@@ -34,14 +35,21 @@ class Experiment:
         self.name = validate_experiment_name(name)
         self.workspace = Workspace(workspace)
 
-    def submit(self, job: TrainingJob, *, deployment: str | None = None) -> BaseRun:
+    def submit(self, job: TrainingJob | Sweep, *, deployment: str | None = None) -> BaseRun:
         """Start `job` and return its Run at once; the job runs in a detached process.
+
+        A `tfsubmit.tuning.Sweep` returns a SweepRun: its trials are runs of this experiment.
 
         With `deployment` ("FLOW/DEPLOYMENT", e.g. "submit-training/default"), create a flow
         run of that Prefect deployment instead; a worker of its pool runs it, and the
         returned run follows it through the Prefect API (PREFECT_API_URL, else the embedded
         server). The job's source_directory must exist where the worker runs.
         """
+        if isinstance(job, Sweep):
+            if deployment is not None:
+                raise TfsubmitError("deployment: sweeps run on this machine's runner; submit "
+                                    "the sweep without deployment=")
+            return self._submit_sweep(job)
         if deployment is not None:
             from tfsubmit.deployment_run import submit_to_deployment
 
@@ -52,9 +60,23 @@ class Experiment:
         get_target(job.compute_target, self.workspace.root)  # unknown: fails before a run exists
         run_id = self.workspace.new_run_id(self.name)
         paths = self.workspace.create_run(run_id, self.name, job.to_dict())
+        self._start_runner(paths)
+        return Run(run_id, workspace=self.workspace.root)
+
+    def _submit_sweep(self, sweep: Sweep) -> SweepRun:
+        from tfsubmit.targets import get_target
+
+        get_target(sweep.estimator.compute_target, self.workspace.root)
+        run_id = self.workspace.new_run_id(self.name)
+        paths = self.workspace.create_run(run_id, self.name, sweep.to_dict())
+        update_record(paths, kind="sweep", primary_metric=sweep.primary_metric,
+                      goal=sweep.goal, total_runs=sweep.total_runs)
+        self._start_runner(paths)
+        return SweepRun(run_id, workspace=self.workspace.root)
+
+    def _start_runner(self, paths: RunPaths) -> None:
         pid = forkserver.request_runner(self.workspace, paths.root) or self._spawn_runner(paths)
         (paths.root / "runner.pid").write_text(str(pid))
-        return Run(run_id, workspace=self.workspace.root)
 
     def _spawn_runner(self, paths: RunPaths) -> int:
         """Start a runner from scratch (no warm fork server for this workspace and code)."""
@@ -70,7 +92,8 @@ class Experiment:
 
     def get_runs(self) -> list[Run]:
         return [
-            Run(record["id"], workspace=self.workspace.root)
+            (SweepRun if record.get("kind") == "sweep" else Run)(
+                record["id"], workspace=self.workspace.root)
             for record in self.workspace.list_runs(self.name)
         ]
 
@@ -263,11 +286,55 @@ class Run(BaseRun):
         return copied
 
 
+class SweepRun(Run):
+    """A hyperparameter sweep: its trials are runs of the same experiment."""
+
+    def get_trials(self) -> list[dict[str, Any]]:
+        """Every trial so far, best first: trial, run_id, params, status, value, error,
+        duration. Status is Completed, EarlyTerminated, Failed, Canceled or Running."""
+        return self.get_details().get("trials", [])
+
+    def get_children(self) -> list[Run]:
+        """The trials' runs, in trial order."""
+        rows = sorted(self.get_trials(), key=lambda row: row["trial"])
+        return [Run(row["run_id"], workspace=self.workspace.root) for row in rows]
+
+    def get_best_run(self) -> Run | None:
+        """The completed trial with the best primary metric (None if none completed)."""
+        best = self.get_details().get("best_trial")
+        return Run(best, workspace=self.workspace.root) if best else None
+
+    def resume(self) -> SweepRun:
+        """Continue an interrupted (Failed or Canceled) sweep: trials already done are kept,
+        trials cut off are run again, and new ones are drawn up to the total."""
+        details = self.get_details()
+        if details["status"] not in ("Failed", "Canceled"):
+            raise TfsubmitError(f"sweep {self.id} is {details['status']}; only a Failed or "
+                                "Canceled sweep can be resumed")
+        (self.paths.root / "cancel.requested").unlink(missing_ok=True)
+        # Until the new runner's pid is written, this (live) process stands in for it: a
+        # reader must not take the old runner's death for the new one's.
+        (self.paths.root / "runner.pid").write_text(str(os.getpid()))
+        update_record(self.paths, status="Queued", outcome=None, error=None, finished=None,
+                      resumed=time.time())
+        experiment = Experiment(details["experiment"], workspace=self.workspace.root)
+        experiment._start_runner(self.paths)
+        return self
+
+
+def run_of(run_id: str, *, workspace: str | Path | None = None) -> Run:
+    """A run of the workspace, as a SweepRun when it is a sweep."""
+    run = Run(run_id, workspace=workspace)
+    if (read_json(run.paths.record) or {}).get("kind") == "sweep":
+        return SweepRun(run_id, workspace=workspace)
+    return run
+
+
 def open_run(run_id: str, *, workspace: str | Path | None = None) -> BaseRun:
     """The run with this id: from the workspace, else a flow run of that name in the Prefect
     API (a run a deployment's worker executed elsewhere)."""
     try:
-        return Run(run_id, workspace=workspace)
+        return run_of(run_id, workspace=workspace)
     except RunNotFoundError as missing:
         from tfsubmit.deployment_run import DeploymentRun
         from tfsubmit.prefect_api import PrefectAPI, api_url

@@ -44,15 +44,26 @@ def main(argv: list[str] | None = None) -> int:
 
             refresh_global_settings_context()
 
-        from tfsubmit.flows import submit_training
+        if record.get("kind") == "sweep":
+            from tfsubmit.flows.sweep import run_sweep
 
-        state = submit_training(
-            job=read_json(paths.job),
-            experiment=record["experiment"],
-            run_id=record["id"],
-            workspace=record["workspace"],
-            return_state=True,
-        )
+            state = run_sweep(
+                sweep=read_json(paths.job),
+                experiment=record["experiment"],
+                run_id=record["id"],
+                workspace=record["workspace"],
+                return_state=True,
+            )
+        else:
+            from tfsubmit.flows import submit_training
+
+            state = submit_training(
+                job=read_json(paths.job),
+                experiment=record["experiment"],
+                run_id=record["id"],
+                workspace=record["workspace"],
+                return_state=True,
+            )
         # The run ends when its flow run has ended, so that both always agree.
         outcome = (read_json(paths.record) or {}).get("outcome", "Failed")
         update_record(paths, status=outcome)

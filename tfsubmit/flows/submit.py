@@ -52,6 +52,9 @@ def _open_submission(job: dict[str, Any] | str, experiment: str | None, run_id: 
         run_id = run_id or ws.new_run_id(experiment)
         ws.create_run(run_id, experiment, spec.to_dict())
     paths = ws.run_paths(run_id)
+    pid_file = paths.root / "runner.pid"
+    if not pid_file.exists():  # a worker's flow process, or a sweep running its trials
+        pid_file.write_text(str(os.getpid()))
     return spec, Submission(ws, run_id, experiment, paths, RunLog(paths.output_log))
 
 

@@ -128,6 +128,8 @@ def launch_topology(
             outcome = _supervise(job, sub, nodes, specs, decides, log)
         if job.distributed_backend == "mpi" and outcome.status == "Failed":
             outcome.reason = _name_the_rank(sub, specs[0], outcome.reason)
+        if outcome.status == "Canceled":
+            outcome.reason = sub.cancel_reason()
         log.event(f"processes ended: {outcome.describe()}")
         if outcome.restarts:
             sub.record(restarts=outcome.restarts)

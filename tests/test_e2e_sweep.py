@@ -136,3 +136,20 @@ def test_an_interrupted_grid_sweep_resumes_without_repeating(workspace):
         again = next(t for t in trials if t["run_id"] == run_id)
         assert again["finished"] == before["finished"]
     assert run.get_best_run().id == trials[0]["run_id"]
+
+
+def test_a_failed_trial_does_not_fail_the_sweep(workspace, job_dir):
+    sweep = Sweep(TensorFlow(source_directory=str(job_dir), entry_script="scored.py"),
+                  space={"--exit-code": choice(0, 3), "--loss": choice(0.25, 0.5)},
+                  sampling="grid", primary_metric="loss", max_total_runs=4,
+                  max_concurrent_runs=2)
+    run = Experiment("sweep-fail").submit(sweep)
+    assert run.wait_for_completion()["status"] == "Completed"
+    trials = run.get_trials()
+    failed = [t for t in trials if t["status"] == "Failed"]
+    assert len(trials) == 4 and len(failed) == 2
+    assert all(t["params"]["--exit-code"] == 3 for t in failed)
+    assert all("exit" in t["error"] and "3" in t["error"] for t in failed), failed
+    best = run.get_best_run()
+    assert best.script_params == {"--exit-code": 0, "--loss": 0.25}
+    assert trials[0]["status"] == "Completed" and trials[0]["value"] == 0.25

@@ -3,6 +3,7 @@
     tfsubmit submit JOB.yaml|SWEEP.yaml [--experiment NAME] [--detach]
                     [--deployment FLOW/DEPLOYMENT]
     tfsubmit resume SWEEP
+    tfsubmit image bootstrap [--target NAME]
     tfsubmit runs [--experiment NAME]
     tfsubmit show RUN
     tfsubmit logs RUN [--follow]
@@ -93,6 +94,21 @@ def _resume(args: argparse.Namespace) -> int:
     run = SweepRun(args.run, workspace=args.workspace).resume()
     print(f"Resumed sweep {run.id}", flush=True)
     return 0 if args.detach else _follow(run)
+
+
+def _image(args: argparse.Namespace) -> int:
+    from tfsubmit.images import bootstrap_base
+    from tfsubmit.targets import get_target
+
+    target = get_target(args.target, Workspace(args.workspace).root)
+    if not getattr(target, "builds_images", False):
+        raise TfsubmitError(f"--target: {args.target!r} is not a docker target")
+    began = time.monotonic()
+    tag = bootstrap_base(target.client, target.config.base_image,
+                         on_line=lambda line: print(line, flush=True))
+    print(f"base image {tag} ready on {target.config.base_url} "
+          f"({time.monotonic() - began:.1f} s)")
+    return 0
 
 
 def _print_metrics(metrics: dict[str, list[float]]) -> None:
@@ -221,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run")
     resume.add_argument("--detach", action="store_true", help="return once resumed")
     resume.set_defaults(func=_resume)
+
+    image = commands.add_parser("image", help="Docker images for docker targets")
+    image.add_argument("action", choices=("bootstrap",),
+                       help="bootstrap: build the Debian base image (debootstrap + import)")
+    image.add_argument("--target", required=True, help="the docker target (targets.yaml)")
+    image.set_defaults(func=_image)
 
     runs = commands.add_parser("runs", help="list runs, newest first")
     runs.add_argument("--experiment")

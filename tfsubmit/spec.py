@@ -54,6 +54,9 @@ class TrainingJob(BaseModel):
         default_factory=list, description="Conda packages; needs conda, mamba or micromamba."
     )
     use_gpu: bool = Field(default=False, description="Install `tensorflow` (GPU) instead of CPU.")
+    custom_docker_image: str | None = Field(
+        default=None, description="Docker targets: build the job's image on this one."
+    )
     framework_version: str = Field(
         default=DEFAULT_FRAMEWORK_VERSION,
         description="TensorFlow version, e.g. '2.21' (default 2.21; 2.15 for mpi jobs).",

@@ -33,6 +33,10 @@ def get_target(name: str, workspace_root: Path):
             f"(define targets in {targets_file(workspace_root)}, or save a "
             f"tfsubmit-ssh-target block named {name!r} in Prefect)"
         )
+    if config.type == "docker":
+        from tfsubmit.targets.docker import DockerTarget
+
+        return DockerTarget(name, config)
     from tfsubmit.targets.ssh import SSHTarget
 
     return SSHTarget(name, config)

@@ -66,7 +66,36 @@ class SSHTargetConfig(BaseModel):
     )
 
 
-TargetConfig = SSHTargetConfig
+class DockerTargetConfig(BaseModel):
+    """A Docker engine: environments become images, processes become containers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["docker"] = "docker"
+    base_url: str = Field(
+        default="unix:///var/run/docker.sock",
+        description="The engine: unix:///path/docker.sock, or tcp://... (ssh:// is not "
+                    "supported yet: runs bind-mount their folders).",
+    )
+    gpus: Literal["all"] | int | None = Field(
+        default=None, description="GPUs containers may use: 'all', a count, or none."
+    )
+    base_image: str = Field(
+        default="tfsubmit-base:bookworm",
+        description="Image environments are built on (`tfsubmit image bootstrap` makes it).",
+    )
+    timeout: float = Field(default=120.0, gt=0, description="Seconds per engine API call.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _local_engine(cls, value: str) -> str:
+        if not value.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+            raise ValueError(f"{value!r} is not an engine URL (unix:///var/run/docker.sock)")
+        return value
+
+
+TargetConfig = SSHTargetConfig | DockerTargetConfig
+CONFIGS = {"ssh": SSHTargetConfig, "docker": DockerTargetConfig}
 
 
 def targets_file(workspace_root: Path) -> Path:
@@ -85,10 +114,11 @@ def load_targets(workspace_root: Path) -> dict[str, TargetConfig]:
         raise TargetError(f"{path} must map target names to their settings")
     targets = {}
     for name, settings in data.items():
-        if not isinstance(settings, dict) or settings.get("type") != "ssh":
-            raise TargetError(f"{path}: target {name!r}: type must be 'ssh'")
+        if not isinstance(settings, dict) or settings.get("type") not in CONFIGS:
+            raise TargetError(f"{path}: target {name!r}: type must be one of "
+                              f"{', '.join(CONFIGS)}")
         try:
-            targets[name] = SSHTargetConfig(**settings)
+            targets[name] = CONFIGS[settings["type"]](**settings)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()

@@ -1,0 +1,250 @@
+"""The Docker target: the job's environment is an image, each of its processes a container.
+
+    my-docker:
+      type: docker
+      base_url: unix:///var/run/docker.sock
+      gpus: all            # or a count; none by default
+
+Every container of a run is named `tfsubmit-<run>-<role>-<index>`, joins the run's own
+network (`tfsubmit-<run>`), where TF_CONFIG reaches each task by its container's name, and
+bind-mounts the run's working folder at the same path (the snapshot, outputs/, logs/ and
+the metric files), so outputs and live metrics land in the run folder as they are written.
+Everything carries the labels `tfsubmit` and `tfsubmit.run=<run id>`: cleanup removes
+exactly what the run created, and `close()` leaves no container or network behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from tfsubmit.environment import Environment, EnvironmentSpec
+from tfsubmit.errors import NotSupportedError, TargetError
+from tfsubmit.images import ENV_PYTHON, LABEL, bootstrap_base, image_freeze, resolve_image
+from tfsubmit.process import Node, ProcessSpec
+from tfsubmit.targets.config import DockerTargetConfig
+from tfsubmit.targets.local import LocalTarget
+
+RUN_LABEL = f"{LABEL}.run"
+
+
+def _name(text: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", text)
+
+
+def container_name(run_id: str, role: str, index: int) -> str:
+    return _name(f"tfsubmit-{run_id}-{role}-{index}")
+
+
+class DockerProcess:
+    """A started container, as the supervisor sees processes."""
+
+    def __init__(self, spec: ProcessSpec, container) -> None:
+        self.spec = spec
+        self.container = container
+        self.pid = container.short_id
+        self._code: int | None = None
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        try:
+            self._code = int(self.container.wait()["StatusCode"])
+        except Exception:  # the container is gone (removed by a cancel): it was killed
+            self._code = 137
+
+    def lines(self) -> Iterator[str]:
+        pending = ""
+        for chunk in self.container.logs(stream=True, follow=True):
+            pending += chunk.decode(errors="replace")
+            *complete, pending = pending.split("\n")
+            yield from (line.rstrip("\r") for line in complete)
+        if pending:
+            yield pending
+
+    def poll(self) -> int | None:
+        return self._code
+
+    def signal_group(self, sig: int) -> None:
+        import docker.errors
+
+        try:
+            self.container.kill(signal=int(sig))
+        except docker.errors.APIError:
+            pass  # not running any more
+
+
+class DockerTarget(LocalTarget):
+    """Containers on one Docker engine; the run folder is bind-mounted into them."""
+
+    remote = False
+    builds_images = True
+    runs_as_root = True  # containers run as root: mpirun needs --allow-run-as-root
+
+    def __init__(self, name: str, config: DockerTargetConfig) -> None:
+        import docker
+
+        self.name = name
+        self.host = name
+        self.config = config
+        if config.base_url.startswith("ssh://"):
+            raise NotSupportedError(
+                f"compute_target {name!r}: base_url {config.base_url} is a remote engine; "
+                "this version bind-mounts run folders, so the engine must run on this "
+                "machine (unix:// or tcp://localhost)")
+        try:
+            self.client = docker.DockerClient(base_url=config.base_url, timeout=config.timeout)
+            self.client.ping()
+            # Log streams and waits last as long as the job: no read timeout for those.
+            self.streams = docker.DockerClient(base_url=config.base_url, timeout=None)
+        except Exception as exc:
+            raise TargetError(f"compute_target {name!r}: the Docker engine at "
+                              f"{config.base_url} does not answer ({exc}); start dockerd or "
+                              "fix base_url in targets.yaml") from None
+        self.image: str | None = None
+        self.run_id: str | None = None
+        self.runtime = ""
+        self.network = None
+        self.gpu_request = None
+
+    # -- environment and nodes -----------------------------------------------------------------
+
+    def resolve_environment(self, spec: EnvironmentSpec, *, custom_image: str | None,
+                            use_gpu: bool, on_line) -> Environment:
+        """Find or build the job's image: on custom_docker_image, else tfsubmit's base."""
+        self._check_gpus(use_gpu)
+        if custom_image:
+            from tfsubmit.images import image_exists
+
+            if not image_exists(self.client, custom_image):
+                raise TargetError(
+                    f"custom_docker_image: {custom_image!r} is not on the engine at "
+                    f"{self.config.base_url}; load or build it there first (tfsubmit never "
+                    "pulls)")
+            base = custom_image
+        else:
+            base = bootstrap_base(self.client, self.config.base_image, on_line=on_line)
+        self.image, reused, seconds = resolve_image(self.client, spec, base=base,
+                                                    on_line=on_line)
+        return Environment(self.image.split(":", 1)[1], path=self.image, python=ENV_PYTHON,
+                           reused=reused, freeze=image_freeze(self.client, self.image),
+                           build_seconds=seconds)
+
+    def _check_gpus(self, use_gpu: bool) -> None:
+        if not use_gpu:
+            return
+        from docker.types import DeviceRequest
+
+        if not self.config.gpus:
+            raise TargetError(f"use_gpu: target {self.name!r} has no GPUs configured; set "
+                              "`gpus: all` (or a count) in targets.yaml, or use_gpu: false")
+        runtimes = self.client.info().get("Runtimes", {})
+        if "nvidia" not in runtimes:
+            raise TargetError(f"use_gpu: the Docker engine at {self.config.base_url} has no "
+                              "NVIDIA runtime (install nvidia-container-toolkit there), so "
+                              "containers cannot see GPUs; or set use_gpu: false")
+        count = -1 if self.config.gpus == "all" else int(self.config.gpus)
+        self.gpu_request = [DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+    def provision(self, run_dir: Path, *, python: str, runtime: str) -> Node:
+        node = super().provision(run_dir, python=python, runtime=runtime)
+        self.run_id = run_dir.name
+        self.runtime = runtime
+        gpus = 0 if not self.config.gpus or self.config.gpus == "all" else int(self.config.gpus)
+        return Node(host=self.host, workdir=node.workdir, slots=node.slots, gpus=gpus,
+                    python=python, runtime=runtime, address="127.0.0.1")
+
+    # -- processes -----------------------------------------------------------------------------
+
+    def _labels(self, **more: str) -> dict[str, str]:
+        return {LABEL: "run", RUN_LABEL: self.run_id or "", **more}
+
+    def _ensure_network(self):
+        if self.network is None:
+            self.network = self.client.networks.create(
+                _name(f"tfsubmit-{self.run_id}"), driver="bridge", labels=self._labels())
+        return self.network
+
+    def _tf_config(self, value: str) -> str:
+        """Point each task's address at its container's name (ports stay as planned)."""
+        config = json.loads(value)
+        for role, addresses in config.get("cluster", {}).items():
+            config["cluster"][role] = [
+                f"{container_name(self.run_id, role, i)}:{address.rsplit(':', 1)[1]}"
+                for i, address in enumerate(addresses)
+            ]
+        return json.dumps(config)
+
+    def start(self, spec: ProcessSpec) -> DockerProcess:
+        if self.image is None:
+            raise TargetError("the Docker target has no image: resolve_environment first")
+        env = dict(spec.env)
+        if "TF_CONFIG" in env:
+            env["TF_CONFIG"] = self._tf_config(env["TF_CONFIG"])
+        workdir = str(Path(spec.cwd))
+        mounts = {workdir: {"bind": workdir, "mode": "rw"}}
+        if self.runtime:
+            mounts[self.runtime] = {"bind": self.runtime, "mode": "ro"}
+        name = container_name(self.run_id, spec.role, spec.index)
+        self._remove([c for c in self._containers(all=True) if c.name == name])  # a restart
+        container = self.client.containers.run(
+            self.image,
+            command=list(spec.argv),
+            name=name,
+            hostname=name,
+            detach=True,
+            init=True,  # signals reach the job; its children are reaped
+            working_dir=workdir,
+            environment=env,
+            labels=self._labels(**{f"{LABEL}.role": spec.role,
+                                   f"{LABEL}.index": str(spec.index)}),
+            network=self._ensure_network().name,
+            volumes=mounts,
+            device_requests=self.gpu_request,
+            shm_size="1g",
+        )
+        return DockerProcess(spec, self.streams.containers.get(container.id))
+
+    def _containers(self, *, all: bool = False) -> list:
+        if self.run_id is None:
+            return []
+        return self.client.containers.list(all=all, filters={"label": f"{RUN_LABEL}="
+                                                              f"{self.run_id}"})
+
+    def leftovers(self, run_id: str) -> list[tuple[str, int]]:
+        """Containers of the run still running."""
+        return [(c.name, c.short_id) for c in self._containers()]
+
+    def kill(self, processes: list[tuple[str, int]]) -> None:
+        names = {name for name, _ in processes}
+        self._remove([c for c in self._containers(all=True) if c.name in names])
+
+    def _remove(self, containers: list) -> None:
+        import docker.errors
+
+        for container in containers:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+    def close(self) -> None:
+        """Remove the run's containers (stopped or not) and its network."""
+        import docker.errors
+
+        self._remove(self._containers(all=True))
+        if self.network is not None:
+            try:
+                self.network.remove()
+            except docker.errors.NotFound:
+                pass
+            self.network = None
+        self.client.close()
+        self.streams.close()
+
+    def mpi_ssh(self) -> None:
+        """mpirun's ranks run inside one container: no remote shell."""
+        return None

@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The deployment tests load Prefect's UI in a real, headless browser: Debian's chromium.
-if ! command -v chromium >/dev/null; then
-    echo "test: installing chromium"
+# The deployment tests load Prefect's UI in a real, headless browser (Debian's chromium);
+# the docker tests start their own dockerd and bootstrap a base image with debootstrap.
+need=()
+command -v chromium >/dev/null || need+=(chromium)
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "test: installing ${need[*]}"
     APT="apt-get -o DPkg::Lock::Timeout=600 -y -q"
-    $APT update -qq && DEBIAN_FRONTEND=noninteractive $APT install chromium
+    $APT update -qq && DEBIAN_FRONTEND=noninteractive $APT install "${need[@]}"
 fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 unset PREFECT_API_URL

@@ -73,6 +73,22 @@ def hosts(tmp_path_factory):
     test_hosts.stop()
 
 
+@pytest.fixture(scope="session")
+def docker_engine(workspace, tmp_path_factory):
+    """A real dockerd (see tests/dockerd.py) and the `docker-test` target on it."""
+    import docker
+    from dockerd import Dockerd
+
+    from tfsubmit.targets.config import DockerTargetConfig, save_target
+
+    daemon = Dockerd(tmp_path_factory.mktemp("dockerd")).start()
+    save_target(workspace.root, "docker-test", DockerTargetConfig(base_url=daemon.base_url))
+    client = docker.DockerClient(base_url=daemon.base_url)
+    yield client
+    client.close()
+    daemon.stop()
+
+
 @pytest.fixture
 def job_dir(tmp_path) -> Path:
     """A source directory holding the test job scripts."""

@@ -45,6 +45,24 @@ def test_two_ranks_on_one_node(workspace):
     assert processes_of_run(run.id) == []
 
 
+def test_two_ranks_inside_one_container(workspace, docker_engine):
+    """mpi on the docker target: mpirun and both ranks in one container. Runs after
+    test_two_ranks_on_one_node, which built (or found) the Horovod wheel the image needs."""
+    run = Experiment("hvd-docker", workspace=workspace.root).submit(
+        _job(process_count_per_node=2, compute_target="docker-test"))
+    details = run.wait_for_completion(timeout=1200)
+    log = run.paths.output_log.read_text()
+    assert "[rank:1@docker-test] allreduce ok: rank 1 of 2" in log
+    sums = _checksums(log)
+    assert set(sums) == {0, 1} and sums[0] == sums[1]
+    # Both ranks ran in the same container (its hostname, Open MPI-safe: no "_").
+    hosts = set(re.findall(r"rank \d of size 2 on (\S+)", log))
+    assert len(hosts) == 1 and hosts.pop().endswith("-mpirun-0")
+    assert details["exit_codes"] == {"mpirun:0@docker-test": 0}
+    assert docker_engine.containers.list(all=True, filters={"label": f"tfsubmit.run={run.id}"}) \
+        == []
+
+
 def test_one_rank_on_each_of_two_ssh_hosts(workspace, hosts):
     from test_ssh import add_target
 

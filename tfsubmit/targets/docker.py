@@ -194,7 +194,7 @@ class DockerTarget(LocalTarget):
             self.image,
             command=list(spec.argv),
             name=name,
-            hostname=name,
+            hostname=re.sub(r"[^a-zA-Z0-9-]", "-", name)[-63:].strip("-"),  # Open MPI: no "_"
             detach=True,
             init=True,  # signals reach the job; its children are reaped
             working_dir=workdir,

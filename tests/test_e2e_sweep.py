@@ -6,13 +6,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import time
 
 import pytest
+import yaml
 from conftest import EXAMPLE, run_cli
 
 from tfsubmit import Experiment, TensorFlow
+from tfsubmit.experiment import SweepRun
 from tfsubmit.procfs import pid_alive, processes_of_run
 from tfsubmit.tuning import MedianStopping, Sweep, choice, loguniform
 
@@ -34,10 +37,10 @@ def overlap(trials: list[dict]) -> int:
     return most
 
 
-def test_random_sweep_of_six_trials_two_at_a_time(workspace, prefect_api, capsys):
+def test_bayesian_sweep_of_six_trials_two_at_a_time(workspace, prefect_api, capsys):
     sweep = Sweep(example(),
                   space={"--learning-rate": loguniform(1e-4, 1e-1), "--batch-size": choice(16, 64)},
-                  sampling="random", seed=7, primary_metric="val_loss", goal="minimize",
+                  sampling="bayesian", seed=7, primary_metric="val_loss", goal="minimize",
                   max_total_runs=6, max_concurrent_runs=2)
     run = Experiment("sweep-e2e").submit(sweep)
     details = run.wait_for_completion(show_output=True)
@@ -138,13 +141,21 @@ def test_an_interrupted_grid_sweep_resumes_without_repeating(workspace):
     assert run.get_best_run().id == trials[0]["run_id"]
 
 
-def test_a_failed_trial_does_not_fail_the_sweep(workspace, job_dir):
-    sweep = Sweep(TensorFlow(source_directory=str(job_dir), entry_script="scored.py"),
-                  space={"--exit-code": choice(0, 3), "--loss": choice(0.25, 0.5)},
-                  sampling="grid", primary_metric="loss", max_total_runs=4,
-                  max_concurrent_runs=2)
-    run = Experiment("sweep-fail").submit(sweep)
-    assert run.wait_for_completion()["status"] == "Completed"
+def test_a_failed_trial_does_not_fail_the_sweep_cli(workspace, job_dir, tmp_path):
+    """`tfsubmit submit sweep.yaml`: trials that exit 3 are recorded with their error."""
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "experiment": "sweep-fail",
+        "estimator": {"source_directory": str(job_dir), "entry_script": "scored.py"},
+        "space": {"--exit-code": {"choice": [0, 3]}, "--loss": {"choice": [0.25, 0.5]}},
+        "sampling": "grid", "primary_metric": "loss", "max_total_runs": 4,
+        "max_concurrent_runs": 2,
+    }))
+    result = run_cli("submit", str(tmp_path / "sweep.yaml"), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"^\d+\s+Completed\s+0\.25\s+--exit-code=0, --loss=0\.25$", result.stdout,
+                     re.MULTILINE), result.stdout
+    run = SweepRun(result.stdout.split("Submitted run ", 1)[1].split()[0])
+    assert run.get_status() == "Completed"
     trials = run.get_trials()
     failed = [t for t in trials if t["status"] == "Failed"]
     assert len(trials) == 4 and len(failed) == 2

@@ -164,3 +164,6 @@ def test_a_failed_trial_does_not_fail_the_sweep_cli(workspace, job_dir, tmp_path
     best = run.get_best_run()
     assert best.script_params == {"--exit-code": 0, "--loss": 0.25}
     assert trials[0]["status"] == "Completed" and trials[0]["value"] == 0.25
+    # `tfsubmit runs` lists the sweep and its trials from the API.
+    listing = run_cli("runs", "--experiment", "sweep-fail").stdout
+    assert sum(line.startswith(run.id) for line in listing.splitlines()) == 5, listing

@@ -142,13 +142,13 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _runs_from_api(args: argparse.Namespace, url: str) -> int:
-    """Flow runs of `submit-training`, wherever they ran (this machine or a worker)."""
-    from tfsubmit.deployment_run import FLOW_NAME
+    """Flow runs of `submit-training` and `sweep`, wherever they ran (here or on a worker)."""
     from tfsubmit.prefect_api import PrefectAPI, status_of
 
     api = PrefectAPI(url)
-    flow_runs = api.flow_runs(flow_name=FLOW_NAME, tags=[args.experiment] if args.experiment
-                              else None, limit=args.limit)
+    flow_runs = api.flow_runs(flow_names=["submit-training", "sweep"],
+                              tags=[args.experiment] if args.experiment else None,
+                              limit=args.limit)
     if not flow_runs:
         print("no runs yet" + (f" in experiment {args.experiment}" if args.experiment else ""))
         return 0

@@ -21,7 +21,6 @@ from tfsubmit.prefect_api import PrefectAPI, api_url, artifact_key, status_of
 from tfsubmit.spec import TrainingJob
 from tfsubmit.workspace import TERMINAL_STATUSES, Workspace
 
-FLOW_NAME = "submit-training"
 # After the flow run has ended, its process still sends its last queued log lines.
 LAST_LOGS_SECONDS = 15.0
 # Log lines reach the API in batches, not always in time order: re-read this far back.

@@ -88,10 +88,10 @@ class PrefectAPI:
     def flow_run(self, flow_run_id: str) -> dict[str, Any]:
         return self.call("GET", f"/flow_runs/{flow_run_id}")
 
-    def flow_runs(self, *, flow_name: str | None = None, tags: list[str] | None = None,
+    def flow_runs(self, *, flow_names: list[str] | None = None, tags: list[str] | None = None,
                   name: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Flow runs, newest first."""
-        body: dict[str, Any] = {"sort": "START_TIME_DESC", "limit": limit}
+        body: dict[str, Any] = {"sort": "EXPECTED_START_TIME_DESC", "limit": limit}
         run_filter: dict[str, Any] = {}
         if tags:
             run_filter["tags"] = {"all_": tags}
@@ -99,8 +99,8 @@ class PrefectAPI:
             run_filter["name"] = {"any_": [name]}
         if run_filter:
             body["flow_runs"] = run_filter
-        if flow_name:
-            body["flows"] = {"name": {"any_": [flow_name]}}
+        if flow_names:
+            body["flows"] = {"name": {"any_": flow_names}}
         return self.call("POST", "/flow_runs/filter", body)
 
     def set_state(self, flow_run_id: str, state_type: str, message: str = "") -> dict[str, Any]:

@@ -45,25 +45,20 @@ def main(argv: list[str] | None = None) -> int:
             refresh_global_settings_context()
 
         if record.get("kind") == "sweep":
-            from tfsubmit.flows.sweep import run_sweep
+            from tfsubmit.flows.sweep import run_sweep as run_flow
 
-            state = run_sweep(
-                sweep=read_json(paths.job),
-                experiment=record["experiment"],
-                run_id=record["id"],
-                workspace=record["workspace"],
-                return_state=True,
-            )
+            spec = {"sweep": read_json(paths.job)}
         else:
-            from tfsubmit.flows import submit_training
+            from tfsubmit.flows import submit_training as run_flow
 
-            state = submit_training(
-                job=read_json(paths.job),
-                experiment=record["experiment"],
-                run_id=record["id"],
-                workspace=record["workspace"],
-                return_state=True,
-            )
+            spec = {"job": read_json(paths.job)}
+        state = run_flow(
+            **spec,
+            experiment=record["experiment"],
+            run_id=record["id"],
+            workspace=record["workspace"],
+            return_state=True,
+        )
         # The run ends when its flow run has ended, so that both always agree.
         outcome = (read_json(paths.record) or {}).get("outcome", "Failed")
         update_record(paths, status=outcome)

@@ -306,20 +306,26 @@ def validate_experiment_name(name: str) -> str:
     return name
 
 
-def load_job_file(path: str | Path) -> tuple[TrainingJob, str | None]:
-    """Read a job YAML file; returns the job and its optional `experiment` name."""
-    path = Path(path)
+def read_spec_file(path: Path, what: str) -> tuple[dict[str, Any], str | None]:
+    """A job or sweep YAML file's fields, and its optional (validated) `experiment`."""
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise JobSpecError(f"job file {path} does not exist") from None
+        raise JobSpecError(f"{what} file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise JobSpecError(f"job file {path} is not valid YAML: {exc}") from None
+        raise JobSpecError(f"{what} file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise JobSpecError(f"job file {path} must hold a mapping of job fields")
+        raise JobSpecError(f"{what} file {path} must hold a mapping of {what} fields")
     experiment = data.pop("experiment", None)
     if experiment is not None:
         validate_experiment_name(experiment)
+    return data, experiment
+
+
+def load_job_file(path: str | Path) -> tuple[TrainingJob, str | None]:
+    """Read a job YAML file; returns the job and its optional `experiment` name."""
+    path = Path(path)
+    data, experiment = read_spec_file(path, "job")
     try:
         job = TrainingJob.from_dict(data, base_dir=path.resolve().parent)
     except JobSpecError as exc:

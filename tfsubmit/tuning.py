@@ -25,10 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tfsubmit.errors import JobSpecError
-from tfsubmit.spec import TrainingJob, validate_experiment_name
+from tfsubmit.spec import TrainingJob, read_spec_file
 
 SAMPLINGS = ("random", "grid", "bayesian")
 GOALS = ("minimize", "maximize")
@@ -371,17 +369,9 @@ def is_sweep_data(data: Any) -> bool:
 def load_sweep_file(path: str | Path) -> tuple[Sweep, str | None]:
     """Read a sweep YAML file; returns the sweep and its optional `experiment` name."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise JobSpecError(f"sweep file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"sweep file {path} is not valid YAML: {exc}") from None
+    data, experiment = read_spec_file(path, "sweep")
     if not is_sweep_data(data):
         raise JobSpecError(f"sweep file {path} needs `estimator:` and `space:`")
-    experiment = data.pop("experiment", None)
-    if experiment is not None:
-        validate_experiment_name(experiment)
     try:
         return Sweep.from_dict(data, base_dir=path.resolve().parent), experiment
     except JobSpecError as exc:

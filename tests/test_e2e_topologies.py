@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -116,8 +117,10 @@ def test_killed_parameter_server_restarts_the_gang_which_resumes(workspace, pref
     epochs = run.get_metrics()["epoch"]
     assert epochs[-1] == 6 and epochs.count(1.0) == 1  # epoch 1 was not trained again
     summary = next(a for a in prefect_api("/artifacts/filter", {"artifacts": {
-        "flow_run_id": {"any_": [details["flow_run_id"]]}}}) if a["type"] == "markdown")
+        "flow_run_id": {"any_": [details["flow_run_id"]]}}}) if a["key"].endswith("-summary"))
     assert "| 1 | ps:0@local | -9 | gang |" in summary["data"]
+    # The per-process table counts the ps's restart.
+    assert re.search(r"\| ps:0@local \| -?\d+ \| 1 \|", summary["data"]), summary["data"]
     assert processes_of_run(run.id) == []
 
 

@@ -61,6 +61,14 @@ def test_tensorflow_in_a_container_through_the_api_then_the_cli(workspace, docke
     assert "[tfsubmit:image]" not in result.stdout  # no build step ran
     assert "  val_loss: [" in result.stdout
 
+    # Another pip package: a new image, but only its own layer is built on the framework's.
+    extra = Experiment("docker-api").submit(job.model_copy(update={"pip_packages": ["tabulate"]}))
+    extra.wait_for_completion(timeout=900)
+    log = extra.paths.output_log.read_text()
+    assert re.search(r"framework image tfsubmit-tf:\w+: reused", log), log
+    assert "tabulate==" in extra.paths.freeze.read_text()
+    assert extra.get_details()["image"] != details["image"]
+
 
 def test_exit_code_3_keeps_logs_and_cancel_removes_the_container(workspace, docker_engine,
                                                                  job_dir):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from tfsubmit.errors import EnvironmentBuildError, TargetError
 LABEL = "tfsubmit"
 ENV_PREFIX = "/opt/tfsubmit-env"
 ENV_PYTHON = f"{ENV_PREFIX}/bin/python"
-IMAGE_LAYOUT = 1
+IMAGE_LAYOUT = 2
 DEBIAN_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "procps",
                    "openmpi-bin", "libopenmpi3")
 DEBIAN_MIRROR = os.environ.get("TFSUBMIT_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -96,16 +97,17 @@ def bootstrap_base(client, tag: str = "tfsubmit-base:bookworm", *,
     return tag
 
 
-def _stream(argv: list[str], on_line: LineSink, *, what: str) -> None:
+def _stream(argv: list[str], on_line: LineSink, *, what: str) -> list[str]:
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, errors="replace")
-    tail: list[str] = []
+    lines: list[str] = []
     for line in process.stdout:
         on_line(line.rstrip())
-        tail = (tail + [line.rstrip()])[-20:]
+        lines.append(line.rstrip())
     if process.wait() != 0:
         raise TargetError(f"{what} failed with exit code {process.returncode}:\n"
-                          + "\n".join(tail))
+                          + "\n".join(lines[-20:]))
+    return lines
 
 
 def image_hash(spec: EnvironmentSpec, base_id: str) -> str:
@@ -123,8 +125,9 @@ def _image_python(client, image: str) -> str:
 
 
 def download_wheels(requirements: list[str], python: str, dest: Path,
-                    on_line: LineSink) -> None:
-    """Wheels for `requirements` and their dependencies, for Linux x86_64 and `python`."""
+                    on_line: LineSink) -> list[Path]:
+    """Wheels for `requirements` and their dependencies, for Linux x86_64 and `python`, kept
+    in `dest` (shared between builds); returns the files this set needs."""
     dest.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
             "--progress-bar", "off", "--dest", str(dest), *requirements]
@@ -132,7 +135,10 @@ def download_wheels(requirements: list[str], python: str, dest: Path,
     if python != here:  # another Python than ours: only wheels, for that Python
         argv += ["--only-binary=:all:", "--python-version", python,
                  "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64"]
-    _stream(argv, on_line, what="downloading the wheels (pip download)")
+    lines = _stream(argv, on_line, what="downloading the wheels (pip download)")
+    found = [Path(m[1]) for line in lines
+             if (m := re.match(r"\s*(?:Saved|File was already downloaded) (\S+)", line))]
+    return [path if path.is_absolute() else dest / path.name for path in found]
 
 
 def _horovod_wheel(spec: EnvironmentSpec, python: str) -> Path | None:
@@ -149,11 +155,13 @@ def _horovod_wheel(spec: EnvironmentSpec, python: str) -> Path | None:
     return None
 
 
-def resolve_image(client, spec: EnvironmentSpec, *, base: str,
+def resolve_image(client, spec: EnvironmentSpec, *, base: str, pip_packages: list[str],
                   on_line: LineSink) -> tuple[str, bool, float]:
     """The environment's image tag; built (offline, from downloaded wheels) when missing.
 
-    Returns (tag, reused, build seconds).
+    Two layers: `tfsubmit-tf:<hash>` holds TensorFlow (and Horovod's parts for mpi) on the
+    base, shared by every job with that framework; `tfsubmit-env:<hash>` adds the job's
+    pip_packages. Returns (tag, reused, build seconds).
     """
     base_id = client.images.get(base).id
     tag = f"tfsubmit-env:{image_hash(spec, base_id)}"
@@ -161,42 +169,56 @@ def resolve_image(client, spec: EnvironmentSpec, *, base: str,
         return tag, True, 0.0
     began = time.monotonic()
     python = _image_python(client, base)
-    plain = [r for r in spec.requirements if r != HOROVOD]
+    framework = [r for r in spec.requirements if r not in pip_packages]
+    framework_spec = EnvironmentSpec(spec.python_version, tuple(framework))
+    tf_tag = f"tfsubmit-tf:{image_hash(framework_spec, base_id)}"
+    if image_exists(client, tf_tag):
+        on_line(f"framework image {tf_tag}: reused")
+    else:
+        _build_layer(client, base, tf_tag, framework, python, spec, on_line, new_env=True)
+    _build_layer(client, tf_tag, tag, list(pip_packages), python, spec, on_line, new_env=False)
+    return tag, False, time.monotonic() - began
+
+
+def _build_layer(client, base: str, tag: str, requirements: list[str], python: str,
+                 spec: EnvironmentSpec, on_line: LineSink, *, new_env: bool) -> None:
+    plain = [r for r in requirements if r != HOROVOD]
+    pip = f"{ENV_PREFIX}/bin/pip install --disable-pip-version-check --no-index " \
+          "--find-links /tmp/tfsubmit-wheels"
+    steps = [f"python3 -m venv {ENV_PREFIX}"] if new_env else []
     with tempfile.TemporaryDirectory(dir=_scratch_dir()) as context_dir:
         context = Path(context_dir)
         wheels = context / "wheels"
-        on_line(f"downloading wheels for Python {python}: {', '.join(plain)}")
-        download_wheels(plain, python, wheelhouse() / python, on_line)
-        _link_tree(wheelhouse() / python, wheels)
-        if HOROVOD in spec.requirements:
+        wheels.mkdir()
+        if plain:
+            on_line(f"downloading wheels for Python {python}: {', '.join(plain)}")
+            _link(download_wheels(plain, python, wheelhouse() / python, on_line), wheels)
+            steps.append(f"{pip} " + " ".join(f"'{r}'" for r in plain))
+        if HOROVOD in requirements:
             wheel = _horovod_wheel(spec, python)
             if wheel is None:
                 raise EnvironmentBuildError(
                     "the Horovod wheel for this image is not built yet: submit the mpi job to "
                     "the local target once (it builds and caches the wheel), then retry")
             shutil.copy2(wheel, wheels / wheel.name)
-        install = " ".join(f"'{r}'" for r in plain)
-        horovod = ("&& " + ENV_PREFIX + "/bin/pip install --no-index --no-deps "
-                   "/tmp/tfsubmit-wheels/horovod-*.whl ") if HOROVOD in spec.requirements else ""
+            steps.append(f"{pip} --no-deps /tmp/tfsubmit-wheels/{wheel.name}")
+        steps += [f"{ENV_PREFIX}/bin/pip freeze > {ENV_PREFIX}/freeze.txt",
+                  "rm -rf /tmp/tfsubmit-wheels"]
+        kind = "env" if not new_env else "framework"
         (context / "Dockerfile").write_text(
             f"FROM {base}\n"
             "COPY wheels/ /tmp/tfsubmit-wheels/\n"
-            f"RUN python3 -m venv {ENV_PREFIX} "
-            f"&& {ENV_PREFIX}/bin/pip install --disable-pip-version-check --no-index "
-            f"--find-links /tmp/tfsubmit-wheels {install} {horovod}"
-            f"&& {ENV_PREFIX}/bin/pip freeze > {ENV_PREFIX}/freeze.txt "
-            "&& rm -rf /tmp/tfsubmit-wheels\n"
-            f"LABEL {LABEL}=env {LABEL}.env={spec.hash}\n"
+            f"RUN {' && '.join(steps)}\n"
+            f"LABEL {LABEL}={kind} {LABEL}.env={spec.hash}\n"
         )
         on_line(f"building {tag} on {base} (no network in the build)")
-        _build(client, context, tag, on_line)
-    return tag, False, time.monotonic() - began
+        _build(client, context, tag, on_line, kind)
 
 
-def _build(client, context: Path, tag: str, on_line: LineSink) -> None:
+def _build(client, context: Path, tag: str, on_line: LineSink, kind: str) -> None:
     tail: list[str] = []
     for chunk in client.api.build(path=str(context), tag=tag, network_mode="none", rm=True,
-                                  forcerm=True, decode=True, labels={LABEL: "env"}):
+                                  forcerm=True, decode=True, labels={LABEL: kind}):
         if "error" in chunk:
             raise EnvironmentBuildError(f"building image {tag} failed: {chunk['error']}\n"
                                         + "\n".join(tail))
@@ -212,15 +234,13 @@ def _scratch_dir() -> Path:
     return path
 
 
-def _link_tree(source: Path, dest: Path) -> None:
+def _link(files: list[Path], dest: Path) -> None:
     """Hard links when on one disk (the wheels are big), copies otherwise."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in source.iterdir():
-        if path.is_file():
-            try:
-                os.link(path, dest / path.name)
-            except OSError:
-                shutil.copy2(path, dest / path.name)
+    for path in files:
+        try:
+            os.link(path, dest / path.name)
+        except OSError:
+            shutil.copy2(path, dest / path.name)
 
 
 def image_freeze(client, tag: str) -> str:

@@ -113,7 +113,7 @@ class DockerTarget(LocalTarget):
     # -- environment and nodes -----------------------------------------------------------------
 
     def resolve_environment(self, spec: EnvironmentSpec, *, custom_image: str | None,
-                            use_gpu: bool, on_line) -> Environment:
+                            use_gpu: bool, pip_packages: list[str], on_line) -> Environment:
         """Find or build the job's image: on custom_docker_image, else tfsubmit's base."""
         self._check_gpus(use_gpu)
         if custom_image:
@@ -128,7 +128,7 @@ class DockerTarget(LocalTarget):
         else:
             base = bootstrap_base(self.client, self.config.base_image, on_line=on_line)
         self.image, reused, seconds = resolve_image(self.client, spec, base=base,
-                                                    on_line=on_line)
+                                                    pip_packages=pip_packages, on_line=on_line)
         return Environment(self.image.split(":", 1)[1], path=self.image, python=ENV_PYTHON,
                            reused=reused, freeze=image_freeze(self.client, self.image),
                            build_seconds=seconds)

@@ -56,6 +56,7 @@ def _resolve_image(job: TrainingJob, sub: Submission, spec: envs.EnvironmentSpec
     with forwarded(sub.log) as log:
         env = sub.target.resolve_environment(
             spec, custom_image=job.custom_docker_image, use_gpu=job.use_gpu,
+            pip_packages=job.pip_packages,
             on_line=lambda line: log.write(f"[tfsubmit:image] {line}"))
         how = "reused" if env.reused else f"built in {env.build_seconds:.1f} s"
         log.event(f"image {env.path}: {how}")

@@ -152,7 +152,9 @@ def rank(script: str, args: list[str]) -> None:
         "TFSUBMIT_OUTPUTS": f"{workdir}/outputs",
     })
     for stream in (sys.stdout, sys.stderr):  # whole lines to mpirun, as they come
-        stream.reconfigure(line_buffering=True)
+        # Not write-through (PYTHONUNBUFFERED may reach us from mpirun's environment): then
+        # print() sends its text and its newline in two writes, and mpirun tags them apart.
+        stream.reconfigure(line_buffering=True, write_through=False)
     gpus = os.environ.get("TFSUBMIT_RANK_GPUS")
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus.split(":")[index]

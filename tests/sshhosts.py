@@ -55,6 +55,7 @@ class TestHosts:
     port: int = PORT
     pids: list[int] = field(default_factory=list)
     netns: list[str | None] = field(default_factory=list)
+    set_env: dict[str, str] = field(default_factory=dict)  # for every session on the hosts
 
     @property
     def user_key(self) -> Path:
@@ -88,7 +89,7 @@ class TestHosts:
                 "StrictModes no",
                 "UsePAM no",
                 "UseDNS no",
-                "SetEnv SHLVL=1",
+                "SetEnv " + " ".join(f"{k}={v}" for k, v in {"SHLVL": "1", **self.set_env}.items()),
                 "MaxStartups 100:30:200",
                 "MaxSessions 100",
                 "LogLevel ERROR",

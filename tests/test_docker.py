@@ -16,7 +16,7 @@ import yaml
 from conftest import EXAMPLE, ROOT, run_cli, wait_for_line
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.errors import RunFailedError
+from tfsubmit.errors import RunFailedError, TargetError
 from tfsubmit.targets.config import DockerTargetConfig, load_targets, save_target
 
 pytestmark = pytest.mark.e2e
@@ -149,3 +149,52 @@ def test_a_custom_image_must_be_on_the_engine(workspace, docker_engine, job_dir)
     local = Experiment("docker-custom").submit(job.model_copy(update={"compute_target": "local"}))
     with pytest.raises(RunFailedError, match="custom_docker_image: only used with docker"):
         local.wait_for_completion(timeout=120)
+
+
+@pytest.fixture
+def engine_over_ssh(workspace, docker_engine, tmp_path):
+    """The same engine, reached as a remote one: ssh://root@127.0.0.9:2222, whose sshd sends
+    `docker system dial-stdio` to the test daemon (DOCKER_HOST set for its sessions)."""
+    from sshhosts import TestHosts
+
+    socket_url = load_targets(workspace.root)["docker-test"].base_url
+    host = TestHosts(tmp_path / "ssh", ["127.0.0.9"], set_env={"DOCKER_HOST": socket_url})
+    host.start()
+    save_target(workspace.root, "docker-ssh", DockerTargetConfig(
+        base_url=f"ssh://root@127.0.0.9:{host.port}", key_file=str(host.user_key),
+        known_hosts=str(host.known_hosts)))
+    yield host
+    host.stop()
+
+
+def test_a_remote_engine_over_ssh_gets_files_copied_in_and_out(workspace, docker_engine,
+                                                                engine_over_ssh):
+    job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
+                     script_params={"--epochs": 2, "--samples": 500},
+                     compute_target="docker-ssh")
+    run = Experiment("docker-ssh").submit(job)
+    mounts = {}
+    while run.get_status() not in ("Completed", "Failed", "Canceled"):
+        mounts.update({c.name: c.attrs["Mounts"] for c in of_run(docker_engine, run.id)})
+        time.sleep(0.2)
+    run.wait_for_completion()
+    log = run.paths.output_log.read_text()
+    assert "[worker:0@docker-ssh] Epoch 2/2" in log
+    # No bind mount: the snapshot went in by put_archive, outputs and metrics came back.
+    assert list(mounts.values()) == [[]], mounts
+    assert (run.paths.outputs / "model.keras").stat().st_size > 0
+    assert len(run.get_metrics()["val_loss"]) == 2
+    assert of_run(docker_engine, run.id) == [] and networks_of(docker_engine, run.id) == []
+
+
+def test_a_remote_engine_with_an_unknown_host_key_is_refused(workspace, docker_engine,
+                                                            engine_over_ssh, tmp_path, job_dir):
+    (tmp_path / "empty_known_hosts").write_text("")
+    base = load_targets(workspace.root)["docker-ssh"]
+    save_target(workspace.root, "docker-ssh-unknown", base.model_copy(update={
+        "known_hosts": str(tmp_path / "empty_known_hosts")}))
+    job = TensorFlow(source_directory=str(job_dir), entry_script="echo_args.py",
+                     compute_target="docker-ssh-unknown")
+    with pytest.raises(TargetError, match=r"ssh://root@127\.0\.0\.9:2222: SSH login failed "
+                                          r"\(.*not found in known_hosts"):
+        Experiment("docker-ssh").submit(job)  # refused before a run exists

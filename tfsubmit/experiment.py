@@ -57,7 +57,8 @@ class Experiment:
                                         workspace=self.workspace)
         from tfsubmit.targets import get_target
 
-        get_target(job.compute_target, self.workspace.root)  # unknown: fails before a run exists
+        # An unknown or unreachable target fails here, before a run exists.
+        get_target(job.compute_target, self.workspace.root).close()
         run_id = self.workspace.new_run_id(self.name)
         paths = self.workspace.create_run(run_id, self.name, job.to_dict())
         self._start_runner(paths)
@@ -66,7 +67,7 @@ class Experiment:
     def _submit_sweep(self, sweep: Sweep) -> SweepRun:
         from tfsubmit.targets import get_target
 
-        get_target(sweep.estimator.compute_target, self.workspace.root)
+        get_target(sweep.estimator.compute_target, self.workspace.root).close()
         run_id = self.workspace.new_run_id(self.name)
         paths = self.workspace.create_run(run_id, self.name, sweep.to_dict())
         update_record(paths, kind="sweep", primary_metric=sweep.primary_metric,

@@ -74,8 +74,14 @@ class DockerTargetConfig(BaseModel):
     type: Literal["docker"] = "docker"
     base_url: str = Field(
         default="unix:///var/run/docker.sock",
-        description="The engine: unix:///path/docker.sock, or tcp://... (ssh:// is not "
-                    "supported yet: runs bind-mount their folders).",
+        description="The engine: unix:///path/docker.sock, tcp://..., or ssh://user@host:port "
+                    "(a remote engine: files are copied into and out of its containers).",
+    )
+    key_file: str | None = Field(
+        default=None, description="ssh:// engines: the private key to log in with."
+    )
+    known_hosts: str = Field(
+        default="~/.ssh/known_hosts", description="ssh:// engines: trusted host keys."
     )
     gpus: Literal["all"] | int | None = Field(
         default=None, description="GPUs containers may use: 'all', a count, or none."

@@ -15,20 +15,81 @@ exactly what the run created, and `close()` leaves no container or network behin
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from tfsubmit.environment import Environment, EnvironmentSpec
-from tfsubmit.errors import NotSupportedError, TargetError
+from tfsubmit.errors import TargetError
 from tfsubmit.images import ENV_PYTHON, LABEL, bootstrap_base, image_freeze, resolve_image
 from tfsubmit.process import Node, ProcessSpec
 from tfsubmit.targets.config import DockerTargetConfig
 from tfsubmit.targets.local import LocalTarget
 
 RUN_LABEL = f"{LABEL}.run"
+COPIED_BACK = ("outputs", "logs", ".tfsubmit")
+
+
+def _client(config: DockerTargetConfig, *, timeout: float | None):
+    """A docker SDK client; for ssh:// engines, one that logs in with the target's key and
+    checks the host against its known_hosts (the SDK alone reads only ~/.ssh)."""
+    import docker
+
+    if not config.base_url.startswith("ssh://"):
+        return docker.DockerClient(base_url=config.base_url, timeout=timeout)
+    import paramiko
+    from docker.transport import SSHHTTPAdapter
+
+    class Adapter(SSHHTTPAdapter):
+        def _create_paramiko_client(self, base_url):
+            super()._create_paramiko_client(base_url)
+            if config.key_file:
+                self.ssh_params["key_filename"] = str(Path(config.key_file).expanduser())
+            known = Path(config.known_hosts).expanduser()
+            if known.exists():
+                self.ssh_client.load_host_keys(str(known))
+            self.ssh_client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    try:
+        adapter = Adapter(config.base_url, timeout, pool_connections=9, max_pool_size=10)
+    except paramiko.SSHException as exc:
+        raise TargetError(f"base_url {config.base_url}: SSH login failed ({exc}); check "
+                          "key_file, and that the host's key is in known_hosts") from None
+    api = docker.APIClient(base_url="unix:///var/run/docker.sock", version="1.41",
+                           timeout=timeout)
+    api.mount("http+docker://ssh", adapter)  # the SDK's own wiring for ssh://, our adapter
+    api._custom_adapter = adapter
+    api.base_url = "http+docker://ssh"
+    client = docker.DockerClient.__new__(docker.DockerClient)
+    client.api = api
+    return client
+
+
+def _tree_tar(folders: list[str]) -> bytes:
+    """A tar of whole folders at their absolute paths (put_archive at / recreates them)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for folder in folders:
+            tar.add(folder, arcname=folder.lstrip("/"))
+    return buffer.getvalue()
+
+
+def _copy_back(container, workdir: str) -> None:
+    """A remote container's outputs/, logs/ and metric files into the local work folder."""
+    import docker.errors
+
+    for name in COPIED_BACK:
+        try:
+            stream, _ = container.get_archive(f"{workdir}/{name}")
+        except docker.errors.NotFound:
+            continue
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            tar.extractall(workdir, filter="data")
 
 
 def _name(text: str) -> str:
@@ -42,19 +103,27 @@ def container_name(run_id: str, role: str, index: int) -> str:
 class DockerProcess:
     """A started container, as the supervisor sees processes."""
 
-    def __init__(self, spec: ProcessSpec, container) -> None:
+    def __init__(self, spec: ProcessSpec, container, copy_back=None) -> None:
         self.spec = spec
         self.container = container
         self.pid = container.short_id
+        self.copy_back = copy_back
         self._code: int | None = None
         self._waiter = threading.Thread(target=self._wait, daemon=True)
         self._waiter.start()
 
     def _wait(self) -> None:
         try:
-            self._code = int(self.container.wait()["StatusCode"])
+            code = int(self.container.wait()["StatusCode"])
         except Exception:  # the container is gone (removed by a cancel): it was killed
-            self._code = 137
+            code = 137
+        if self.copy_back is not None:  # before the supervisor sees the end: files first
+            try:
+                self.copy_back(self.container, self.spec.cwd)
+            except Exception as exc:
+                print(f"tfsubmit: could not copy files out of {self.container.name}: {exc}",
+                      file=sys.stderr)
+        self._code = code
 
     def lines(self) -> Iterator[str]:
         pending = ""
@@ -85,21 +154,19 @@ class DockerTarget(LocalTarget):
     runs_as_root = True  # containers run as root: mpirun needs --allow-run-as-root
 
     def __init__(self, name: str, config: DockerTargetConfig) -> None:
-        import docker
 
         self.name = name
         self.host = name
         self.config = config
-        if config.base_url.startswith("ssh://"):
-            raise NotSupportedError(
-                f"compute_target {name!r}: base_url {config.base_url} is a remote engine; "
-                "this version bind-mounts run folders, so the engine must run on this "
-                "machine (unix:// or tcp://localhost)")
+        # A remote engine cannot see this machine's folders: copy them in and out instead.
+        self.copy_files = config.base_url.startswith("ssh://")
         try:
-            self.client = docker.DockerClient(base_url=config.base_url, timeout=config.timeout)
+            self.client = _client(config, timeout=config.timeout)
             self.client.ping()
             # Log streams and waits last as long as the job: no read timeout for those.
-            self.streams = docker.DockerClient(base_url=config.base_url, timeout=None)
+            self.streams = _client(config, timeout=None)
+        except TargetError:
+            raise
         except Exception as exc:
             raise TargetError(f"compute_target {name!r}: the Docker engine at "
                               f"{config.base_url} does not answer ({exc}); start dockerd or "
@@ -190,23 +257,26 @@ class DockerTarget(LocalTarget):
             mounts[self.runtime] = {"bind": self.runtime, "mode": "ro"}
         name = container_name(self.run_id, spec.role, spec.index)
         self._remove([c for c in self._containers(all=True) if c.name == name])  # a restart
-        container = self.client.containers.run(
+        container = self.client.containers.create(
             self.image,
             command=list(spec.argv),
             name=name,
             hostname=re.sub(r"[^a-zA-Z0-9-]", "-", name)[-63:].strip("-"),  # Open MPI: no "_"
-            detach=True,
             init=True,  # signals reach the job; its children are reaped
             working_dir=workdir,
             environment=env,
             labels=self._labels(**{f"{LABEL}.role": spec.role,
                                    f"{LABEL}.index": str(spec.index)}),
             network=self._ensure_network().name,
-            volumes=mounts,
+            volumes=None if self.copy_files else mounts,
             device_requests=self.gpu_request,
             shm_size="1g",
         )
-        return DockerProcess(spec, self.streams.containers.get(container.id))
+        if self.copy_files:  # the snapshot (and outputs so far, for restarts) and the runtime
+            container.put_archive("/", _tree_tar(list(mounts)))
+        container.start()
+        return DockerProcess(spec, self.streams.containers.get(container.id),
+                             copy_back=_copy_back if self.copy_files else None)
 
     def _containers(self, *, all: bool = False) -> list:
         if self.run_id is None:

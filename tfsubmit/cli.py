@@ -113,6 +113,8 @@ def _image(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict[str, list[float]]) -> None:
     for name, values in sorted(metrics.items()):
+        if name == "total_epochs":  # the progress bar's, not the job's
+            continue
         shown = ", ".join(f"{v:.4g}" for v in values[-5:])
         more = "..., " if len(values) > 5 else ""
         print(f"  {name}: [{more}{shown}]")

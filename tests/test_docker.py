@@ -16,6 +16,7 @@ import yaml
 from conftest import EXAMPLE, ROOT, run_cli, wait_for_line
 
 from tfsubmit import Experiment, TensorFlow
+from tfsubmit.environment import environment_spec
 from tfsubmit.errors import RunFailedError, TargetError
 from tfsubmit.targets.config import DockerTargetConfig, load_targets, save_target
 
@@ -62,7 +63,12 @@ def test_tensorflow_in_a_container_through_the_api_then_the_cli(workspace, docke
     assert "  val_loss: [" in result.stdout
 
     # Another pip package: a new image, but only its own layer is built on the framework's.
-    extra = Experiment("docker-api").submit(job.model_copy(update={"pip_packages": ["tabulate"]}))
+    # (Its image is removed first: the engine's images outlive test sessions.)
+    with_tabulate = job.model_copy(update={"pip_packages": ["tabulate"]})
+    for old in docker_engine.images.list(filters={"label": [
+            "tfsubmit=env", f"tfsubmit.env={environment_spec(with_tabulate).hash}"]}):
+        docker_engine.images.remove(old.id, force=True)
+    extra = Experiment("docker-api").submit(with_tabulate)
     extra.wait_for_completion(timeout=900)
     log = extra.paths.output_log.read_text()
     assert re.search(r"framework image tfsubmit-tf:\w+: reused", log), log

@@ -196,9 +196,7 @@ class Run(BaseRun):
 
     def get_metrics(self) -> dict[str, list[float]]:
         """Every metric the job logged: {name: [values in order]}; live while it runs."""
-        if self.get_status() in TERMINAL_STATUSES and self.paths.metrics.exists():
-            return read_metrics([self.paths.metrics])
-        return read_metrics(sorted((self.paths.work / ".tfsubmit").glob("metrics-*.jsonl")))
+        return read_metrics(self.paths.metric_files())
 
     def _runner_pid(self) -> int | None:
         try:

@@ -79,6 +79,14 @@ class RunPaths:
     def metrics(self) -> Path:
         return self.root / "metrics.jsonl"
 
+    def metric_files(self) -> list[Path]:
+        """Every metric file of the run, wherever it is at this moment: the local node's
+        while the job runs; after collection, the run folder's and each other host's. Read
+        together they hold all the run's metrics, live, in the order metrics.jsonl has them."""
+        return sorted([*self.work.glob(".tfsubmit/metrics-*.jsonl"),
+                       *self.root.glob(".tfsubmit/metrics-*.jsonl"),
+                       *self.root.glob("hosts/*/.tfsubmit/metrics-*.jsonl")])
+
     @property
     def work(self) -> Path:
         """The local node's working directory (snapshot, outputs/, logs/ while running)."""

@@ -30,7 +30,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
-from tfsubmit.flows.submit import _label_flow_run, submit_training
+from tfsubmit.flows.submit import _flow_run_name, _label_flow_run, submit_training
 from tfsubmit.prefect_api import artifact_key
 from tfsubmit.runlog import RunLog
 from tfsubmit.runtime import read_metrics
@@ -194,11 +194,7 @@ class Tuner:
         """The primary metric as the trial has logged it so far (live while it runs)."""
         if trial.curve is not None:
             return trial.curve
-        paths = RunPaths(self.ws.runs / trial.run_id)
-        if paths.metrics.exists():
-            metrics = read_metrics([paths.metrics])
-        else:
-            metrics = read_metrics(sorted((paths.work / ".tfsubmit").glob("metrics-*.jsonl")))
+        metrics = read_metrics(RunPaths(self.ws.runs / trial.run_id).metric_files())
         return metrics.get(self.spec.primary_metric, [])
 
     def _watch(self) -> None:
@@ -358,10 +354,6 @@ def publish_summary(tuner: Tuner) -> None:
     create_markdown_artifact(key=artifact_key(tuner.sweep_id, "summary"),
                              markdown="\n".join(lines),
                              description=f"Summary of sweep {tuner.sweep_id}")
-
-
-def _flow_run_name() -> str:
-    return flow_run.parameters.get("run_id") or "sweep"
 
 
 @flow(name="sweep", flow_run_name=_flow_run_name, log_prints=False)

@@ -25,10 +25,8 @@ def gather(sub: Submission, nodes: list[Node]) -> list[str]:
     for i, node in enumerate(nodes):
         dest = sub.paths.root if i == 0 else sub.paths.root / "hosts" / node.host
         problems += sub.target.collect(node, dest)
-    metric_files = [*sub.paths.root.glob(".tfsubmit/metrics-*.jsonl"),
-                    *sub.paths.root.glob("hosts/*/.tfsubmit/metrics-*.jsonl")]
     with sub.paths.metrics.open("a") as merged:
-        for path in sorted(metric_files):
+        for path in sub.paths.metric_files():
             merged.write(path.read_text())
     return problems
 

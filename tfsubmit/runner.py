@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 from tfsubmit.workspace import TERMINAL_STATUSES, RunPaths, Workspace, read_json, update_record
-
-
-def _watch_cancel(paths: RunPaths, cancel: threading.Event) -> None:
-    flag = paths.root / "cancel.requested"
-    while not cancel.is_set():
-        if flag.exists():
-            cancel.set()
-        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     record = read_json(paths.record) or {}
     try:
         from tfsubmit.server import ensure_server, prefect_env
-        from tfsubmit.submission import CANCEL
 
-        threading.Thread(target=_watch_cancel, args=(paths, CANCEL), daemon=True).start()
         workspace = Workspace(record["workspace"])
         os.environ.update(prefect_env(workspace))
         os.environ["PREFECT_API_URL"] = ensure_server(workspace).api_url

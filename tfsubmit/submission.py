@@ -12,13 +12,10 @@ from tfsubmit.errors import TfsubmitError
 from tfsubmit.runlog import RunLog
 from tfsubmit.workspace import RunPaths, Workspace, update_record
 
-# The whole process must stop (the runner saw its run's `cancel.requested`): every run in it.
-CANCEL = threading.Event()
-
 
 class CancelFlag:
-    """One run's cancel: its own `cancel.requested` file (`Run.cancel()`, or a sweep stopping
-    one trial early), or the process-wide CANCEL. Quacks like the threading.Event the
+    """One run's cancel: its `cancel.requested` file (written by `Run.cancel()`, or by a sweep
+    stopping one trial), or `set()` (a Prefect cancel). Quacks like the threading.Event the
     supervisor and the environment builder poll."""
 
     def __init__(self, flag_file: Path) -> None:
@@ -26,7 +23,7 @@ class CancelFlag:
         self._event = threading.Event()
 
     def is_set(self) -> bool:
-        if not self._event.is_set() and (CANCEL.is_set() or self.file.exists()):
+        if not self._event.is_set() and self.file.exists():
             self._event.set()
         return self._event.is_set()
 

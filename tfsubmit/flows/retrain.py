@@ -20,13 +20,13 @@ from tfsubmit.prefect_api import artifact_key
 from tfsubmit.registry import ModelRegistry, better, check_goal
 from tfsubmit.runtime import read_metrics
 from tfsubmit.spec import TrainingJob, load_job_file, validate_experiment_name
-from tfsubmit.workspace import Workspace, read_json
+from tfsubmit.workspace import RunPaths, Workspace, read_json
 
 
-def final_value(ws: Workspace, run_id: str, metric: str) -> float | None:
-    """The last value the run logged for `metric` (None if it logged none)."""
-    values = read_metrics([ws.runs / run_id / "metrics.jsonl"]).get(metric)
-    return values[-1] if values else None
+def last_values(ws: Workspace, run_id: str) -> dict[str, float]:
+    """The last value of each metric the run logged."""
+    metrics = read_metrics([RunPaths(ws.runs / run_id).metrics])
+    return {name: values[-1] for name, values in metrics.items()}
 
 
 def best_earlier(ws: Workspace, experiment: str, metric: str, goal: str,
@@ -36,7 +36,7 @@ def best_earlier(ws: Workspace, experiment: str, metric: str, goal: str,
     for record in ws.list_runs(experiment):
         if record["id"] == exclude or record.get("status") != "Completed":
             continue
-        value = final_value(ws, record["id"], metric)
+        value = last_values(ws, record["id"]).get(metric)
         if value is not None and (best is None or better(value, best[1], goal)):
             best = (record["id"], value)
     return best
@@ -92,11 +92,11 @@ def retrain(
     if not state.is_completed():
         raise TfsubmitError(f"training run {run_id} {record.get('status', 'failed')}: "
                             f"{record.get('error') or state.message}; nothing promoted")
-    value = final_value(ws, run_id, metric)
+    latest = last_values(ws, run_id)
+    value = latest.get(metric)
     if value is None:
-        logged = sorted(read_metrics([ws.runs / run_id / "metrics.jsonl"]))
         raise TfsubmitError(f"metric: run {run_id} logged no {metric!r} (it logged: "
-                            f"{', '.join(logged) or 'nothing'}); nothing promoted")
+                            f"{', '.join(sorted(latest)) or 'nothing'}); nothing promoted")
     earlier = best_earlier(ws, experiment, metric, goal, exclude=run_id)
     decision: dict[str, Any] = {
         "run_id": run_id, "experiment": experiment, "metric": metric, "goal": goal,
@@ -104,11 +104,9 @@ def retrain(
         "best_earlier_value": earlier and earlier[1], "promoted": False, "version": None,
     }
     if better(value, earlier and earlier[1], goal):
-        metrics = {name: values[-1] for name, values in
-                   read_metrics([ws.runs / run_id / "metrics.jsonl"]).items()}
         info = ModelRegistry(ws).promote(
             experiment, run_id=run_id, outputs=ws.runs / run_id / "outputs", metric=metric,
-            value=value, goal=goal, metrics=metrics, flow_run_id=str(flow_run.id))
+            value=value, goal=goal, metrics=latest, flow_run_id=str(flow_run.id))
         decision.update(promoted=True, version=info["version"])
         log.info(f"promoted run {run_id} as {experiment} version {info['version']}: {metric} "
                  f"{value:.6g} beats {_earlier_text(earlier)}")

@@ -112,8 +112,10 @@ def _image(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(metrics: dict[str, list[float]]) -> None:
+    from tfsubmit.runtime import TOTAL_EPOCHS
+
     for name, values in sorted(metrics.items()):
-        if name == "total_epochs":  # the progress bar's, not the job's
+        if name == TOTAL_EPOCHS:
             continue
         shown = ", ".join(f"{v:.4g}" for v in values[-5:])
         more = "..., " if len(values) > 5 else ""

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Logged once by keras_callback(): the progress bar's denominator, not a result of the job.
+TOTAL_EPOCHS = "total_epochs"
+
 
 class RunContext:
     """Metric logging for the current process of a run."""
@@ -67,7 +70,7 @@ class RunContext:
         class TfsubmitMetrics(tf.keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 if (self.params or {}).get("epochs"):
-                    context.log("total_epochs", self.params["epochs"])
+                    context.log(TOTAL_EPOCHS, self.params["epochs"])
 
             def on_epoch_end(self, epoch, logs=None):
                 context.log("epoch", epoch + 1, step=epoch + 1)

@@ -25,7 +25,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
 from tfsubmit.prefect_api import artifact_key
-from tfsubmit.runtime import read_metrics
+from tfsubmit.runtime import TOTAL_EPOCHS, read_metrics
 
 INTERVAL_SECONDS = 1.0
 
@@ -36,7 +36,7 @@ def metrics_table(metrics: dict[str, list[float]]) -> list[dict]:
         {"metric": name, "last": values[-1], "min": min(values), "max": max(values),
          "count": len(values), "values": values}
         for name, values in sorted(metrics.items())
-        if name != "total_epochs"
+        if name != TOTAL_EPOCHS
     ]
 
 
@@ -75,10 +75,10 @@ class RunArtifacts:
         if not epochs:
             return
         epoch = int(epochs[-1])
-        total = int(metrics["total_epochs"][-1]) if metrics.get("total_epochs") else None
+        total = int(metrics[TOTAL_EPOCHS][-1]) if metrics.get(TOTAL_EPOCHS) else None
         percent = 100.0 if final else (min(100.0, 100.0 * epoch / total) if total else 0.0)
         latest = ", ".join(f"{name} {values[-1]:.4g}" for name, values in sorted(metrics.items())
-                           if name not in ("epoch", "total_epochs"))
+                           if name not in ("epoch", TOTAL_EPOCHS))
         description = f"epoch {epoch}" + (f" of {total}" if total else "") + f": {latest}"
         if self.progress_id is None:
             self.progress_id = create_progress_artifact(

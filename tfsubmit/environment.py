@@ -158,25 +158,26 @@ def _build(
     conda = find_conda() if spec.conda_packages else None
     if conda:
         major_minor = ".".join(spec.python_version.split(".")[:2])
-        _run([conda, "create", "-y", "-p", str(env_dir), f"python={major_minor}",
-              "pip", *spec.conda_packages], on_line, cancel)
+        run_logged([conda, "create", "-y", "-p", str(env_dir), f"python={major_minor}",
+                    "pip", *spec.conda_packages], on_line, cancel)
     elif uv:
-        _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], on_line, cancel)
+        run_logged([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], on_line,
+                   cancel)
     else:
-        _run([sys.executable, "-m", "venv", str(env_dir)], on_line, cancel)
+        run_logged([sys.executable, "-m", "venv", str(env_dir)], on_line, cancel)
     if uv:
         install = [uv, "pip", "install", "--compile-bytecode", "--python", python]
     else:
         install = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     special = ("horovod==", "tf-keras==")
-    _run([*install, *(r for r in spec.requirements if not r.startswith(special))],
-         on_line, cancel)
+    run_logged([*install, *(r for r in spec.requirements if not r.startswith(special))],
+               on_line, cancel)
     for requirement in spec.requirements:
         if requirement.startswith("tf-keras=="):  # --no-deps: it would pull another TF
-            _run([*install, "--no-deps", requirement], on_line, cancel)
+            run_logged([*install, "--no-deps", requirement], on_line, cancel)
         elif requirement.startswith("horovod=="):
             wheel = horovod_wheel(python, requirement, install, on_line=on_line, cancel=cancel)
-            _run([*install, "--no-deps", str(wheel)], on_line, cancel)
+            run_logged([*install, "--no-deps", str(wheel)], on_line, cancel)
     return python
 
 
@@ -214,14 +215,14 @@ def horovod_wheel(python: str, requirement: str, install: list[str], *,
         on_line(f"horovod: using the cached wheel {found[0]}")
         return found[0]
     on_line(f"horovod: building the wheel for {key} (about 150 s, once)")
-    _run([*install, "pip", "wheel", "setuptools", "cmake", "packaging"], on_line, cancel)
+    run_logged([*install, "pip", "wheel", "setuptools", "cmake", "packaging"], on_line, cancel)
     build = folder.with_name(f".{key}.{os.getpid()}")
     flags = {"HOROVOD_WITH_TENSORFLOW": "1", "HOROVOD_WITH_MPI": "1",
              "HOROVOD_WITHOUT_PYTORCH": "1", "HOROVOD_WITHOUT_MXNET": "1",
              "HOROVOD_WITHOUT_GLOO": "1"}
-    _run([python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--disable-pip-version-check", "-w", str(build), requirement], on_line, cancel,
-         extra_env=flags)
+    run_logged([python, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                "--disable-pip-version-check", "-w", str(build), requirement], on_line, cancel,
+               extra_env=flags)
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(build, folder)
@@ -236,9 +237,11 @@ def _freeze(python: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
-def _run(argv: list[str], on_line: LineSink, cancel: threading.Event | None,
-         extra_env: dict[str, str] | None = None) -> None:
-    """Run an install step, streaming its output line by line; stop it on cancel."""
+def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | None,
+               extra_env: dict[str, str] | None = None, *,
+               advice: str = "check the package names and versions") -> list[str]:
+    """Run an install step, streaming its output line by line; stop it on cancel.
+    Returns the lines it printed."""
     process = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -247,7 +250,7 @@ def _run(argv: list[str], on_line: LineSink, cancel: threading.Event | None,
         start_new_session=True,
         env={**os.environ, "UV_NO_PROGRESS": "1", **(extra_env or {})},
     )
-    tail: list[str] = []
+    lines: list[str] = []
     watcher = None
     if cancel is not None:
         def watch() -> None:
@@ -260,17 +263,18 @@ def _run(argv: list[str], on_line: LineSink, cancel: threading.Event | None,
     assert process.stdout is not None
     for line in process.stdout:
         line = line.rstrip("\n")
-        tail = (tail + [line])[-20:]
+        lines.append(line)
         on_line(line)
     code = process.wait()
     if cancel is not None and cancel.is_set():
         raise EnvironmentBuildError("environment build canceled")
     if code != 0:
-        details = "\n".join(tail)
+        details = "\n".join(lines[-20:])
         raise EnvironmentBuildError(
-            f"`{' '.join(argv[:3])} ...` failed with exit code {code}; check the package names "
-            f"and versions. Last lines:\n{details}"
+            f"`{' '.join(argv[:3])} ...` failed with exit code {code}; {advice}. "
+            f"Last lines:\n{details}"
         )
+    return lines
 
 
 def package_sources() -> tuple[Path, list[Path]]:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tfsubmit.environment import HOROVOD, EnvironmentSpec, default_wheel_cache
+from tfsubmit.environment import HOROVOD, EnvironmentSpec, default_wheel_cache, run_logged
 from tfsubmit.errors import EnvironmentBuildError, TargetError
 
 LABEL = "tfsubmit"
@@ -83,9 +83,11 @@ def bootstrap_base(client, tag: str = "tfsubmit-base:bookworm", *,
             rootfs = Path(scratch) / "rootfs"
             on_line(f"debootstrap {suite} (minbase, {', '.join(DEBIAN_PACKAGES)}) from "
                     f"{DEBIAN_MIRROR}")
-            _stream([debootstrap, "--variant=minbase",
-                     f"--include={','.join(DEBIAN_PACKAGES)}", suite, str(rootfs),
-                     DEBIAN_MIRROR], on_line, what="debootstrap")
+            run_logged([debootstrap, "--variant=minbase",
+                        f"--include={','.join(DEBIAN_PACKAGES)}", suite, str(rootfs),
+                        DEBIAN_MIRROR], on_line, None,
+                       advice=f"check that the Debian mirror {DEBIAN_MIRROR} is reachable "
+                              "(TFSUBMIT_DEBIAN_MIRROR)")
             partial = tarball.with_suffix(".partial")
             subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
             os.replace(partial, tarball)
@@ -95,19 +97,6 @@ def bootstrap_base(client, tag: str = "tfsubmit-base:bookworm", *,
                             changes=[f"LABEL {LABEL}=base", "ENV LANG=C.UTF-8",
                                      "CMD [\"python3\"]"])
     return tag
-
-
-def _stream(argv: list[str], on_line: LineSink, *, what: str) -> list[str]:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, errors="replace")
-    lines: list[str] = []
-    for line in process.stdout:
-        on_line(line.rstrip())
-        lines.append(line.rstrip())
-    if process.wait() != 0:
-        raise TargetError(f"{what} failed with exit code {process.returncode}:\n"
-                          + "\n".join(lines[-20:]))
-    return lines
 
 
 def image_hash(spec: EnvironmentSpec, base_id: str) -> str:
@@ -135,7 +124,7 @@ def download_wheels(requirements: list[str], python: str, dest: Path,
     if python != here:  # another Python than ours: only wheels, for that Python
         argv += ["--only-binary=:all:", "--python-version", python,
                  "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64"]
-    lines = _stream(argv, on_line, what="downloading the wheels (pip download)")
+    lines = run_logged(argv, on_line, None)
     found = [Path(m[1]) for line in lines
              if (m := re.match(r"\s*(?:Saved|File was already downloaded) (\S+)", line))]
     return [path if path.is_absolute() else dest / path.name for path in found]

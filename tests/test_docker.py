@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from tfsubmit import Experiment, TensorFlow
 from tfsubmit.environment import environment_spec
 from tfsubmit.errors import RunFailedError, TargetError
 from tfsubmit.targets.config import DockerTargetConfig, load_targets, save_target
+from tfsubmit.workspace import TERMINAL_STATUSES
 
 pytestmark = pytest.mark.e2e
 PS_EXAMPLE = ROOT / "examples" / "ps-synthetic"
@@ -33,11 +35,22 @@ def networks_of(client, run_id: str) -> list:
     return client.networks.list(filters={"label": f"tfsubmit.run={run_id}"})
 
 
+def example(target: str) -> TensorFlow:
+    """The Keras example, small, on a docker target."""
+    return TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
+                      script_params={"--epochs": 2, "--samples": 500}, compute_target=target)
+
+
+def containers_while_running(client, run) -> Iterator[list]:
+    """The run's live containers, every 0.2 s until the run ends."""
+    while run.get_status() not in TERMINAL_STATUSES:
+        yield of_run(client, run.id)
+        time.sleep(0.2)
+
+
 def test_tensorflow_in_a_container_through_the_api_then_the_cli(workspace, docker_engine,
                                                                tmp_path):
-    job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
-                     script_params={"--epochs": 2, "--samples": 500},
-                     compute_target="docker-test")
+    job = example("docker-test")
     run = Experiment("docker-api").submit(job)
     details = run.wait_for_completion(timeout=1200)
     log = run.paths.output_log.read_text()
@@ -109,13 +122,12 @@ def test_ps_topology_of_four_containers(workspace, docker_engine):
     run = Experiment("docker-ps").submit(job)
     seen: dict[str, str] = {}
     tf_configs = []
-    while run.get_status() not in ("Completed", "Failed", "Canceled"):
-        for container in of_run(docker_engine, run.id):
+    for containers in containers_while_running(docker_engine, run):
+        for container in containers:
             if container.name not in seen:
                 seen[container.name] = container.labels["tfsubmit.role"]
                 env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
                 tf_configs.append(json.loads(env["TF_CONFIG"]))
-        time.sleep(0.2)
     details = run.wait_for_completion()
     assert sorted(seen.values()) == ["chief", "ps", "worker", "worker"]
     log = run.paths.output_log.read_text()
@@ -175,14 +187,10 @@ def engine_over_ssh(workspace, docker_engine, tmp_path):
 
 def test_a_remote_engine_over_ssh_gets_files_copied_in_and_out(workspace, docker_engine,
                                                                 engine_over_ssh):
-    job = TensorFlow(source_directory=str(EXAMPLE), entry_script="train.py",
-                     script_params={"--epochs": 2, "--samples": 500},
-                     compute_target="docker-ssh")
-    run = Experiment("docker-ssh").submit(job)
+    run = Experiment("docker-ssh").submit(example("docker-ssh"))
     mounts = {}
-    while run.get_status() not in ("Completed", "Failed", "Canceled"):
-        mounts.update({c.name: c.attrs["Mounts"] for c in of_run(docker_engine, run.id)})
-        time.sleep(0.2)
+    for containers in containers_while_running(docker_engine, run):
+        mounts.update({c.name: c.attrs["Mounts"] for c in containers})
     run.wait_for_completion()
     log = run.paths.output_log.read_text()
     assert "[worker:0@docker-ssh] Epoch 2/2" in log

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tfsubmit import Experiment, TensorFlow  # noqa: E402
-from tfsubmit.environment import environment_spec, runtime_dir  # noqa: E402
-from tfsubmit.server import ensure_server, stop_server  # noqa: E402
-from tfsubmit.workspace import Workspace  # noqa: E402
+from tfsubmit.service.server import ensure_server, stop_server  # noqa: E402
+from tfsubmit.spec.environment import environment_spec  # noqa: E402
+from tfsubmit.store.layout import Workspace  # noqa: E402
+from tfsubmit.store.package import runtime_dir  # noqa: E402
 
 
 @contextlib.contextmanager

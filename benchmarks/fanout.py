@@ -31,11 +31,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from sshhosts import loopback_hosts  # noqa: E402
 
 from tfsubmit import Experiment, TensorFlow  # noqa: E402
-from tfsubmit.process import ProcessSpec  # noqa: E402
-from tfsubmit.server import ensure_server, stop_server  # noqa: E402
+from tfsubmit.service.server import ensure_server, stop_server  # noqa: E402
+from tfsubmit.spec.process import ProcessSpec  # noqa: E402
+from tfsubmit.store.layout import Workspace  # noqa: E402
 from tfsubmit.targets.config import SSHTargetConfig, save_target  # noqa: E402
 from tfsubmit.targets.ssh import SSHTarget  # noqa: E402
-from tfsubmit.workspace import Workspace  # noqa: E402
 
 COUNTS = (1, 4, 8, 16)
 STAND_IN = """import json, os, time

@@ -20,8 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 from tfsubmit.errors import JobSpecError  # noqa: E402
 from tfsubmit.launchers.horovod import check_gpus, plan_horovod  # noqa: E402
-from tfsubmit.process import Node  # noqa: E402
-from tfsubmit.spec import TrainingJob  # noqa: E402
+from tfsubmit.spec.job import TrainingJob  # noqa: E402
+from tfsubmit.spec.process import LaunchOptions  # noqa: E402
+from tfsubmit.spec.process import Node  # noqa: E402
 from tfsubmit.targets.local import gpu_count  # noqa: E402
 
 
@@ -45,7 +46,8 @@ def main() -> int:
         return 1
     except JobSpecError as exc:
         print(f"refused as it should be: {exc}")
-    plan = plan_horovod(job, [node], run_id="gpucheck", as_root=os.geteuid() == 0)
+    plan = plan_horovod(job, [node], run_id="gpucheck",
+                        options=LaunchOptions(as_root=os.geteuid() == 0))
     print("mpirun argv:", " ".join(plan.spec.argv), flush=True)
     result = subprocess.run(list(plan.spec.argv), cwd=workdir, capture_output=True,
                             text=True, timeout=300, env={**os.environ, **plan.spec.env})

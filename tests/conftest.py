@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tfsubmit.server import ensure_server, stop_server
-from tfsubmit.workspace import Workspace
+from tfsubmit.service.server import ensure_server, stop_server
+from tfsubmit.store.layout import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "keras-synthetic"
@@ -47,7 +47,7 @@ def workspace(tmp_path_factory) -> Workspace:
 @pytest.fixture(scope="session")
 def prefect_api(workspace):
     """Call the real Prefect REST API of the workspace's server."""
-    from tfsubmit.server import server_status
+    from tfsubmit.service.server import server_status
 
     base = server_status(workspace).api_url
 

@@ -26,9 +26,10 @@ from conftest import EXAMPLE, ROOT, TFSUBMIT
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.procfs import processes_of_run
-from tfsubmit.registry import ModelRegistry
-from tfsubmit.workspace import TERMINAL_STATUSES, Workspace
+from tfsubmit.service.processes import processes_of_run
+from tfsubmit.store.layout import Workspace
+from tfsubmit.store.record import TERMINAL_STATUSES
+from tfsubmit.store.registry import ModelRegistry
 
 PREFECT = str(Path(TFSUBMIT[0]).with_name("prefect"))
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")

@@ -17,10 +17,10 @@ import yaml
 from conftest import EXAMPLE, ROOT, run_cli, wait_for_line
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.environment import environment_spec
 from tfsubmit.errors import RunFailedError, TargetError
+from tfsubmit.spec.environment import environment_spec
+from tfsubmit.store.record import TERMINAL_STATUSES
 from tfsubmit.targets.config import DockerTargetConfig, load_targets, save_target
-from tfsubmit.workspace import TERMINAL_STATUSES
 
 pytestmark = pytest.mark.e2e
 PS_EXAMPLE = ROOT / "examples" / "ps-synthetic"

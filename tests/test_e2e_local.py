@@ -11,7 +11,7 @@ from conftest import EXAMPLE, TFSUBMIT, run_cli
 
 from tfsubmit import Experiment, Run, TensorFlow
 from tfsubmit.errors import RunFailedError, TargetError
-from tfsubmit.procfs import processes_of_run
+from tfsubmit.service.processes import processes_of_run
 
 pytestmark = pytest.mark.e2e
 STEPS = {"snapshot_source", "resolve_environment", "provision_nodes", "launch_topology",
@@ -220,7 +220,7 @@ def test_cli_bad_job_file_names_the_field(tmp_path):
 
 def test_runner_takes_the_submitters_environment_forked_or_spawned(workspace, job_dir,
                                                                     monkeypatch):
-    from tfsubmit import forkserver
+    from tfsubmit.service import forkserver
 
     experiment = Experiment("e2e-env", workspace=workspace.root)
     job = TensorFlow(source_directory=str(job_dir), entry_script="echo_args.py")
@@ -236,7 +236,7 @@ def test_runner_takes_the_submitters_environment_forked_or_spawned(workspace, jo
         seen = json.loads((run.paths.outputs / "seen.json").read_text())
         assert seen["MY_SETTING"] == f"from-the-shell-{how}"
     # The next start of the server brings the fork server back.
-    from tfsubmit.server import ensure_server
+    from tfsubmit.service.server import ensure_server
 
     ensure_server(workspace)
     assert forkserver.is_current(workspace)

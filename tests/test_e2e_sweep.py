@@ -15,8 +15,8 @@ import yaml
 from conftest import EXAMPLE, run_cli
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.experiment import SweepRun
-from tfsubmit.procfs import pid_alive, processes_of_run
+from tfsubmit.api import SweepRun
+from tfsubmit.service.processes import pid_alive, processes_of_run
 from tfsubmit.tuning import MedianStopping, Sweep, choice, loguniform
 
 pytestmark = pytest.mark.e2e

@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 
 from tfsubmit import TensorFlow
-from tfsubmit.environment import (
-    EnvironmentSpec,
-    environment_spec,
-    resolve_environment,
-    runtime_dir,
-    tensorflow_requirement,
-)
 from tfsubmit.errors import EnvironmentBuildError
+from tfsubmit.spec.environment import EnvironmentSpec, environment_spec, tensorflow_requirement
+from tfsubmit.store.package import runtime_dir
+from tfsubmit.targets.envbuild import resolve_environment
 
 JOBS = Path(__file__).parent / "jobs"
 
@@ -62,5 +58,5 @@ def test_conda_packages_without_conda_name_the_packages(tmp_path, monkeypatch):
 
 def test_runtime_copy_is_keyed_by_content(tmp_path):
     first = runtime_dir(tmp_path)
-    assert (first / "tfsubmit" / "runtime.py").is_file()
+    assert (first / "tfsubmit" / "runtime" / "context.py").is_file()
     assert runtime_dir(tmp_path) == first

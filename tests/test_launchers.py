@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from tfsubmit import TensorFlow
 from tfsubmit.launchers import plan_multiworker, plan_parameter_server, plan_single_node
-from tfsubmit.launchers.horovod import SSHAgent, plan_horovod, shared_network
+from tfsubmit.launchers.horovod import plan_horovod, shared_network
 from tfsubmit.launchers.tf_config import base_port
-from tfsubmit.process import Node
+from tfsubmit.spec.process import LaunchOptions, Node, RemoteShell
 
 JOBS = Path(__file__).parent / "jobs"
 
@@ -144,8 +144,9 @@ def test_horovod_mpirun_argv_is_exact_for_ssh_hosts():
     job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py", node_count=2,
                      process_count_per_node=2, distributed_backend="mpi",
                      script_params={"--epochs": 1}, environment_variables={"A": "b c"})
-    agent = SSHAgent(key_file="/k/id", port=2222, known_hosts="/k/known")
-    plan = plan_horovod(job, _nodes(2), run_id="r9", as_root=False, agent=agent)
+    shell = RemoteShell(key_file="/k/id", port=2222, known_hosts="/k/known")
+    plan = plan_horovod(job, _nodes(2), run_id="r9",
+                        options=LaunchOptions(as_root=False, remote_shell=shell))
     assert plan.hostfile == "10.0.0.11 slots=2\n10.0.0.12 slots=2\n"
     dirs = "/wd/r/10.0.0.11:/wd/r/10.0.0.11:/wd/r/10.0.0.12:/wd/r/10.0.0.12"
     assert list(plan.spec.argv) == [
@@ -159,7 +160,7 @@ def test_horovod_mpirun_argv_is_exact_for_ssh_hosts():
         "-x", "TFSUBMIT_METRICS_FILE=/wd/r/10.0.0.11/.tfsubmit/metrics-rank-0.jsonl",
         "-x", "TFSUBMIT_OUTPUTS=/wd/r/10.0.0.11/outputs", "-x", "A=b c",
         "-x", "PYTHONPATH=/wd/rt", "-x", f"TFSUBMIT_RANK_DIRS={dirs}",
-        "/e/python", "-m", "tfsubmit.remote", "rank", "echo_args.py", "--epochs", "1",
+        "/e/python", "-m", "tfsubmit.runtime.rank", "echo_args.py", "--epochs", "1",
     ]
     assert plan.spec.rank_hosts == ("10.0.0.11", "10.0.0.11", "10.0.0.12", "10.0.0.12")
     assert (plan.spec.host, plan.spec.role, plan.spec.cwd) == ("10.0.0.11", "mpirun",
@@ -171,7 +172,8 @@ def test_horovod_local_root_gpu_and_legacy_keras():
                      process_count_per_node=2, distributed_backend="mpi", use_gpu=True,
                      framework_version="2.17")
     local = Node(host="local", workdir="/w", python="p", runtime="rt", address="127.0.0.1")
-    argv = list(plan_horovod(job, [local], run_id="r", as_root=True).spec.argv)
+    argv = list(plan_horovod(job, [local], run_id="r",
+                             options=LaunchOptions(as_root=True)).spec.argv)
     assert argv[:5] == ["mpirun", "--allow-run-as-root", "-np", "2", "-H"]
     assert argv[5] == "localhost:2" and "plm_rsh_agent" not in argv
     assert "TFSUBMIT_RANK_GPUS=0:1" in argv and "TF_USE_LEGACY_KERAS=1" in argv

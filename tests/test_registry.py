@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.registry import ModelRegistry, better
-from tfsubmit.workspace import Workspace
+from tfsubmit.spec.goals import better
+from tfsubmit.store.layout import Workspace
+from tfsubmit.store.registry import ModelRegistry
 
 
 def test_better_follows_the_goal():

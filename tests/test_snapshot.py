@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tfsubmit.errors import SourceError
-from tfsubmit.snapshot import ObjectStore, hash_file, materialize, take_snapshot
+from tfsubmit.pipeline.snapshot import hash_file, take_snapshot
+from tfsubmit.store.objects import ObjectStore, materialize
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tfsubmit import TensorFlow
 from tfsubmit.errors import JobSpecError
-from tfsubmit.spec import load_job_file, validate_experiment_name
+from tfsubmit.spec.job import load_job_file, validate_experiment_name
 
 
 @pytest.fixture

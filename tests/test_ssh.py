@@ -16,14 +16,13 @@ from conftest import EXAMPLE, run_cli, wait_for_line
 from sshhosts import NamespaceHosts
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.environment import EnvironmentSpec
 from tfsubmit.errors import TargetError
-from tfsubmit.process import ProcessSpec
-from tfsubmit.procfs import processes_of_run
-from tfsubmit.runlog import RunLog
-from tfsubmit.supervisor import supervise
-from tfsubmit.targets import get_target
-from tfsubmit.targets.config import SSHTargetConfig, save_target
+from tfsubmit.pipeline.supervise import supervise
+from tfsubmit.service.processes import processes_of_run
+from tfsubmit.spec.environment import EnvironmentSpec
+from tfsubmit.spec.process import ProcessSpec
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.config import SSHTargetConfig, get_target, save_target
 from tfsubmit.targets.ssh import SSHTarget
 
 
@@ -209,8 +208,8 @@ def test_host_cut_off_mid_run_fails_fast_and_stops_the_others(tmp_path):
 def test_target_saved_as_a_prefect_block(workspace, hosts, job_dir):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tfsubmit.server import server_status
-    from tfsubmit.targets.block import SSHTargetBlock
+    from tfsubmit.service.server import server_status
+    from tfsubmit.tasks.blocks import SSHTargetBlock
 
     name = f"block-{uuid.uuid4().hex[:8]}"
     with temporary_settings({PREFECT_API_URL: server_status(workspace).api_url}):

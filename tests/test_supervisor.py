@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from tfsubmit.errors import TargetError
-from tfsubmit.process import ProcessSpec
-from tfsubmit.procfs import processes_of_run
-from tfsubmit.runlog import RunLog
-from tfsubmit.supervisor import supervise
-from tfsubmit.targets import LocalTarget, get_target
+from tfsubmit.pipeline.supervise import supervise
+from tfsubmit.service.processes import processes_of_run
+from tfsubmit.spec.process import ProcessSpec
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.config import get_target
+from tfsubmit.targets.local import LocalTarget
 
 SPAWN_AND_SLEEP = """
 import subprocess, sys, time

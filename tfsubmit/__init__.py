@@ -18,23 +18,26 @@ from tfsubmit.runtime import RunContext, run_context
 __version__ = "0.1.0"
 
 _LAZY = {
-    "TensorFlow": "tfsubmit.spec",
-    "TrainingJob": "tfsubmit.spec",
-    "Experiment": "tfsubmit.experiment",
-    "Run": "tfsubmit.experiment",
+    "TensorFlow": "tfsubmit.spec.job",
+    "TrainingJob": "tfsubmit.spec.job",
+    "Experiment": "tfsubmit.api",
+    "Run": "tfsubmit.api",
+    "SweepRun": "tfsubmit.api",
+    "DeploymentRun": "tfsubmit.api",
+    "open_run": "tfsubmit.api",
     "TfsubmitError": "tfsubmit.errors",
     "JobSpecError": "tfsubmit.errors",
     "RunFailedError": "tfsubmit.errors",
-    "Workspace": "tfsubmit.workspace",
+    "Workspace": "tfsubmit.store.layout",
 }
 
 __all__ = ["RunContext", "run_context", *_LAZY]
 
 if TYPE_CHECKING:
+    from tfsubmit.api import DeploymentRun, Experiment, Run, SweepRun, open_run  # noqa: F401
     from tfsubmit.errors import JobSpecError, RunFailedError, TfsubmitError  # noqa: F401
-    from tfsubmit.experiment import Experiment, Run  # noqa: F401
-    from tfsubmit.spec import TensorFlow, TrainingJob  # noqa: F401
-    from tfsubmit.workspace import Workspace  # noqa: F401
+    from tfsubmit.spec.job import TensorFlow, TrainingJob  # noqa: F401
+    from tfsubmit.store.layout import Workspace  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

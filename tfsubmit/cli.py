@@ -21,15 +21,15 @@ import sys
 import time
 
 from tfsubmit.errors import RunFailedError, TfsubmitError
-from tfsubmit.workspace import Workspace
+from tfsubmit.store.layout import Workspace
 
 
 def _load(path: str):
     """A job or a sweep (a YAML with `estimator:` and `space:`), and its experiment."""
     import yaml
 
-    from tfsubmit.spec import load_job_file
-    from tfsubmit.tuning import is_sweep_data, load_sweep_file
+    from tfsubmit.spec.job import load_job_file
+    from tfsubmit.spec.sweep import is_sweep_data, load_sweep_file
 
     try:
         with open(path) as handle:
@@ -40,7 +40,7 @@ def _load(path: str):
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import Experiment
+    from tfsubmit.api import Experiment
 
     job, experiment = _load(args.job)
     experiment = Experiment(args.experiment or experiment or "default", workspace=args.workspace)
@@ -89,7 +89,7 @@ def _print_trials(run) -> None:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import SweepRun
+    from tfsubmit.api import SweepRun
 
     run = SweepRun(args.run, workspace=args.workspace).resume()
     print(f"Resumed sweep {run.id}", flush=True)
@@ -97,22 +97,26 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _image(args: argparse.Namespace) -> int:
-    from tfsubmit.images import bootstrap_base
-    from tfsubmit.targets import get_target
+    from tfsubmit.targets.config import load_targets
+    from tfsubmit.targets.docker import DockerTarget
+    from tfsubmit.targets.images import bootstrap_base
 
-    target = get_target(args.target, Workspace(args.workspace).root)
-    if not getattr(target, "builds_images", False):
+    config = load_targets(Workspace(args.workspace).root).get(args.target)
+    if config is None or config.type != "docker":
         raise TfsubmitError(f"--target: {args.target!r} is not a docker target")
+    target = DockerTarget(args.target, config)
     began = time.monotonic()
-    tag = bootstrap_base(target.client, target.config.base_image,
-                         on_line=lambda line: print(line, flush=True))
-    print(f"base image {tag} ready on {target.config.base_url} "
-          f"({time.monotonic() - began:.1f} s)")
+    try:
+        tag = bootstrap_base(target.client, config.base_image,
+                             on_line=lambda line: print(line, flush=True))
+    finally:
+        target.close()
+    print(f"base image {tag} ready on {config.base_url} ({time.monotonic() - began:.1f} s)")
     return 0
 
 
 def _print_metrics(metrics: dict[str, list[float]]) -> None:
-    from tfsubmit.runtime import TOTAL_EPOCHS
+    from tfsubmit.runtime.metrics import TOTAL_EPOCHS
 
     for name, values in sorted(metrics.items()):
         if name == TOTAL_EPOCHS:
@@ -123,7 +127,7 @@ def _print_metrics(metrics: dict[str, list[float]]) -> None:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from tfsubmit.prefect_api import api_url
+    from tfsubmit.service.server import api_url
 
     url = api_url(args.workspace, start=False)
     if url:
@@ -133,7 +137,7 @@ def _runs(args: argparse.Namespace) -> int:
     if not records:
         print("no runs yet")
         return 0
-    from tfsubmit.experiment import Run
+    from tfsubmit.api import Run
 
     print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} DURATION")
     for record in records:
@@ -147,7 +151,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _runs_from_api(args: argparse.Namespace, url: str) -> int:
     """Flow runs of `submit-training` and `sweep`, wherever they ran (here or on a worker)."""
-    from tfsubmit.prefect_api import PrefectAPI, status_of
+    from tfsubmit.service.prefect_api import PrefectAPI, status_of
 
     api = PrefectAPI(url)
     flow_runs = api.flow_runs(flow_names=["submit-training", "sweep"],
@@ -169,7 +173,7 @@ def _runs_from_api(args: argparse.Namespace, url: str) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import open_run
+    from tfsubmit.api import open_run
 
     run = open_run(args.run, workspace=args.workspace)
     details = run.get_details()
@@ -177,7 +181,7 @@ def _show(args: argparse.Namespace) -> int:
     if hasattr(run, "paths"):
         details["run_folder"] = str(run.paths.root)
     if details.get("prefect_api_url") and details.get("flow_run_id"):
-        from tfsubmit.prefect_api import flow_run_link
+        from tfsubmit.service.prefect_api import flow_run_link
 
         details["prefect_ui"] = flow_run_link(details["prefect_api_url"], details["flow_run_id"])
     print(json.dumps(details, indent=2, sort_keys=True))
@@ -185,7 +189,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import open_run
+    from tfsubmit.api import open_run
 
     for line in open_run(args.run, workspace=args.workspace).stream_logs(follow=args.follow):
         print(line, flush=True)
@@ -193,7 +197,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from tfsubmit.experiment import open_run
+    from tfsubmit.api import open_run
 
     run = open_run(args.run, workspace=args.workspace)
     before = run.get_status()
@@ -203,7 +207,7 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from tfsubmit import server
+    from tfsubmit.service import server
 
     workspace = Workspace(args.workspace)
     if args.action == "start":

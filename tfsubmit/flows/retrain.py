@@ -16,30 +16,12 @@ from prefect.runtime import flow_run
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.flows.submit import submit_training
-from tfsubmit.prefect_api import artifact_key
-from tfsubmit.registry import ModelRegistry, better, check_goal
-from tfsubmit.runtime import read_metrics
-from tfsubmit.spec import TrainingJob, load_job_file, validate_experiment_name
-from tfsubmit.workspace import RunPaths, Workspace, read_json
-
-
-def last_values(ws: Workspace, run_id: str) -> dict[str, float]:
-    """The last value of each metric the run logged."""
-    metrics = read_metrics([RunPaths(ws.runs / run_id).metrics])
-    return {name: values[-1] for name, values in metrics.items()}
-
-
-def best_earlier(ws: Workspace, experiment: str, metric: str, goal: str,
-                 exclude: str) -> tuple[str, float] | None:
-    """The experiment's earlier completed run with the best final `metric`."""
-    best = None
-    for record in ws.list_runs(experiment):
-        if record["id"] == exclude or record.get("status") != "Completed":
-            continue
-        value = last_values(ws, record["id"]).get(metric)
-        if value is not None and (best is None or better(value, best[1], goal)):
-            best = (record["id"], value)
-    return best
+from tfsubmit.service.prefect_api import artifact_key
+from tfsubmit.spec.goals import better, check_goal
+from tfsubmit.spec.job import TrainingJob, load_job_file, validate_experiment_name
+from tfsubmit.store.layout import Workspace
+from tfsubmit.store.record import RunRecord
+from tfsubmit.store.registry import ModelRegistry, best_earlier, last_values
 
 
 def _job_with(job: dict[str, Any] | str, script_params: dict[str, Any] | None
@@ -88,7 +70,7 @@ def retrain(
     run_id = ws.new_run_id(experiment)
     state = submit_training(job=data, experiment=experiment, run_id=run_id,
                             workspace=str(ws.root), return_state=True)
-    record = read_json(ws.runs / run_id / "run.json") or {}
+    record = RunRecord(ws.paths_of(run_id)).read()
     if not state.is_completed():
         raise TfsubmitError(f"training run {run_id} {record.get('status', 'failed')}: "
                             f"{record.get('error') or state.message}; nothing promoted")
@@ -105,7 +87,7 @@ def retrain(
     }
     if better(value, earlier and earlier[1], goal):
         info = ModelRegistry(ws).promote(
-            experiment, run_id=run_id, outputs=ws.runs / run_id / "outputs", metric=metric,
+            experiment, run_id=run_id, outputs=ws.paths_of(run_id).outputs, metric=metric,
             value=value, goal=goal, metrics=latest, flow_run_id=str(flow_run.id))
         decision.update(promoted=True, version=info["version"])
         log.info(f"promoted run {run_id} as {experiment} version {info['version']}: {metric} "
@@ -127,7 +109,7 @@ def _earlier_text(earlier: tuple[str, float] | None) -> str:
 
 
 def _decision_markdown(decision: dict[str, Any], ws: Workspace) -> str:
-    folder = ws.root / "models" / decision["experiment"] / str(decision["version"])
+    folder = ModelRegistry(ws).path(decision["experiment"], decision["version"] or 0)
     verdict = (f"**Promoted** as version {decision['version']} (`{folder}`)"
                if decision["promoted"]
                else "**Not promoted**: not better than the best earlier run")

@@ -2,7 +2,7 @@
 
 The plan is one process, `mpirun`, on the first node; it starts node_count x
 process_count_per_node ranks (`--map-by slot`: the first node's slots first). Each rank runs
-`python -m tfsubmit.remote rank SCRIPT ARGS`, which moves into that rank's own run folder
+`python -m tfsubmit.runtime.rank SCRIPT ARGS`, which moves into that rank's own run folder
 (hosts may share a file system), sets its GPU, and runs the script in-process.
 No shell string is built here: the argv is a list, the ssh agent one element of it.
 """
@@ -10,13 +10,16 @@ No shell string is built here: the argv is a list, the ssh agent one element of 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from tfsubmit.errors import JobSpecError
-from tfsubmit.launchers.single_node import job_env
-from tfsubmit.process import Node, ProcessSpec
-from tfsubmit.spec import TrainingJob
+from tfsubmit.launchers.base import Launcher, Plan, Preflight, job_env
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import DEFAULT_LAUNCH, LaunchOptions, Node, ProcessSpec, RemoteShell
 
+RANK_MODULE = "tfsubmit.runtime.rank"
+PREFLIGHT_SECONDS = 60
 PREFLIGHT = (
     "import sys\n"
     "from mpi4py import MPI\n"
@@ -27,21 +30,14 @@ PREFLIGHT = (
 )
 
 
-@dataclass(frozen=True)
-class SSHAgent:
-    """How mpirun on the first node reaches the others."""
-
-    key_file: str
-    port: int
-    known_hosts: str
-
-    def argv(self) -> str:
-        # One argv element; Open MPI splits it on spaces (so paths must not hold spaces).
-        return " ".join([
-            "ssh", "-i", self.key_file, "-p", str(self.port),
-            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "ConnectTimeout=10",
-        ])
+def ssh_agent(shell: RemoteShell) -> str:
+    """mpirun's `plm_rsh_agent`: one argv element; Open MPI splits it on spaces (so paths
+    must not hold spaces)."""
+    return " ".join([
+        "ssh", "-i", shell.key_file, "-p", str(shell.port),
+        "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={shell.known_hosts}", "-o", "ConnectTimeout=10",
+    ])
 
 
 @dataclass(frozen=True)
@@ -77,8 +73,7 @@ def plan_horovod(
     nodes: list[Node],
     *,
     run_id: str,
-    as_root: bool,
-    agent: SSHAgent | None = None,
+    options: LaunchOptions = DEFAULT_LAUNCH,
     program: tuple[str, ...] | None = None,
 ) -> MPIPlan:
     """`mpirun` for the job's ranks. `program` replaces the entry script (the pre-flight)."""
@@ -89,7 +84,7 @@ def plan_horovod(
     hosts = ["localhost" if n == "127.0.0.1" and len(used) == 1 else n for n in names]
     env = job_env(job, run_id=run_id, node=used[0], role="rank", index=0)
     # Unbuffered output reaches mpirun in pieces, and `--tag-output` then tags (and mixes)
-    # pieces of lines; ranks use line buffering instead (see tfsubmit.remote.rank).
+    # pieces of lines; ranks use line buffering instead (see tfsubmit.runtime.rank).
     del env["PYTHONUNBUFFERED"]
     env.update({
         "PYTHONPATH": used[0].runtime,
@@ -101,18 +96,18 @@ def plan_horovod(
     if job.legacy_keras:
         env["TF_USE_LEGACY_KERAS"] = "1"
     argv = ["mpirun"]
-    if as_root:
+    if options.as_root:
         argv.append("--allow-run-as-root")
     argv += ["-np", str(len(ranks)),
              "-H", ",".join(f"{host}:{per_node}" for host in hosts),
              "--bind-to", "none", "--map-by", "slot", "--tag-output"]
-    if agent is not None:
-        argv += ["--mca", "plm_rsh_agent", agent.argv()]
+    if options.remote_shell is not None:
+        argv += ["--mca", "plm_rsh_agent", ssh_agent(options.remote_shell)]
     network = shared_network(names)
     argv += ["--mca", "oob_tcp_if_include", network, "--mca", "btl_tcp_if_include", network]
     for name, value in env.items():
         argv += ["-x", f"{name}={value}"]
-    body = program or ("-m", "tfsubmit.remote", "rank", job.entry_script,
+    body = program or ("-m", RANK_MODULE, job.entry_script,
                        *job.script_arguments())
     argv += [used[0].python, *body]
     spec = ProcessSpec(
@@ -127,3 +122,54 @@ def plan_horovod(
 def plan_preflight(job: TrainingJob, nodes: list[Node], **kwargs) -> MPIPlan:
     """An mpi4py allreduce across every slot, started exactly as the job will be."""
     return plan_horovod(job, nodes, program=("-c", PREFLIGHT), **kwargs)
+
+
+_RANK = re.compile(r"process rank (\d+)|Process name: \[\[\d+,\d+\],(\d+)\]")
+
+
+@dataclass(frozen=True)
+class _AllreduceCheck(Preflight):
+    def failure(self, first_host: str, failing: list[str]) -> str:
+        advice = ("check that Open MPI and the network between the hosts work (logs in "
+                  "logs/preflight*)")
+        if not self.pairs:
+            return (f"MPI pre-flight failed on {first_host}: {self.description} did not "
+                    f"complete within {self.seconds:g} s; " + advice)
+        where = ", ".join(failing) if failing else "the hosts together (each pair works)"
+        return (f"MPI pre-flight failed: {where} cannot join an allreduce with {first_host} "
+                f"within {self.seconds:g} s; " + advice)
+
+
+class Horovod(Launcher):
+    """Horovod ranks under one `mpirun`, checked first by an mpi4py allreduce."""
+
+    def plan(self, job: TrainingJob, nodes: list[Node], *, run_id: str,
+             options: LaunchOptions) -> Plan:
+        return Plan((plan_horovod(job, nodes, run_id=run_id, options=options).spec,))
+
+    def preflight(self, job: TrainingJob, nodes: list[Node], *, run_id: str,
+                  options: LaunchOptions) -> Preflight:
+        """An allreduce across every slot, with a short timeout; on failure, one between the
+        first node and each other, to name the hosts that cannot join (instead of the
+        silent hang users of mpirun know)."""
+        pair = job.model_copy(update={"node_count": 2, "process_count_per_node": 1})
+        return _AllreduceCheck(
+            description=(f"mpi4py allreduce across {job.node_count} node(s) x "
+                         f"{job.process_count_per_node} slot(s)"),
+            whole=plan_preflight(job, nodes, run_id=run_id, options=options).spec,
+            pairs={node.host: plan_preflight(pair, [nodes[0], node], run_id=run_id,
+                                             options=options).spec
+                   for node in nodes[1: job.node_count]},
+            seconds=PREFLIGHT_SECONDS,
+        )
+
+    def explain(self, reason: str | None, plan: Plan, log_lines: list[str]) -> str | None:
+        """mpirun says which rank ended the job; put its rank and host into the reason."""
+        spec = plan.specs[0]
+        for line in log_lines:
+            match = _RANK.search(line) if line.startswith("[mpirun:") else None
+            if match:
+                rank = int(match[1] or match[2])
+                host = spec.rank_hosts[rank] if rank < len(spec.rank_hosts) else "?"
+                return f"rank {rank}@{host} failed ({reason}; {line.split('] ', 1)[1].strip()})"
+        return reason

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from tfsubmit.process import Node, ProcessSpec
-from tfsubmit.spec import TrainingJob
-
-
-def job_env(job: TrainingJob, *, run_id: str, node: Node, role: str, index: int) -> dict[str, str]:
-    """Variables every process of a job gets; the user's own come last but cannot clash."""
-    return {
-        "PYTHONUNBUFFERED": "1",
-        "TFSUBMIT_RUN_ID": run_id,
-        "TFSUBMIT_ROLE": role,
-        "TFSUBMIT_INDEX": str(index),
-        "TFSUBMIT_METRICS_FILE": f"{node.workdir}/.tfsubmit/metrics-{role}-{index}.jsonl",
-        "TFSUBMIT_OUTPUTS": f"{node.workdir}/outputs",
-        **job.environment_variables,
-    }
+from tfsubmit.launchers.base import Launcher, Plan, job_env
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 
 
 def plan_single_node(job: TrainingJob, node: Node, *, run_id: str) -> list[ProcessSpec]:
@@ -33,3 +21,9 @@ def plan_single_node(job: TrainingJob, node: Node, *, run_id: str) -> list[Proce
             index=0,
         )
     ]
+
+
+class SingleNode(Launcher):
+    def plan(self, job: TrainingJob, nodes: list[Node], *, run_id: str,
+             options: LaunchOptions) -> Plan:
+        return Plan(tuple(plan_single_node(job, nodes[0], run_id=run_id)))

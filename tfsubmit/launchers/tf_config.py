@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from tfsubmit.launchers.single_node import job_env
-from tfsubmit.process import Node, ProcessSpec
-from tfsubmit.spec import TrainingJob
+from tfsubmit.launchers.base import job_env
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import Node, ProcessSpec
 
 PORT_RANGE = (20000, 29999)
 PORTS_PER_JOB = 50
@@ -32,10 +33,11 @@ class Task:
     index: int
     node: Node
     port: int
+    host_name: str = ""  # where the task is reached, when not at its node's address
 
     @property
     def address(self) -> str:
-        return f"{self.node.address or self.node.host}:{self.port}"
+        return f"{self.host_name or self.node.address or self.node.host}:{self.port}"
 
 
 def base_port(run_id: str) -> int:
@@ -44,17 +46,20 @@ def base_port(run_id: str) -> int:
     return low + int(hashlib.sha256(run_id.encode()).hexdigest(), 16) % slots * PORTS_PER_JOB
 
 
-def place(roles: list[tuple[str, int]], nodes: list[Node], *, run_id: str) -> list[Task]:
+def place(roles: list[tuple[str, int]], nodes: list[Node], *, run_id: str,
+          task_host: Callable[[str, int], str] | None = None) -> list[Task]:
     """Assign (type, index) tasks to nodes round-robin, each with its own port.
 
     Ports are unique across the whole job, not only per host: TensorFlow servers bind
     0.0.0.0, so two "hosts" that are one machine (test hosts, several addresses of one
-    box) must not share a port either.
+    box) must not share a port either. With `task_host`, each task is reached at its own
+    host name (one container per task) instead of its node's address.
     """
     if not nodes:
         raise ValueError("no nodes to place tasks on")
     first = base_port(run_id)
-    return [Task(kind, index, nodes[n % len(nodes)], first + n)
+    return [Task(kind, index, nodes[n % len(nodes)], first + n,
+                 task_host(kind, index) if task_host else "")
             for n, (kind, index) in enumerate(roles)]
 
 

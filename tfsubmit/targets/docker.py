@@ -16,7 +16,7 @@ exactly what the run created, and `close()` leaves no container or network behin
 from __future__ import annotations
 
 import io
-import json
+import os
 import re
 import sys
 import tarfile
@@ -24,15 +24,27 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from tfsubmit.environment import Environment, EnvironmentSpec
 from tfsubmit.errors import TargetError
-from tfsubmit.images import ENV_PYTHON, LABEL, bootstrap_base, image_freeze, resolve_image
-from tfsubmit.process import Node, ProcessSpec
-from tfsubmit.targets.config import DockerTargetConfig
-from tfsubmit.targets.local import LocalTarget
+from tfsubmit.spec.environment import Environment, EnvironmentSpec
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
+from tfsubmit.store.cancel import CancelFlag
+from tfsubmit.store.layout import NODE_FOLDERS
+from tfsubmit.store.objects import materialize
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.base import Provisioned, ProvisionRequest
+from tfsubmit.targets.images import (
+    ENV_PYTHON,
+    LABEL,
+    bootstrap_base,
+    image_exists,
+    image_freeze,
+    resolve_image,
+)
+from tfsubmit.targets.local import local_metric_files, make_workdir, move_node_files
+from tfsubmit.targets.settings import DockerTargetConfig
 
 RUN_LABEL = f"{LABEL}.run"
-COPIED_BACK = ("outputs", "logs", ".tfsubmit")
 
 
 def _client(config: DockerTargetConfig, *, timeout: float | None):
@@ -83,7 +95,7 @@ def _copy_back(container, workdir: str) -> None:
     """A remote container's outputs/, logs/ and metric files into the local work folder."""
     import docker.errors
 
-    for name in COPIED_BACK:
+    for name in NODE_FOLDERS:
         try:
             stream, _ = container.get_archive(f"{workdir}/{name}")
         except docker.errors.NotFound:
@@ -146,17 +158,11 @@ class DockerProcess:
             pass  # not running any more
 
 
-class DockerTarget(LocalTarget):
+class DockerTarget:
     """Containers on one Docker engine; the run folder is bind-mounted into them."""
 
-    remote = False
-    builds_images = True
-    runs_as_root = True  # containers run as root: mpirun needs --allow-run-as-root
-
     def __init__(self, name: str, config: DockerTargetConfig) -> None:
-
         self.name = name
-        self.host = name
         self.config = config
         # A remote engine cannot see this machine's folders: copy them in and out instead.
         self.copy_files = config.base_url.startswith("ssh://")
@@ -171,34 +177,47 @@ class DockerTarget(LocalTarget):
             raise TargetError(f"compute_target {name!r}: the Docker engine at "
                               f"{config.base_url} does not answer ({exc}); start dockerd or "
                               "fix base_url in targets.yaml") from None
-        self.image: str | None = None
+        self.gpu_request = None
+        # Set by provision: this target object serves that one run.
         self.run_id: str | None = None
+        self.image: str | None = None
         self.runtime = ""
         self.network = None
-        self.gpu_request = None
 
     # -- environment and nodes -----------------------------------------------------------------
 
-    def resolve_environment(self, spec: EnvironmentSpec, *, custom_image: str | None,
-                            use_gpu: bool, pip_packages: list[str], on_line) -> Environment:
-        """Find or build the job's image: on custom_docker_image, else tfsubmit's base."""
-        self._check_gpus(use_gpu)
-        if custom_image:
-            from tfsubmit.images import image_exists
+    def hosts(self) -> list[Node]:
+        return [Node(host=self.name, workdir="", slots=os.cpu_count() or 1, gpus=self._gpus(),
+                     address="127.0.0.1")]
 
-            if not image_exists(self.client, custom_image):
+    def _gpus(self) -> int:
+        return 0 if not self.config.gpus or self.config.gpus == "all" else int(self.config.gpus)
+
+    def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
+                            log: RunLog, cancel: CancelFlag) -> Environment:
+        """The job's image: found by its hash or built offline, on custom_docker_image or
+        on tfsubmit's base."""
+        self._check_gpus(job.use_gpu)
+
+        def on_line(line: str) -> None:
+            log.write(f"[tfsubmit:image] {line}")
+
+        if job.custom_docker_image:
+            if not image_exists(self.client, job.custom_docker_image):
                 raise TargetError(
-                    f"custom_docker_image: {custom_image!r} is not on the engine at "
-                    f"{self.config.base_url}; load or build it there first (tfsubmit never "
+                    f"custom_docker_image: {job.custom_docker_image!r} is not on the engine "
+                    f"at {self.config.base_url}; load or build it there first (tfsubmit never "
                     "pulls)")
-            base = custom_image
+            base = job.custom_docker_image
         else:
             base = bootstrap_base(self.client, self.config.base_image, on_line=on_line)
-        self.image, reused, seconds = resolve_image(self.client, spec, base=base,
-                                                    pip_packages=pip_packages, on_line=on_line)
-        return Environment(self.image.split(":", 1)[1], path=self.image, python=ENV_PYTHON,
-                           reused=reused, freeze=image_freeze(self.client, self.image),
-                           build_seconds=seconds)
+        image, reused, seconds = resolve_image(self.client, spec, base=base,
+                                               pip_packages=job.pip_packages, on_line=on_line)
+        env = Environment(image.split(":", 1)[1], path=image, python=ENV_PYTHON, reused=reused,
+                          freeze=image_freeze(self.client, image), build_seconds=seconds,
+                          image=image)
+        log.event(f"image {image}: {env.how()}")
+        return env
 
     def _check_gpus(self, use_gpu: bool) -> None:
         if not use_gpu:
@@ -216,13 +235,24 @@ class DockerTarget(LocalTarget):
         count = -1 if self.config.gpus == "all" else int(self.config.gpus)
         self.gpu_request = [DeviceRequest(count=count, capabilities=[["gpu"]])]
 
-    def provision(self, run_dir: Path, *, python: str, runtime: str) -> Node:
-        node = super().provision(run_dir, python=python, runtime=runtime)
-        self.run_id = run_dir.name
-        self.runtime = runtime
-        gpus = 0 if not self.config.gpus or self.config.gpus == "all" else int(self.config.gpus)
-        return Node(host=self.host, workdir=node.workdir, slots=node.slots, gpus=gpus,
-                    python=python, runtime=runtime, address="127.0.0.1")
+    def provision(self, request: ProvisionRequest) -> Provisioned:
+        """The run's working folder (bind-mounted, or copied in for ssh:// engines)."""
+        workdir = make_workdir(request.run_dir)
+        materialize(request.snapshot, request.store, workdir)
+        self.run_id = request.run_id
+        self.image = request.environment.image
+        self.runtime = str(request.runtime)
+        node = Node(host=self.name, workdir=str(workdir), slots=os.cpu_count() or 1,
+                    gpus=self._gpus(), python=request.environment.python,
+                    runtime=self.runtime, address="127.0.0.1")
+        return Provisioned([node], {node.host: request.environment})
+
+    def launch_options(self) -> LaunchOptions:
+        """Containers run as root (mpirun needs --allow-run-as-root); mpirun's ranks run in
+        one container (no remote shell); each task is reached by its container's name."""
+        run_id = self.run_id or ""
+        return LaunchOptions(as_root=True,
+                             task_host=lambda role, index: container_name(run_id, role, index))
 
     # -- processes -----------------------------------------------------------------------------
 
@@ -235,22 +265,9 @@ class DockerTarget(LocalTarget):
                 _name(f"tfsubmit-{self.run_id}"), driver="bridge", labels=self._labels())
         return self.network
 
-    def _tf_config(self, value: str) -> str:
-        """Point each task's address at its container's name (ports stay as planned)."""
-        config = json.loads(value)
-        for role, addresses in config.get("cluster", {}).items():
-            config["cluster"][role] = [
-                f"{container_name(self.run_id, role, i)}:{address.rsplit(':', 1)[1]}"
-                for i, address in enumerate(addresses)
-            ]
-        return json.dumps(config)
-
     def start(self, spec: ProcessSpec) -> DockerProcess:
-        if self.image is None:
-            raise TargetError("the Docker target has no image: resolve_environment first")
-        env = dict(spec.env)
-        if "TF_CONFIG" in env:
-            env["TF_CONFIG"] = self._tf_config(env["TF_CONFIG"])
+        if not self.image:
+            raise TargetError("the Docker target has no image: provision it first")
         workdir = str(Path(spec.cwd))
         mounts = {workdir: {"bind": workdir, "mode": "rw"}}
         if self.runtime:
@@ -264,7 +281,7 @@ class DockerTarget(LocalTarget):
             hostname=re.sub(r"[^a-zA-Z0-9-]", "-", name)[-63:].strip("-"),  # Open MPI: no "_"
             init=True,  # signals reach the job; its children are reaped
             working_dir=workdir,
-            environment=env,
+            environment=dict(spec.env),
             labels=self._labels(**{f"{LABEL}.role": spec.role,
                                    f"{LABEL}.index": str(spec.index)}),
             network=self._ensure_network().name,
@@ -284,11 +301,11 @@ class DockerTarget(LocalTarget):
         return self.client.containers.list(all=all, filters={"label": f"{RUN_LABEL}="
                                                               f"{self.run_id}"})
 
-    def leftovers(self, run_id: str) -> list[tuple[str, int]]:
+    def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
         """Containers of the run still running."""
         return [(c.name, c.short_id) for c in self._containers()]
 
-    def kill(self, processes: list[tuple[str, int]]) -> None:
+    def kill(self, processes: list[tuple[str, int | str]]) -> None:
         names = {name for name, _ in processes}
         self._remove([c for c in self._containers(all=True) if c.name in names])
 
@@ -300,6 +317,19 @@ class DockerTarget(LocalTarget):
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def metric_files(self, nodes: list[Node]) -> list[Path]:
+        """The bind-mounted metric files (ssh:// engines' arrive when a container ends)."""
+        return local_metric_files(nodes)
+
+    def last_activity(self, nodes: list[Node]) -> float:
+        return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
+
+    def collect(self, node: Node, dest: Path) -> list[str]:
+        move_node_files(Path(node.workdir), dest)
+        return []
 
     def close(self) -> None:
         """Remove the run's containers (stopped or not) and its network."""
@@ -314,7 +344,3 @@ class DockerTarget(LocalTarget):
             self.network = None
         self.client.close()
         self.streams.close()
-
-    def mpi_ssh(self) -> None:
-        """mpirun's ranks run inside one container: no remote shell."""
-        return None

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from tfsubmit.process import Node, ProcessSpec
-from tfsubmit.procfs import processes_of_run
+from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
+from tfsubmit.service.processes import kill_pids, processes_of_run, signal_group
+from tfsubmit.spec.environment import Environment, EnvironmentSpec
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
+from tfsubmit.store.cancel import CancelFlag
+from tfsubmit.store.layout import NODE_FOLDERS
+from tfsubmit.store.objects import materialize
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.base import Provisioned, ProvisionRequest, refuse_custom_image
+from tfsubmit.targets.envbuild import MARKER, resolve_environment
 
 # Variables of the orchestrator's own Python that must not leak into the job's interpreter.
 _DROPPED = ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "CONDA_PREFIX", "PYTHONSTARTUP")
@@ -35,10 +44,7 @@ class LocalProcess:
         return self._popen.poll()
 
     def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pid, sig)
-        except ProcessLookupError:
-            pass
+        signal_group(self.pid, sig)
 
 
 def gpu_count() -> int:
@@ -53,87 +59,120 @@ def gpu_count() -> int:
     return len(listing.stdout.split()) if listing.returncode == 0 else 0
 
 
+def base_env() -> dict[str, str]:
+    """This process's environment, less what belongs to the orchestrator's own Python."""
+    return {key: value for key, value in os.environ.items()
+            if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)}
+
+
+def start_local(spec: ProcessSpec) -> LocalProcess:
+    """Start a spec on this machine in its own session and process group."""
+    env = base_env()
+    if os.path.isabs(spec.argv[0]):
+        env["PATH"] = os.pathsep.join([os.path.dirname(spec.argv[0]), env.get("PATH", "")])
+    env.update(spec.env)
+    popen = subprocess.Popen(
+        list(spec.argv),
+        cwd=spec.cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        start_new_session=True,  # own session and process group: cancel hits all of it
+    )
+    return LocalProcess(spec, popen)
+
+
+def make_workdir(run_dir: Path) -> Path:
+    """The run's local working directory, with the folders the job writes into."""
+    workdir = run_dir / "work"
+    for name in NODE_FOLDERS:
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
+def move_node_files(workdir: Path, dest: Path) -> None:
+    """Move a local node's outputs/, logs/ and metric files into `dest` (same disk: cheap)."""
+    for name in NODE_FOLDERS:
+        source = workdir / name
+        if not source.is_dir():
+            continue
+        target_dir = dest / name
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            target = target_dir / entry.name
+            if target.exists():
+                target = target_dir / f"job-{entry.name}"  # never overwrite tfsubmit's logs
+            shutil.move(str(entry), target)
+
+
+def local_metric_files(nodes: list[Node]) -> list[Path]:
+    """The metric files the job's processes are writing now, on this machine's disk."""
+    return [path for node in nodes
+            for path in (Path(node.workdir) / METRICS_DIR).glob(METRICS_GLOB)]
+
+
 class LocalTarget:
+    """This machine: one node, environments built in the shared cache."""
+
     name = "local"
     host = "local"
-    remote = False
-    bytes_uploaded = 0
 
-    def provision(self, run_dir: Path, *, python: str, runtime: str) -> Node:
-        """A per-run working directory with outputs/ and logs/ for the job."""
-        workdir = run_dir / "work"
-        for sub in ("outputs", "logs", ".tfsubmit"):
-            (workdir / sub).mkdir(parents=True, exist_ok=True)
-        return Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
-                    gpus=gpu_count(), python=python, runtime=runtime, address="127.0.0.1")
+    @functools.cached_property
+    def _gpus(self) -> int:
+        return gpu_count()
 
-    def base_env(self) -> dict[str, str]:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in _DROPPED and not key.startswith(_DROPPED_PREFIXES)
-        }
+    def hosts(self) -> list[Node]:
+        return [Node(host=self.host, workdir="", slots=os.cpu_count() or 1, gpus=self._gpus,
+                     address="127.0.0.1")]
+
+    def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
+                            log: RunLog, cancel: CancelFlag) -> Environment:
+        refuse_custom_image(job, self.name)
+        if not (cache / spec.hash / MARKER).exists():
+            log.event(f"environment {spec.hash}: building ({', '.join(spec.requirements)})")
+        env = resolve_environment(spec, cache, cancel=cancel,
+                                  on_line=lambda line: log.write(f"[tfsubmit:env] {line}"))
+        log.event(f"environment {env.hash}: {env.how()} ({env.python})")
         return env
 
-    def start(self, spec: ProcessSpec) -> LocalProcess:
-        env = self.base_env()
-        if os.path.isabs(spec.argv[0]):
-            env["PATH"] = os.pathsep.join([os.path.dirname(spec.argv[0]), env.get("PATH", "")])
-        env.update(spec.env)
-        popen = subprocess.Popen(
-            list(spec.argv),
-            cwd=spec.cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,  # own session and process group: cancel hits all of it
-        )
-        return LocalProcess(spec, popen)
+    def provision(self, request: ProvisionRequest) -> Provisioned:
+        """A per-run working directory with the snapshot, outputs/ and logs/ for the job."""
+        workdir = make_workdir(request.run_dir)
+        materialize(request.snapshot, request.store, workdir)
+        node = Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
+                    gpus=self._gpus, python=request.environment.python,
+                    runtime=str(request.runtime), address="127.0.0.1")
+        return Provisioned([node], {node.host: request.environment})
 
-    def leftovers(self, run_id: str) -> list[tuple[str, int]]:
+    def launch_options(self) -> LaunchOptions:
+        return LaunchOptions(as_root=os.geteuid() == 0)  # one machine: no remote shell
+
+    def start(self, spec: ProcessSpec) -> LocalProcess:
+        return start_local(spec)
+
+    def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
         """Live processes of the run, found by the run id in their environment."""
         return [(self.host, pid) for pid in processes_of_run(run_id)]
 
-    def kill(self, processes: list[tuple[str, int]]) -> None:
-        for _, pid in processes:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    def collect(self, node: Node, dest: Path) -> list[str]:
-        """Move the node's outputs/, logs/ and metric files into `dest` (same disk: cheap)."""
-        work = Path(node.workdir)
-        for name in ("outputs", "logs", ".tfsubmit"):
-            source = work / name
-            if not source.is_dir():
-                continue
-            target_dir = dest / name
-            target_dir.mkdir(parents=True, exist_ok=True)
-            for entry in source.iterdir():
-                target = target_dir / entry.name
-                if target.exists():
-                    target = target_dir / f"job-{entry.name}"  # never overwrite tfsubmit's logs
-                shutil.move(str(entry), target)
-        return []
-
-    runs_as_root = os.geteuid() == 0
-
-    def mpi_ssh(self) -> None:
-        """mpirun needs no remote shell on one machine."""
-        return None
+    def kill(self, processes: list[tuple[str, int | str]]) -> None:
+        kill_pids([int(pid) for _, pid in processes])
 
     def metric_files(self, nodes: list[Node]) -> list[Path]:
         """The metric files the job's processes are writing now (read live)."""
-        return [path for node in nodes
-                for path in (Path(node.workdir) / ".tfsubmit").glob("metrics-*.jsonl")]
+        return local_metric_files(nodes)
 
     def last_activity(self, nodes: list[Node]) -> float:
         """When the job last logged a metric (wall clock), for the hang watchdog."""
         return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
 
+    def collect(self, node: Node, dest: Path) -> list[str]:
+        move_node_files(Path(node.workdir), dest)
+        return []
+
     def close(self) -> None:
         pass
+
+

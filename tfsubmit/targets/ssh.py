@@ -22,12 +22,18 @@ from pathlib import Path
 
 import paramiko
 
-from tfsubmit.environment import Environment, EnvironmentSpec, package_hash, package_sources
 from tfsubmit.errors import TargetError
-from tfsubmit.process import Node, ProcessSpec
-from tfsubmit.remote import ENV_RESULT_PREFIX
-from tfsubmit.snapshot import ObjectStore, Snapshot
-from tfsubmit.targets.config import SSHHost, SSHTargetConfig
+from tfsubmit.runtime.metrics import METRICS_DIR, is_metrics_file
+from tfsubmit.spec.environment import Environment, EnvironmentSpec
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec, RemoteShell
+from tfsubmit.store.cancel import CancelFlag
+from tfsubmit.store.objects import ObjectStore, object_path
+from tfsubmit.store.package import package_hash, package_sources
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.agent import AGENT, ENV_RESULT_PREFIX
+from tfsubmit.targets.base import Provisioned, ProvisionRequest, refuse_custom_image
+from tfsubmit.targets.settings import SSHHost, SSHTargetConfig
 
 LineSink = Callable[[str], None]
 
@@ -196,7 +202,7 @@ def _read_all(handle) -> str:
 
 
 class SSHProcess:
-    """A process group started on a host by `python -m tfsubmit.remote run`."""
+    """A process group started on a host by `python -m tfsubmit.targets.agent run`."""
 
     def __init__(self, spec: ProcessSpec, conn: Connection, channel, pidfile: str, rt: str):
         self.spec = spec
@@ -221,7 +227,7 @@ class SSHProcess:
         if self._conn.lost:
             return
         try:
-            self._conn.run([self._conn.config.python, "-m", "tfsubmit.remote", "signal",
+            self._conn.run([self._conn.config.python, "-m", AGENT, "signal",
                             self._pidfile, str(int(sig))],
                            env={"PYTHONPATH": self._runtime}, timeout=10)
         except TargetError:
@@ -229,7 +235,8 @@ class SSHProcess:
 
 
 class SSHTarget:
-    remote = True  # environments are built on the hosts while provisioning
+    """The user's machines over SSH; each host builds the job's environment while
+    provisioning, with the same hash scheme as the local target."""
 
     def __init__(self, name: str, config: SSHTargetConfig) -> None:
         self.name = name
@@ -279,7 +286,7 @@ class SSHTarget:
 
     def _preflight(self, conn: Connection, digests: str) -> dict:
         wd = self.config.workdir
-        preflight = [self.config.python, "-m", "tfsubmit.remote", "preflight", wd,
+        preflight = [self.config.python, "-m", AGENT, "preflight", wd,
                      str(self.config.min_free_mb)]
         try:
             # Warm path: one command, when the host already has this version's runtime
@@ -325,9 +332,22 @@ class SSHTarget:
                 conn.put_bytes(path.read_bytes(), target)
         conn.put_bytes((package / "__init__.py").read_bytes(), marker)  # last: marks complete
 
-    def provision(self, *, run_id: str, snapshot: Snapshot, store: ObjectStore,
-                  env_spec: EnvironmentSpec, log: Callable[[str], None],
-                  cancel: threading.Event) -> tuple[list[Node], dict[str, Environment]]:
+    def hosts(self) -> list[Node]:
+        return [Node(host=h.address, workdir="", slots=h.slots, gpus=h.gpus, address=h.address)
+                for h in self.config.hosts]
+
+    def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
+                            log: RunLog, cancel: CancelFlag) -> Environment:
+        """Each host builds (or reuses) its own while provisioning: only the hash is known."""
+        refuse_custom_image(job, self.name)
+        log.event(f"environment {spec.hash[:16]}: built or reused on each host of "
+                  f"{self.name!r} while provisioning")
+        return Environment(spec.hash, path="", python="", reused=False, freeze="")
+
+    def provision(self, request: ProvisionRequest) -> Provisioned:
+        log = request.log.event
+        log(f"connecting to {len(self.config.hosts)} host(s) of {self.name!r}")
+        snapshot = request.snapshot
         reports = self.connect(sorted({entry.sha256 for entry in snapshot.files.values()}))
         for name, report in reports.items():
             log(f"host {name}: ok (python {report['version']}, {report['free_mb']} MB free)")
@@ -335,35 +355,33 @@ class SSHTarget:
 
         def run_dir(host: str) -> str:
             # One folder per host, even where hosts share a file system (NFS homes).
-            return posixpath.join(self.config.workdir, "runs", run_id, host)
+            return posixpath.join(self.config.workdir, "runs", request.run_id, host)
 
         def stage(conn: Connection) -> Environment:
             report = reports[conn.name]
-            self._upload_objects(conn, report["missing"], store)
-            request = {"objects": posixpath.join(self.config.workdir, "objects"),
-                       "dest": run_dir(conn.name), "manifest": manifest,
-                       "cache": self.config.env_cache,
-                       "env": _env_request(env_spec, report["version"])}
-            return self._env_command(conn, "stage", [], request, log)
+            self._upload_objects(conn, report["missing"], request.store)
+            stage_request = {"objects": posixpath.join(self.config.workdir, "objects"),
+                             "dest": run_dir(conn.name), "manifest": manifest,
+                             "cache": self.config.env_cache,
+                             "env": _env_request(request.env_spec, report["version"])}
+            return self._env_command(conn, "stage", [], stage_request, log)
 
         envs = self._each(stage)
         nodes = [
             Node(host=host.address, workdir=run_dir(host.address), slots=host.slots,
-                 gpus=host.gpus,
-                 python=envs[host.address].python, runtime=self.runtime)
+                 gpus=host.gpus, python=envs[host.address].python, runtime=self.runtime)
             for host in self.config.hosts
         ]
         for conn in self.connections.values():
             conn.start_heartbeat()
-        return nodes, envs
+        return Provisioned(nodes, envs, uploaded_bytes=self.bytes_uploaded)
 
     def _upload_objects(self, conn: Connection, missing: list[str], store: ObjectStore) -> None:
         objects = posixpath.join(self.config.workdir, "objects")
         for digest in missing:
-            folder = posixpath.join(objects, digest[:2])
-            _sftp_makedirs(conn.sftp, folder)
-            conn.put_bytes(store.path_for(digest).read_bytes(),
-                           posixpath.join(folder, digest[2:]))
+            path = posixpath.join(objects, object_path(digest))
+            _sftp_makedirs(conn.sftp, posixpath.dirname(path))
+            conn.put_bytes(store.path_for(digest).read_bytes(), path)
 
     def _build_env(self, conn: Connection, env_spec: EnvironmentSpec, version: str,
                    log: Callable[[str], None]) -> Environment:
@@ -381,7 +399,7 @@ class SSHTarget:
             else:
                 log(f"env@{conn.name}: {line}")
 
-        code = conn.stream([self.config.python, "-m", "tfsubmit.remote", command, *args],
+        code = conn.stream([self.config.python, "-m", AGENT, command, *args],
                            stdin=json.dumps(request), env={"PYTHONPATH": self.runtime},
                            on_line=on_line)
         if code != 0 or not result:
@@ -394,13 +412,13 @@ class SSHTarget:
 
     def start(self, spec: ProcessSpec) -> SSHProcess:
         conn = self.connections[spec.host]
-        pidfile = posixpath.join(spec.cwd, ".tfsubmit", f"{spec.role}-{spec.index}.pid")
+        pidfile = posixpath.join(spec.cwd, METRICS_DIR, f"{spec.role}-{spec.index}.pid")
         request = {"argv": list(spec.argv), "env": dict(spec.env), "cwd": spec.cwd,
                    "pidfile": pidfile, "path": posixpath.dirname(spec.argv[0])}
         channel = conn.client.get_transport().open_session(timeout=30)
         channel.set_combine_stderr(True)
         channel.exec_command(f"env PYTHONPATH={shlex.quote(self.runtime)} "
-                             + shell_join([self.config.python, "-m", "tfsubmit.remote", "run"]))
+                             + shell_join([self.config.python, "-m", AGENT, "run"]))
         channel.sendall((json.dumps(request) + "\n").encode())
         channel.shutdown_write()
         return SSHProcess(spec, conn, channel, pidfile, self.runtime)
@@ -411,7 +429,7 @@ class SSHTarget:
             if conn.lost:
                 continue
             try:
-                out = conn.run([self.config.python, "-m", "tfsubmit.remote", "ps", run_id],
+                out = conn.run([self.config.python, "-m", AGENT, "ps", run_id],
                                env={"PYTHONPATH": self.runtime}, timeout=15)
             except TargetError as exc:  # unreachable now: skip it, check the others
                 conn.lost = str(exc)
@@ -444,26 +462,23 @@ class SSHTarget:
                 _sftp_download_tree(conn.sftp, posixpath.join(node.workdir, sub), dest / sub)
             except (OSError, paramiko.SSHException) as exc:
                 problems.append(f"{node.host}: fetching {sub}/ failed: {exc}")
-        metrics_dir = posixpath.join(node.workdir, ".tfsubmit")
+        metrics_dir = posixpath.join(node.workdir, METRICS_DIR)
         try:
             for name in conn.sftp.listdir(metrics_dir):
-                if name.startswith("metrics-") and name.endswith(".jsonl"):
-                    (dest / ".tfsubmit").mkdir(parents=True, exist_ok=True)
-                    conn.sftp.get(posixpath.join(metrics_dir, name), str(dest / ".tfsubmit" / name))
+                if is_metrics_file(name):
+                    (dest / METRICS_DIR).mkdir(parents=True, exist_ok=True)
+                    conn.sftp.get(posixpath.join(metrics_dir, name), str(dest / METRICS_DIR / name))
         except (OSError, paramiko.SSHException) as exc:
             problems.append(f"{node.host}: fetching metrics failed: {exc}")
         return problems
 
-    @property
-    def runs_as_root(self) -> bool:
-        return self.config.user == "root"
-
-    def mpi_ssh(self) -> dict:
-        """How mpirun on the first host reaches the others: this target's key, port and
+    def launch_options(self) -> LaunchOptions:
+        """mpirun on the first host reaches the others with this target's key, port and
         known hosts (the key and known_hosts must exist at the same paths there)."""
-        return {"key_file": str(Path(self.config.key_file).expanduser()),
-                "port": self.config.port,
-                "known_hosts": str(Path(self.config.known_hosts).expanduser())}
+        shell = RemoteShell(key_file=str(Path(self.config.key_file).expanduser()),
+                            port=self.config.port,
+                            known_hosts=str(Path(self.config.known_hosts).expanduser()))
+        return LaunchOptions(as_root=self.config.user == "root", remote_shell=shell)
 
     def metric_files(self, nodes: list[Node]) -> list:
         """Metrics of SSH runs arrive when the outputs are collected."""

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from prefect import get_run_logger
 
-from tfsubmit.runlog import RunLog
+from tfsubmit.store.runlog import RunLog
 
 
 @contextlib.contextmanager

@@ -1,19 +1,17 @@
 """Live artifacts of a run in the Prefect UI: a progress bar per epoch and a metrics table.
 
-While the job runs, a thread reads the metric files the job writes and keeps two artifacts
-of the flow run current: `<run>-progress` (epoch / total_epochs, with the latest values in
-its description) and `<run>-metrics` (one row per metric, every value so far). The metrics
-table is written once more, complete, when the outputs are collected.
+While the job runs, the launch step hands the job's metrics here every second (see
+pipeline.progress) and two artifacts of the flow run are kept current: `<run>-progress`
+(epoch / total_epochs, with the latest values in its description) and `<run>-metrics`
+(one row per metric, every value so far). The metrics table is written once more, complete,
+when the outputs are collected.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import math
 import threading
-from collections.abc import Callable
-from pathlib import Path
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -24,10 +22,8 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from tfsubmit.prefect_api import artifact_key
-from tfsubmit.runtime import TOTAL_EPOCHS, read_metrics
-
-INTERVAL_SECONDS = 1.0
+from tfsubmit.runtime.metrics import TOTAL_EPOCHS
+from tfsubmit.service.prefect_api import artifact_key
 
 
 def metrics_table(metrics: dict[str, list[float]]) -> list[dict]:
@@ -96,35 +92,3 @@ def _finite(value):
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     return value
-
-
-class ProgressWatcher:
-    """Publish the job's metrics while it runs (a thread in the current Prefect context)."""
-
-    def __init__(self, artifacts: RunArtifacts, files: Callable[[], list[Path]],
-                 warn: Callable[[str], None]) -> None:
-        self.artifacts = artifacts
-        self.files = files
-        self.warn = warn
-        self._stop = threading.Event()
-        context = contextvars.copy_context()  # Prefect's run context: artifacts attach to it
-        self._thread = threading.Thread(target=context.run, args=(self._loop,), daemon=True,
-                                        name="tfsubmit-progress")
-
-    def __enter__(self) -> ProgressWatcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        warned = False
-        while not self._stop.wait(INTERVAL_SECONDS):
-            try:
-                self.artifacts.publish(read_metrics(sorted(self.files())))
-            except Exception as exc:  # the UI missing an update must never fail the job
-                if not warned:
-                    self.warn(f"could not update the progress artifacts: {exc!r}")
-                    warned = True

@@ -1,0 +1,397 @@
+"""Runs as users see them: one interface (BaseRun), three places a run's state lives.
+
+    Run            a run in this workspace: its folder and record (any process can follow,
+                   list or cancel it)
+    SweepRun       a sweep: a Run whose trials are runs of the same experiment
+    DeploymentRun  a flow run a Prefect deployment's worker executes, read through the API
+
+Readers never write a run's record: a run whose runner died is shown Failed (derived).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
+from tfsubmit.runtime.metrics import read_metrics
+from tfsubmit.service.forkserver import start_runner
+from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, status_of
+from tfsubmit.service.processes import kill_pids, pid_alive, processes_of_run
+from tfsubmit.service.server import api_url
+from tfsubmit.store.cancel import request_cancel, withdraw_cancel
+from tfsubmit.store.layout import RunPaths, Workspace, read_json
+from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
+
+POLL_SECONDS = 0.2
+
+# After the flow run has ended, its process still sends its last queued log lines.
+LAST_LOGS_SECONDS = 15.0
+# Log lines reach the API in batches, not always in time order: re-read this far back.
+LOG_WINDOW_SECONDS = 30.0
+
+
+class BaseRun:
+    """What every kind of run offers; subclasses read their state from somewhere."""
+
+    id: str
+
+    def get_details(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get_status(self) -> str:
+        return self.get_details().get("status", "Queued")
+
+    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+        raise NotImplementedError
+
+    def where(self) -> str:
+        """Where the run's logs and outputs are kept, for error messages."""
+        raise NotImplementedError
+
+    def wait_for_completion(
+        self,
+        show_output: bool = False,
+        *,
+        timeout: float | None = None,
+        raise_on_error: bool = True,
+    ) -> dict[str, Any]:
+        """Block until the run ends; with show_output, print its tagged log lines live.
+
+        Raises RunFailedError for a Failed or Canceled run unless raise_on_error is False,
+        and TimeoutError when `timeout` seconds pass first (the run keeps going).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if show_output:
+            for line in self.stream_logs(follow=True):
+                print(line, flush=True)
+                if deadline and time.monotonic() > deadline:
+                    break
+        while self.get_status() not in TERMINAL_STATUSES:
+            if deadline and time.monotonic() > deadline:
+                raise TimeoutError(f"run {self.id} still {self.get_status()} after {timeout} s")
+            time.sleep(POLL_SECONDS)
+        details = self.get_details()
+        if raise_on_error and details["status"] != "Completed":
+            raise RunFailedError(
+                f"run {self.id} {details['status']}: {details.get('error') or 'no reason given'}"
+                f" (logs kept in {self.where()})",
+                run_id=self.id,
+                status=details["status"],
+            )
+        return details
+
+
+class Run(BaseRun):
+    """One submission: status, logs, metrics, files, cancel."""
+
+    def __init__(self, run_id: str, *, workspace: str | Path | None = None) -> None:
+        self.workspace = Workspace(workspace)
+        self.paths: RunPaths = self.workspace.run_paths(run_id)
+        self.record = RunRecord(self.paths)
+        self.id = run_id
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, status={self.get_status()!r})"
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def get_details(self) -> dict[str, Any]:
+        """The run record: status, error, exit codes, timings, hashes, Prefect flow run id."""
+        record = self.record.read()
+        if record.get("status") in TERMINAL_STATUSES or self._runner_alive():
+            return record
+        time.sleep(0.2)  # its runner may have ended the run just now
+        return self.record.view(runner_alive=self._runner_alive())
+
+    def where(self) -> str:
+        return str(self.paths.root)
+
+    @property
+    def experiment(self) -> str:
+        return self.get_details().get("experiment", "default")
+
+    @property
+    def job(self) -> dict[str, Any]:
+        return read_json(self.paths.job) or {}
+
+    @property
+    def script_params(self) -> Any:
+        return self.job.get("script_params")
+
+    def get_metrics(self) -> dict[str, list[float]]:
+        """Every metric the job logged: {name: [values in order]}; live while it runs."""
+        return read_metrics(self.paths.metric_files())
+
+    def _runner_pid(self) -> int | None:
+        try:
+            return int(self.paths.runner_pid.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _runner_alive(self) -> bool:
+        pid = self._runner_pid()
+        return pid is not None and pid_alive(pid)
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+        """Lines of the merged log; with follow, keep reading until the run ends."""
+        with self.paths.output_log.open("r", errors="replace") as handle:
+            pending = ""
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    pending += chunk
+                    *complete, pending = pending.split("\n")
+                    yield from complete
+                    continue
+                if not follow or self.get_status() in TERMINAL_STATUSES:
+                    rest = handle.read()  # written between the last read and the status check
+                    pending += rest
+                    yield from (line for line in pending.split("\n") if line)
+                    return
+                time.sleep(POLL_SECONDS)
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    def cancel(self, *, timeout: float = 60.0) -> None:
+        """Stop the run: every process of it is terminated (TERM, grace, KILL) and checked gone."""
+        if self.get_status() in TERMINAL_STATUSES:
+            return
+        request_cancel(self.paths)
+        deadline = time.monotonic() + timeout
+        while self.get_status() not in TERMINAL_STATUSES and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        leftovers = processes_of_run(self.id)
+        if self.get_status() not in TERMINAL_STATUSES or leftovers:
+            runner = self._runner_pid()
+            kill_pids([pid for pid in [*leftovers, runner] if pid and pid_alive(pid)])
+            self.record.canceled()  # its runner could not end the run: the canceller does
+        if processes_of_run(self.id):
+            raise TfsubmitError(f"run {self.id}: processes {processes_of_run(self.id)} survived "
+                                "SIGKILL")
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def get_file_names(self) -> list[str]:
+        """Files of the run, relative to its folder: outputs/..., logs/..., output.log."""
+        names = []
+        for folder in (self.paths.outputs, self.paths.logs):
+            names += [str(p.relative_to(self.paths.root)) for p in folder.rglob("*") if p.is_file()]
+        names.append(self.paths.output_log.name)
+        return sorted(names)
+
+    def download_file(self, name: str, output_file_path: str | Path | None = None) -> Path:
+        source = self.paths.root / name
+        if name not in self.get_file_names():
+            raise TfsubmitError(f"run {self.id} has no file {name!r}; see get_file_names()")
+        target = Path(output_file_path or Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+        return target
+
+    def download_files(
+        self, prefix: str = "outputs/", output_directory: str | Path = "."
+    ) -> list[Path]:
+        """Copy every file whose name starts with `prefix`, keeping the relative paths."""
+        copied = []
+        for name in self.get_file_names():
+            if name.startswith(prefix):
+                target = Path(output_directory) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(self.paths.root / name, target)
+                copied.append(target)
+        return copied
+
+
+class SweepRun(Run):
+    """A hyperparameter sweep: its trials are runs of the same experiment."""
+
+    def get_trials(self) -> list[dict[str, Any]]:
+        """Every trial so far, best first: trial, run_id, params, status, value, error,
+        duration. Status is Completed, EarlyTerminated, Failed, Canceled or Running."""
+        return self.get_details().get("trials", [])
+
+    def get_children(self) -> list[Run]:
+        """The trials' runs, in trial order."""
+        rows = sorted(self.get_trials(), key=lambda row: row["trial"])
+        return [Run(row["run_id"], workspace=self.workspace.root) for row in rows]
+
+    def get_best_run(self) -> Run | None:
+        """The completed trial with the best primary metric (None if none completed)."""
+        best = self.get_details().get("best_trial")
+        return Run(best, workspace=self.workspace.root) if best else None
+
+    def resume(self) -> SweepRun:
+        """Continue an interrupted (Failed or Canceled) sweep: trials already done are kept,
+        trials cut off are run again, and new ones are drawn up to the total."""
+        details = self.get_details()
+        if details["status"] not in ("Failed", "Canceled"):
+            raise TfsubmitError(f"sweep {self.id} is {details['status']}; only a Failed or "
+                                "Canceled sweep can be resumed")
+        withdraw_cancel(self.paths)
+        # Until the new runner's pid is written, this (live) process stands in for it: a
+        # reader must not take the old runner's death for the new one's.
+        self.paths.runner_pid.write_text(str(os.getpid()))
+        self.record.requeued(resumed=time.time())
+        start_runner(self.workspace, self.paths)
+        return self
+
+
+class DeploymentRun(BaseRun):
+    """A run whose flow a deployment's worker executes: read through the Prefect API."""
+
+    def __init__(self, run_id: str, flow_run_id: str, api: PrefectAPI) -> None:
+        self.id = run_id
+        self.flow_run_id = str(flow_run_id)
+        self.api = api
+
+    def __repr__(self) -> str:
+        return f"DeploymentRun(id={self.id!r}, status={self.get_status()!r})"
+
+    @classmethod
+    def find(cls, run_id: str, api: PrefectAPI) -> DeploymentRun | None:
+        """The flow run named `run_id`, if the API has one."""
+        runs = api.flow_runs(name=run_id, limit=1)
+        return cls(run_id, runs[0]["id"], api) if runs else None
+
+    def where(self) -> str:
+        return f"the flow run {self.api.flow_run_link(self.flow_run_id)}"
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def get_details(self) -> dict[str, Any]:
+        flow_run = self.api.flow_run(self.flow_run_id)
+        state = flow_run.get("state") or {}
+        status = status_of(flow_run)
+        parameters = flow_run.get("parameters") or {}
+        return {
+            "id": self.id,
+            "status": status,
+            "state": state.get("name"),
+            "error": state.get("message") if status in ("Failed", "Canceled") else None,
+            "experiment": parameters.get("experiment"),
+            "tags": flow_run.get("tags", []),
+            "flow_run_id": self.flow_run_id,
+            "deployment_id": flow_run.get("deployment_id"),
+            "prefect_api_url": self.api.url,
+            "prefect_ui": self.api.flow_run_link(self.flow_run_id),
+            "created": flow_run.get("created"),
+            "started": flow_run.get("start_time"),
+            "finished": flow_run.get("end_time"),
+            "duration": flow_run.get("total_run_time") or 0.0,
+        }
+
+    @property
+    def experiment(self) -> str:
+        return self.get_details().get("experiment") or "default"
+
+    @property
+    def job(self) -> dict[str, Any] | str:
+        return (self.api.flow_run(self.flow_run_id).get("parameters") or {}).get("job", {})
+
+    @property
+    def script_params(self) -> Any:
+        job = self.job
+        return job.get("script_params") if isinstance(job, dict) else None
+
+    def get_metrics(self) -> dict[str, list[float]]:
+        """Every metric the job logged, from the run's `metrics` table artifact (kept
+        current while the job runs on a local target; SSH targets' come at the end)."""
+        found = self.api.artifacts(flow_run_id=self.flow_run_id,
+                                   key=artifact_key(self.id, "metrics"))
+        if not found:
+            return {}
+        rows = found[0]["data"]
+        rows = json.loads(rows) if isinstance(rows, str) else rows
+        return {row["metric"]: [float(v) for v in row["values"]] for row in rows}
+
+    def get_artifacts(self) -> list[dict[str, Any]]:
+        """The flow run's artifacts (metrics, progress, summary, outputs link), newest first."""
+        return self.api.artifacts(flow_run_id=self.flow_run_id)
+
+    # -- logs -----------------------------------------------------------------------------------
+
+    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+        """The flow run's log lines from the API, in time order; with follow, until it ends."""
+        seen: set[str] = set()
+        newest: list[str] = []
+        ended_at = None
+        while True:
+            new = self._new_logs(seen, newest)
+            for log in new:
+                yield from log["message"].splitlines()
+            finished = any(log["message"].startswith("Finished in state") and
+                           not log.get("task_run_id") for log in new)
+            if not follow or finished:
+                return
+            if ended_at is None and self.get_status() in TERMINAL_STATUSES:
+                ended_at = time.monotonic()
+            if ended_at is not None and time.monotonic() - ended_at > LAST_LOGS_SECONDS:
+                return
+            time.sleep(POLL_SECONDS * 5)
+
+    def _new_logs(self, seen: set[str], newest: list[str]) -> list[dict[str, Any]]:
+        """Lines not yet seen; re-reads a window before the newest seen, since batches from
+        the flow's tasks can land out of time order."""
+        after = None
+        if newest:
+            stamp = datetime.fromisoformat(newest[0].replace("Z", "+00:00"))
+            after = (stamp - timedelta(seconds=LOG_WINDOW_SECONDS)).isoformat()
+        logs, offset = [], 0
+        while True:
+            page = self.api.logs(self.flow_run_id, after=after, offset=offset)
+            logs += [log for log in page if log["id"] not in seen]
+            if len(page) < 200:
+                break
+            offset += len(page)
+        seen.update(log["id"] for log in logs)
+        logs.sort(key=lambda log: log["timestamp"])
+        if logs:
+            newest[:] = [max([logs[-1]["timestamp"], *newest])]
+        return logs
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    def cancel(self, *, timeout: float = 60.0) -> None:
+        """Ask Prefect to cancel the flow run; the flow stops the job's processes and the
+        worker ends the flow run's process. Waits until the run has ended."""
+        if self.get_status() in TERMINAL_STATUSES:
+            return
+        self.api.set_state(self.flow_run_id, "CANCELLING", "canceled by the user")
+        deadline = time.monotonic() + timeout
+        while self.get_status() not in TERMINAL_STATUSES:
+            if time.monotonic() > deadline:
+                raise TfsubmitError(f"run {self.id} did not stop within {timeout:.0f} s of the "
+                                    "cancel; is its worker running?")
+            time.sleep(POLL_SECONDS * 5)
+
+
+def run_of(run_id: str, *, workspace: str | Path | None = None) -> Run:
+    """A run of the workspace, as a SweepRun when it is a sweep."""
+    run = Run(run_id, workspace=workspace)
+    if run.record.read().get("kind") == "sweep":
+        return SweepRun(run_id, workspace=workspace)
+    return run
+
+
+def open_run(run_id: str, *, workspace: str | Path | None = None) -> BaseRun:
+    """The run with this id: from the workspace, else a flow run of that name in the Prefect
+    API (a run a deployment's worker executed elsewhere)."""
+    try:
+        return run_of(run_id, workspace=workspace)
+    except RunNotFoundError as missing:
+        url = api_url(workspace, start=False)
+        found = url and DeploymentRun.find(run_id, PrefectAPI(url))
+        if not found:
+            raise missing from None
+        return found

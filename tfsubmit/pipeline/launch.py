@@ -1,0 +1,94 @@
+"""Step 4, launch: plan the job's processes, pre-flight check the nodes, supervise the job."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+from tfsubmit.errors import TargetError
+from tfsubmit.launchers import Plan, Preflight, launcher_for
+from tfsubmit.pipeline.context import Submission
+from tfsubmit.pipeline.progress import Metrics, MetricsWatcher
+from tfsubmit.pipeline.supervise import Outcome, RestartPolicy, supervise
+from tfsubmit.spec.environment import Environment
+from tfsubmit.spec.process import Node
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.base import Target
+
+
+def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Environment,
+                    log: RunLog, *, on_metrics: Callable[[Metrics], None] | None = None
+                    ) -> Outcome:
+    """Run the job's processes on the nodes until they are done, fail or are stopped.
+
+    `on_metrics` gets the job's metrics every second while it runs (where the target can
+    read them live).
+    """
+    sub.check_canceled()
+    job = sub.job
+    launcher = launcher_for(job)
+    options = target.launch_options()
+    check = launcher.preflight(job, nodes, run_id=sub.run_id, options=options)
+    if check is not None:
+        run_preflight(sub, target, nodes, check, log)
+    plan = launcher.plan(job, nodes, run_id=sub.run_id, options=options)
+    placed = ", ".join(f"{s.role}:{s.index}@{s.host}" for s in plan.specs)
+    log.event(f"starting {len(plan.specs)} process(es) ({placed}): "
+              f"{' '.join(plan.specs[0].argv[1:])}")
+    watching = (MetricsWatcher(lambda: target.metric_files(nodes), on_metrics, warn=log.event)
+                if on_metrics else contextlib.nullcontext())
+    with watching:
+        outcome = _supervise(sub, target, nodes, plan, log)
+    if outcome.status == "Failed":
+        outcome.reason = launcher.explain(outcome.reason, plan,
+                                          sub.paths.output_log.read_text().splitlines())
+    if outcome.status == "Canceled":
+        outcome.reason = sub.cancel.reason()
+    log.event(f"processes ended: {outcome.describe()}")
+    if outcome.restarts:
+        sub.record.note(restarts=outcome.restarts)
+    return outcome
+
+
+def run_preflight(sub: Submission, target: Target, nodes: list[Node], check: Preflight,
+                  log: RunLog) -> None:
+    """Run the launcher's check of all nodes; when it fails, check the first node with each
+    other one and raise an error naming those that cannot join."""
+
+    def passes(name: str, spec) -> bool:
+        outcome = supervise(target, [spec], run_id=sub.run_id, log=log,
+                            log_dir=sub.paths.logs / name, cancel=sub.cancel,
+                            max_seconds=check.seconds, grace_seconds=2)
+        return outcome.status == "Completed"
+
+    log.event(f"pre-flight: {check.description}")
+    if passes("preflight", check.whole):
+        return
+    failing = [host for host, spec in check.pairs.items()
+               if not passes(f"preflight-{host}", spec)]
+    raise TargetError(check.failure(nodes[0].host, failing))
+
+
+def _supervise(sub: Submission, target: Target, nodes: list[Node], plan: Plan,
+               log: RunLog) -> Outcome:
+    job = sub.job
+    return supervise(
+        target,
+        list(plan.specs),
+        run_id=sub.run_id,
+        log=log,
+        log_dir=sub.paths.logs,
+        cancel=sub.cancel,
+        max_seconds=job.max_run_duration_seconds,
+        on_started=lambda handles: sub.record.running(
+            started=time.time(), pids=[h.pid for h in handles]),
+        decides=plan.decides,
+        policy=RestartPolicy(
+            max_restarts=job.max_restarts,
+            permanent_exit_codes=frozenset(job.permanent_exit_codes),
+            alone=plan.restart_alone,
+        ),
+        hang_seconds=job.hang_timeout_seconds,
+        activity=lambda: target.last_activity(nodes),
+    )

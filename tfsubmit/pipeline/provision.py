@@ -1,0 +1,46 @@
+"""Step 3, provision: the target's nodes connected, checked, with the snapshot staged."""
+
+from __future__ import annotations
+
+from tfsubmit.errors import TargetError
+from tfsubmit.launchers.horovod import check_gpus
+from tfsubmit.pipeline.context import Submission
+from tfsubmit.spec.environment import Environment, environment_spec
+from tfsubmit.spec.process import Node
+from tfsubmit.store.objects import Snapshot
+from tfsubmit.store.package import runtime_dir
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.base import ProvisionRequest, Target
+
+
+def provision_nodes(sub: Submission, target: Target, snapshot: Snapshot, env: Environment,
+                    log: RunLog) -> list[Node]:
+    """The nodes, each with its working directory, interpreter and runtime path."""
+    sub.check_canceled()
+    job = sub.job
+    offered = target.hosts()
+    if job.node_count > len(offered):
+        raise TargetError(f"node_count: {job.node_count} nodes asked, but target "
+                          f"{target.name!r} has {len(offered)} host(s); lower node_count "
+                          "(process_count_per_node runs more processes on each), or use a "
+                          "target with that many hosts")
+    check_gpus(job, offered)
+    ready = target.provision(ProvisionRequest(
+        run_id=sub.run_id, run_dir=sub.paths.root, job=job, snapshot=snapshot, store=sub.store,
+        env_spec=environment_spec(job), environment=env,
+        runtime=runtime_dir(sub.workspace.runtime), log=log, cancel=sub.cancel,
+    ))
+    nodes = ready.nodes
+    facts = {"hosts": [node.host for node in nodes], "uploaded_bytes": ready.uploaded_bytes}
+    if not env.resolved:  # each host resolved its own
+        primary = ready.environments[nodes[0].host]
+        sub.paths.freeze.write_text(primary.freeze)
+        for host, host_env in ready.environments.items():
+            log.event(f"environment {host_env.hash}@{host}: {host_env.how()}")
+        facts.update(environment_hash=primary.hash,
+                     environment_reused=all(e.reused for e in ready.environments.values()))
+    placed = ", ".join(f"{node.host}:{node.workdir}" for node in nodes)
+    log.event(f"provisioned {len(nodes)} host(s) ({placed}); uploaded "
+              f"{ready.uploaded_bytes} bytes")
+    sub.record.note(**facts)
+    return nodes

@@ -1,0 +1,306 @@
+"""Run a job's processes on a target: stream their lines, restart failed ones per policy,
+watch for hangs, and stop them all on failure, cancel or timeout (TERM to each group, a
+grace period, then KILL), then check nothing of the run is left."""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfsubmit.errors import TfsubmitError
+from tfsubmit.service.processes import terminate_then_kill
+from tfsubmit.spec.process import ProcessSpec
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.base import Handle, Target
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """What to do when a task fails: restart it alone, restart the whole gang, or fail."""
+
+    max_restarts: int = 0
+    permanent_exit_codes: frozenset[int] = frozenset()
+    alone: Callable[[ProcessSpec], bool] = lambda spec: False
+
+    def decide(self, spec: ProcessSpec | None, code: int | None, restarts_done: int) -> str:
+        """'task', 'gang' or 'fail'. spec None means the whole job (a hang)."""
+        if code is not None and code in self.permanent_exit_codes:
+            return "fail"
+        if restarts_done >= self.max_restarts:
+            return "fail"
+        if spec is not None and self.alone(spec):
+            return "task"
+        return "gang"
+
+
+@dataclass
+class ProcessResult:
+    role: str
+    index: int
+    host: str
+    exit_code: int | None
+    log_file: str
+
+
+@dataclass
+class Outcome:
+    status: str  # Completed, Failed or Canceled
+    reason: str | None
+    results: list[ProcessResult] = field(default_factory=list)
+    duration: float = 0.0
+    restarts: list[dict] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return self.status + (f": {self.reason}" if self.reason else "")
+
+
+def supervise(
+    target: Target,
+    specs: list[ProcessSpec],
+    *,
+    run_id: str,
+    log: RunLog,
+    log_dir: Path,
+    cancel: threading.Event,
+    max_seconds: float | None = None,
+    grace_seconds: float = 10.0,
+    on_started: Callable[[list[Handle]], None] = lambda handles: None,
+    decides: Callable[[ProcessSpec], bool] = lambda spec: True,
+    policy: RestartPolicy = RestartPolicy(),
+    hang_seconds: float | None = None,
+    activity: Callable[[], float] = lambda: 0.0,
+) -> Outcome:
+    """Start every spec, stream its output, and wait until the job is done or must stop.
+
+    The job has succeeded when every process that `decides` exits 0 (by default: all of
+    them); the others (parameter servers, say) are then stopped. A failing process is
+    restarted alone or with the whole gang as `policy` says, else it fails the job. With
+    `hang_seconds`, a job that prints no line and logs no metric (`activity()` returns the
+    time of the newest metric) for that long is treated as hung.
+    """
+    run = _Run(target, specs, run_id, log, log_dir, cancel, grace_seconds)
+    started = time.monotonic()
+    ended = False
+    try:
+        run.start_all()
+        on_started(run.handles)
+        status, reason = run.watch(started, max_seconds, decides, policy, hang_seconds,
+                                   activity)
+        running = [h for h in run.handles if _poll(h) is None]
+        if running:
+            log.event(f"stopping {len(running)} process(es): {reason or 'the job is done'}")
+            run.stop_all()
+        run.finish_output()
+        run.kill_leftovers()
+        ended = True
+    finally:
+        run.close()
+        if not ended:  # stopped from outside (a signal, a bug): leave nothing of the job behind
+            run.kill_leftovers()
+    results = [
+        ProcessResult(h.spec.role, h.spec.index, h.spec.host, _poll(h),
+                      str(log_dir / h.spec.log_name))
+        for h in run.handles
+    ]
+    return Outcome(status, reason, results, time.monotonic() - started, run.restarts)
+
+
+class _Run:
+    """The live state of one supervised job: handles, their readers, activity, restarts."""
+
+    def __init__(self, target, specs, run_id, log, log_dir, cancel, grace_seconds):
+        self.target = target
+        self.specs = specs
+        self.run_id = run_id
+        self.log = log
+        self.cancel = cancel
+        self.grace_seconds = grace_seconds
+        self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.files = [(log_dir / spec.log_name).open("a", buffering=1) for spec in specs]
+        self.handles: list[Handle] = []
+        self.readers: list[threading.Thread] = []
+        self.last_line = time.monotonic()
+        self.last_line_of = [time.monotonic()] * len(specs)
+        self.restarts: list[dict] = []
+
+    # -- starting and stopping ------------------------------------------------------------------
+
+    def start(self, i: int) -> Handle:
+        handle = self.target.start(self.specs[i])
+        self.last_line_of[i] = self.last_line = time.monotonic()
+        reader = threading.Thread(target=self._read, args=(i, handle), daemon=True,
+                                  name=f"read-{handle.spec.tag}")
+        reader.start()
+        self.readers.append(reader)
+        return handle
+
+    def start_all(self) -> None:
+        self.handles = []
+        for i in range(len(self.specs)):
+            self.handles.append(self.start(i))
+
+    def _read(self, i: int, handle: Handle) -> None:
+        try:
+            for line in handle.lines():
+                self.lines.put((i, line))
+        finally:
+            self.lines.put((i, None))
+
+    def stop_all(self) -> None:
+        def send(sig: int) -> None:
+            for handle in self.handles:  # KILL the group even if its leader already exited
+                if sig == signal.SIGKILL or _poll(handle) is None:
+                    handle.signal_group(sig)
+
+        reachable = [h for h in self.handles if not _lost(h)]
+        terminate_then_kill(send, lambda: any(_poll(h) is None for h in reachable),
+                            grace=self.grace_seconds, wait=self.drain)
+
+    def kill_leftovers(self) -> None:
+        try:
+            leftovers = self.target.leftovers(self.run_id)
+            if leftovers:
+                shown = ", ".join(f"{pid}@{host}" for host, pid in leftovers)
+                self.log.event(f"killing {len(leftovers)} leftover process(es) of the run: "
+                               f"{shown}")
+                self.target.kill(leftovers)
+        except TfsubmitError as exc:
+            self.log.event(f"could not check for leftover processes: {exc}")
+
+    def finish_output(self) -> None:
+        for reader in self.readers:
+            reader.join(timeout=2.0)  # a helper that escaped the group may hold the pipe
+        self.drain()
+
+    def close(self) -> None:
+        for handle in self.handles:  # never leave a group behind, even when tfsubmit fails
+            if _poll(handle) is None:
+                handle.signal_group(signal.SIGKILL)
+        for file in self.files:
+            file.close()
+
+    # -- watching -------------------------------------------------------------------------------
+
+    def drain(self, wait: float = 0.0) -> None:
+        """Write queued lines to the process logs and the merged log."""
+        deadline = time.monotonic() + wait
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                i, line = self.lines.get(timeout=timeout) if timeout else self.lines.get_nowait()
+            except queue.Empty:
+                return
+            if line is None:
+                continue
+            self.last_line_of[i] = self.last_line = time.monotonic()
+            self.files[i].write(line + "\n")
+            self.log.line(*_tagged(self.specs[i], line))
+            deadline = time.monotonic()  # got something: empty the rest without waiting
+
+    def watch(self, started, max_seconds, decides, policy, hang_seconds, activity):
+        deciding = [decides(spec) for spec in self.specs]
+        while True:
+            self.drain(0.1)
+            if self.cancel.is_set():
+                return "Canceled", "canceled by the user"
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                return "Failed", f"exceeded max_run_duration_seconds={max_seconds:g}"
+            if hang_seconds is not None:
+                silent_for = time.monotonic() - max(self.last_line, _monotonic(activity()))
+                if silent_for > hang_seconds:
+                    reason = self._hang_reason(hang_seconds)
+                    if not self._recover(None, None, reason, policy):
+                        return "Failed", reason
+                    continue
+            try:
+                codes = [handle.poll() for handle in self.handles]
+            except TfsubmitError as exc:  # a host stopped answering
+                return "Failed", str(exc)
+            for i, code in enumerate(codes):
+                if code not in (None, 0) or (code == 0 and not deciding[i]
+                                             and any(deciding)):
+                    what = "exit code 0 before the job was done" if code == 0 else (
+                        f"signal {-code}" if code < 0 else f"exit code {code}")
+                    reason = f"{self.specs[i].tag.strip('[]')} failed with {what}"
+                    if not self._recover(i, code, reason, policy):
+                        return "Failed", reason
+                    break
+            else:
+                if all(code == 0 for code, d in zip(codes, deciding, strict=True) if d):
+                    return "Completed", None
+
+    def _hang_reason(self, hang_seconds: float) -> str:
+        now = time.monotonic()
+        quiet = ", ".join(f"{spec.tag.strip('[]')} {now - last:.0f} s"
+                          for spec, last in zip(self.specs, self.last_line_of, strict=True))
+        return (f"hung: no log line and no metric for {hang_seconds:g} s "
+                f"(hang_timeout_seconds); silent tasks: {quiet}")
+
+    def _recover(self, i: int | None, code: int | None, reason: str,
+                 policy: RestartPolicy) -> bool:
+        """Restart per policy; False when the policy says the job fails."""
+        action = policy.decide(self.specs[i] if i is not None else None, code,
+                               len(self.restarts))
+        if action == "fail":
+            if self.restarts:
+                reason_suffix = f" after {len(self.restarts)} restart(s)"
+                self.log.event(f"giving up{reason_suffix}: {reason}")
+            return False
+        attempt = len(self.restarts) + 1
+        task = self.specs[i].tag.strip("[]") if i is not None else "all tasks"
+        self.restarts.append({"task": task, "exit_code": code, "action": action,
+                              "attempt": attempt, "reason": reason, "time": time.time()})
+        scope = "it alone" if action == "task" else "the whole gang"
+        self.log.event(f"restart {attempt} of {policy.max_restarts}: {reason}; "
+                       f"restarting {scope}")
+        if action == "task":
+            self.handles[i].signal_group(signal.SIGKILL)
+            self.handles[i] = self.start(i)
+        else:
+            self.stop_all()
+            self.kill_leftovers()
+            self.start_all()
+        return True
+
+
+_MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<std(?:out|err)>:(.*?)(?:\[\d+,\d+\]<std(?:out|err)>:)?$")
+
+
+def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:
+    """The tag and text of a line; mpirun's `--tag-output` lines get their rank's tag."""
+    if spec.rank_hosts:
+        match = _MPI_TAG.match(line)
+        if match and int(match[1]) < len(spec.rank_hosts):
+            rank = int(match[1])
+            return f"[rank:{rank}@{spec.rank_hosts[rank]}]", match[2]
+    return spec.tag, line
+
+
+def _monotonic(wall_time: float) -> float:
+    """A wall-clock timestamp on the monotonic clock (0 stays very old)."""
+    if not wall_time:
+        return 0.0
+    return time.monotonic() - (time.time() - wall_time)
+
+
+def _lost(handle: Handle) -> bool:
+    try:
+        handle.poll()
+    except TfsubmitError:
+        return True
+    return False
+
+
+def _poll(handle: Handle) -> int | None:
+    """The exit code, or None while running or unknowable (its host is lost)."""
+    try:
+        return handle.poll()
+    except TfsubmitError:
+        return None

@@ -1,0 +1,140 @@
+"""A small client of the Prefect REST API: what tfsubmit reads and writes there.
+
+Plain HTTP (httpx) instead of Prefect's client: the CLI and `Run` objects that follow a
+deployment run stay quick to start (no `import prefect`), and work from any machine that can
+reach the API. A leaf: it starts nothing (service.server.api_url finds or starts a server).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tfsubmit.errors import RunNotFoundError, ServerError, TfsubmitError
+
+# Prefect's state types -> tfsubmit's statuses.
+STATUS_OF_STATE = {
+    "SCHEDULED": "Queued",
+    "PENDING": "Queued",
+    "PAUSED": "Queued",
+    "RUNNING": "Running",
+    "CANCELLING": "Running",
+    "COMPLETED": "Completed",
+    "FAILED": "Failed",
+    "CRASHED": "Failed",
+    "CANCELLED": "Canceled",
+}
+
+
+class PrefectAPI:
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    @property
+    def ui_url(self) -> str:
+        return self.url.removesuffix("/api")
+
+    def flow_run_link(self, flow_run_id: str) -> str:
+        return flow_run_link(self.url, flow_run_id)
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=body)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"the Prefect API at {self.url} does not answer ({exc}); start it "
+                              "or set PREFECT_API_URL") from None
+        if response.status_code == 404:
+            raise RunNotFoundError(f"not found in the Prefect API at {self.url}: {path}")
+        if response.status_code >= 400:
+            raise TfsubmitError(f"the Prefect API at {self.url} refused {method} {path}: "
+                                f"{response.status_code} {response.text[:300]}")
+        return response.json() if response.content else None
+
+    # -- deployments and flow runs -------------------------------------------------------------
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        if "/" not in name:
+            raise TfsubmitError(f"deployment {name!r}: write it as 'FLOW/DEPLOYMENT', e.g. "
+                                "'submit-training/default'")
+        try:
+            return self.call("GET", f"/deployments/name/{name}")
+        except RunNotFoundError:
+            raise TfsubmitError(
+                f"no deployment {name!r} in the Prefect API at {self.url}; deploy it with "
+                "`prefect deploy --all --prefect-file deployments/prefect.yaml` from the "
+                "repository root"
+            ) from None
+
+    def create_flow_run(self, deployment_id: str, *, parameters: dict, name: str,
+                        tags: list[str]) -> dict[str, Any]:
+        return self.call("POST", f"/deployments/{deployment_id}/create_flow_run",
+                         {"parameters": parameters, "name": name, "tags": tags})
+
+    def flow_run(self, flow_run_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/flow_runs/{flow_run_id}")
+
+    def flow_runs(self, *, flow_names: list[str] | None = None, tags: list[str] | None = None,
+                  name: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        """Flow runs, newest first."""
+        body: dict[str, Any] = {"sort": "EXPECTED_START_TIME_DESC", "limit": limit}
+        run_filter: dict[str, Any] = {}
+        if tags:
+            run_filter["tags"] = {"all_": tags}
+        if name:
+            run_filter["name"] = {"any_": [name]}
+        if run_filter:
+            body["flow_runs"] = run_filter
+        if flow_names:
+            body["flows"] = {"name": {"any_": flow_names}}
+        return self.call("POST", "/flow_runs/filter", body)
+
+    def set_state(self, flow_run_id: str, state_type: str, message: str = "") -> dict[str, Any]:
+        return self.call("POST", f"/flow_runs/{flow_run_id}/set_state",
+                         {"state": {"type": state_type, "message": message}, "force": True})
+
+    # -- logs and artifacts --------------------------------------------------------------------
+
+    def logs(self, flow_run_id: str, *, after: str | None = None, offset: int = 0,
+             limit: int = 200) -> list[dict]:
+        """A flow run's log lines (its tasks' too) in time order, from `after` (ISO time)."""
+        log_filter: dict[str, Any] = {"flow_run_id": {"any_": [flow_run_id]}}
+        if after:
+            log_filter["timestamp"] = {"after_": after}
+        return self.call("POST", "/logs/filter", {
+            "logs": log_filter, "sort": "TIMESTAMP_ASC", "offset": offset, "limit": limit,
+        })
+
+    def artifacts(self, *, flow_run_id: str | None = None, key: str | None = None,
+                  latest: bool = False) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"sort": "CREATED_DESC"}
+        artifact_filter: dict[str, Any] = {}
+        if key:
+            artifact_filter["key"] = {"any_": [key]}
+        if flow_run_id:
+            artifact_filter["flow_run_id"] = {"any_": [flow_run_id]}
+        if artifact_filter:
+            body["artifacts"] = artifact_filter
+        return self.call("POST", "/artifacts/latest/filter" if latest else "/artifacts/filter",
+                         body)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def flow_run_link(api: str, flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI (the current UI lives under /v2; `/` redirects
+    there, while old deep links without it open the previous UI)."""
+    return f"{api.rstrip('/').removesuffix('/api')}/v2/runs/flow-run/{flow_run_id}"
+
+
+def status_of(flow_run: dict[str, Any]) -> str:
+    state = flow_run.get("state") or {}
+    return STATUS_OF_STATE.get(state.get("type", "SCHEDULED"), "Queued")
+
+
+def artifact_key(run_id: str, suffix: str) -> str:
+    """The key of one of a run's artifacts: lowercase letters, digits and dashes only."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in run_id.lower())
+    return f"{cleaned}-{suffix}"[:100]

@@ -1,0 +1,100 @@
+"""The detached process that executes one run's flow: the service's edge to flows/.
+
+`Experiment.submit` prepares the run folder and starts `python -m tfsubmit.service.runner
+RUN_DIR` (or has the warm fork server fork one) in its own session, so the run outlives the
+submitting process and can be followed, listed and canceled from any other one. A
+`cancel.requested` file in the run folder asks the run to stop. The runner ends the run
+(its record's status) once the flow run has ended, so that both always agree.
+
+`python -m tfsubmit.service.runner --fork-server WORKSPACE` is the fork server itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from tfsubmit.service import forkserver
+from tfsubmit.service.server import ensure_server, prefect_env
+from tfsubmit.store.layout import RUNNER_ENV, RunPaths, Workspace, read_json
+from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    paths = RunPaths(Path(args[0]))
+    record = RunRecord(paths)
+    facts = record.read()
+    try:
+        workspace = Workspace(facts["workspace"])
+        os.environ.update(prefect_env(workspace))
+        os.environ["PREFECT_API_URL"] = ensure_server(workspace).api_url
+        os.environ[RUNNER_ENV] = facts["id"]
+        # Prefect reads its settings when first imported, so the flows are imported only now
+        # that they are set; a runner forked from the warm fork server re-reads them instead.
+        forked = "prefect" in sys.modules
+        from tfsubmit import flows
+
+        if forked:
+            from prefect.context import refresh_global_settings_context
+
+            refresh_global_settings_context()
+        if facts.get("kind") == "sweep":
+            run_flow, spec = flows.run_sweep, {"sweep": read_json(paths.job)}
+        else:
+            run_flow, spec = flows.submit_training, {"job": read_json(paths.job)}
+        state = run_flow(
+            **spec,
+            experiment=facts["experiment"],
+            run_id=facts["id"],
+            workspace=facts["workspace"],
+            return_state=True,
+        )
+        record.end()  # the flow run has ended: now the run does
+        return 0 if state.is_completed() else 1
+    except BaseException as exc:  # the record must never stay "Running" after we are gone
+        reason = f"the run's runner failed: {exc}"
+        if record.read().get("status") not in TERMINAL_STATUSES:
+            with paths.output_log.open("a") as log:
+                log.write(f"[tfsubmit] {reason}\n{traceback.format_exc()}")
+        record.failed(reason)
+        if isinstance(exc, Exception):
+            return 1
+        raise
+
+
+def forked_main(argv: list[str]) -> int:
+    """`main` in a child of the fork server, which leaves with os._exit."""
+    try:
+        return main(argv)
+    finally:
+        _drain_prefect()
+
+
+def _drain_prefect() -> None:
+    """Send Prefect's last queued logs and events: os._exit skips the exit hooks that
+    would (without this, the last seconds of a run's log lines never reached the API)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        try:
+            worker.drain_all(timeout=10)
+        except Exception as exc:  # noqa: BLE001 (best effort on the way out)
+            print(f"tfsubmit: could not flush {worker.__name__}: {exc}", file=sys.stderr)
+
+
+def serve_forks(workspace_root: str) -> None:
+    """The fork server: import the flows once, then fork a runner per submission."""
+    import tfsubmit.flows  # noqa: F401  (the point of this process: import once, fork many)
+
+    forkserver.serve(Workspace(workspace_root), forked_main)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--fork-server"]:
+        serve_forks(sys.argv[2])
+    else:
+        sys.exit(main())

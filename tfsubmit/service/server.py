@@ -1,0 +1,170 @@
+"""The embedded Prefect server: started on demand, reused, kept under the workspace.
+
+If `PREFECT_API_URL` is set, tfsubmit uses that API and starts nothing. Otherwise the first
+submission starts `prefect server start` on 127.0.0.1 with its SQLite database in
+`<workspace>/prefect/`, and later submissions reuse it (no ~10 s ephemeral server per run).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tfsubmit.errors import ServerError
+from tfsubmit.service import forkserver
+from tfsubmit.service.processes import pid_alive, signal_group, terminate_then_kill
+from tfsubmit.store.layout import Workspace, read_json, write_json
+
+START_TIMEOUT = 90.0
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    pid: int | None
+    port: int | None
+    api_url: str
+    running: bool
+    embedded: bool
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+
+def prefect_env(workspace: Workspace) -> dict[str, str]:
+    """Settings every Prefect process of this workspace shares."""
+    return {
+        "PREFECT_HOME": str(workspace.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+    }
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def server_status(workspace: Workspace) -> ServerInfo:
+    external = os.environ.get("PREFECT_API_URL")
+    if external:
+        return ServerInfo(None, None, external.rstrip("/"), healthy(external), embedded=False)
+    state = read_json(workspace.server_state)
+    if not state:
+        return ServerInfo(None, None, "", False, embedded=True)
+    running = pid_alive(state["pid"]) and healthy(state["api_url"])
+    return ServerInfo(state["pid"], state["port"], state["api_url"], running, embedded=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _prefect_cli() -> list[str]:
+    script = Path(sys.executable).with_name("prefect")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "prefect"]
+
+
+def ensure_server(workspace: Workspace, *, port: int | None = None) -> ServerInfo:
+    """The API to use: PREFECT_API_URL, or the embedded server, started if needed."""
+    info = server_status(workspace)
+    if info.running and info.embedded and forkserver.is_current(workspace):
+        return info
+    if not info.embedded and not info.running:
+        raise ServerError(
+            f"PREFECT_API_URL={info.api_url} does not answer; start that server or unset "
+            "PREFECT_API_URL to use tfsubmit's embedded one"
+        )
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
+    with workspace.server_lock.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find it running
+        info = server_status(workspace)
+        if info.embedded and not info.running:
+            info = _start(workspace, port or _free_port())
+        forkserver.ensure(workspace)
+        return info
+
+
+def _start(workspace: Workspace, port: int) -> ServerInfo:
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        **prefect_env(workspace),
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": api_url,
+    }
+    env.pop("PREFECT_API_URL", None)
+    log_path = workspace.server_log
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [*_prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives the submitting process, on purpose
+        )
+    write_json(workspace.server_state, {"pid": process.pid, "port": port, "api_url": api_url})
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(
+                f"the embedded Prefect server exited with code {process.returncode}; "
+                f"see {log_path}"
+            )
+        if healthy(api_url, timeout=1.0):
+            return ServerInfo(process.pid, port, api_url, True, embedded=True)
+        time.sleep(0.25)
+    stop_server(workspace)
+    raise ServerError(f"the embedded Prefect server did not answer in {START_TIMEOUT:.0f} s; "
+                      f"see {log_path}")
+
+
+def stop_server(workspace: Workspace, *, timeout: float = 15.0) -> bool:
+    """Stop the embedded server and the fork server; returns False when none was running."""
+    forkserver.stop(workspace)
+    state = read_json(workspace.server_state)
+    if not state or not pid_alive(state["pid"]):
+        workspace.server_state.unlink(missing_ok=True)
+        return False
+    pid = state["pid"]
+
+    def alive() -> bool:
+        _reap(pid)
+        return pid_alive(pid)
+
+    terminate_then_kill(lambda sig: signal_group(pid, sig), alive, grace=timeout,
+                        wait=lambda seconds: time.sleep(max(seconds, 0.1)))
+    _reap(pid)
+    workspace.server_state.unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def api_url(workspace: Workspace | str | Path | None = None, *, start: bool = True) -> str | None:
+    """PREFECT_API_URL, else the workspace's embedded server (started when `start`)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"].rstrip("/")
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    info = ensure_server(ws) if start else server_status(ws)
+    return info.api_url if info.running else None

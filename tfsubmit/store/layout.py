@@ -1,0 +1,223 @@
+"""Where the workspace keeps everything. Every file name of the workspace is spelled here.
+
+Layout (`TFSUBMIT_WORKSPACE`, default `~/.tfsubmit`):
+
+    objects/ab/cdef...        snapshot files, by sha256 (see objects.py)
+    runs/<run id>/            one folder per run (see RunPaths)
+    runtime/<hash>/tfsubmit/  the in-job runtime, put on the job's PYTHONPATH
+    prefect/                  PREFECT_HOME of the embedded server, and the fork server's files
+    models/<experiment>/<n>/  promoted models (see registry.py)
+    targets.yaml              named compute targets
+
+Job environments are big and shared between workspaces: `TFSUBMIT_ENV_CACHE`,
+default `~/.cache/tfsubmit/envs`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tfsubmit.errors import RunNotFoundError
+from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
+
+# The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
+# finds its own run id there leaves the run's final status to the runner.
+RUNNER_ENV = "TFSUBMIT_RUNNER_OF"
+# The folders of a node's working directory that tfsubmit collects after a run.
+NODE_FOLDERS = ("outputs", "logs", METRICS_DIR)
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("TFSUBMIT_WORKSPACE", "~/.tfsubmit")).expanduser()
+
+
+def default_env_cache() -> Path:
+    return Path(os.environ.get("TFSUBMIT_ENV_CACHE", "~/.cache/tfsubmit/envs")).expanduser()
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run keeps its record, logs, metrics and outputs."""
+
+    root: Path
+
+    @property
+    def record(self) -> Path:
+        """run.json: written only by store.record.RunRecord."""
+        return self.root / "run.json"
+
+    @property
+    def record_lock(self) -> Path:
+        return self.root / ".run.lock"
+
+    @property
+    def job(self) -> Path:
+        return self.root / "job.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def freeze(self) -> Path:
+        return self.root / "pip-freeze.txt"
+
+    @property
+    def output_log(self) -> Path:
+        """The merged log: every line tagged `[role:index@host]` or `[tfsubmit]`."""
+        return self.root / "output.log"
+
+    @property
+    def runner_log(self) -> Path:
+        return self.root / "runner.log"
+
+    @property
+    def runner_pid(self) -> Path:
+        """The pid of the process executing the run's flow (runner, worker or sweep)."""
+        return self.root / "runner.pid"
+
+    @property
+    def cancel_file(self) -> Path:
+        """Its presence asks the run to stop; its text says why (see store.cancel)."""
+        return self.root / "cancel.requested"
+
+    @property
+    def study(self) -> Path:
+        """A sweep's Optuna study."""
+        return self.root / "study.journal"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def outputs(self) -> Path:
+        return self.root / "outputs"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def work(self) -> Path:
+        """The local node's working directory (snapshot, outputs/, logs/ while running)."""
+        return self.root / "work"
+
+    def host_folder(self, host: str) -> Path:
+        """Where the files collected from a node other than the first go."""
+        return self.root / "hosts" / host
+
+    def metric_files(self) -> list[Path]:
+        """Every metric file of the run, wherever it is at this moment: the local node's
+        while the job runs; after collection, the run folder's and each other host's. Read
+        together they hold all the run's metrics, live, in the order metrics.jsonl has them."""
+        return sorted([*(self.work / METRICS_DIR).glob(METRICS_GLOB),
+                       *(self.root / METRICS_DIR).glob(METRICS_GLOB),
+                       *self.root.glob(f"hosts/*/{METRICS_DIR}/{METRICS_GLOB}")])
+
+
+class Workspace:
+    """A folder holding runs, snapshots and the embedded Prefect server's state."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).expanduser().resolve() if root else default_workspace().resolve()
+        self.env_cache = default_env_cache()
+
+    @property
+    def objects(self) -> Path:
+        return self.root / "objects"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def runtime(self) -> Path:
+        return self.root / "runtime"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def targets_file(self) -> Path:
+        return self.root / "targets.yaml"
+
+    # -- the embedded server and the fork server (service/) -----------------------------------
+
+    @property
+    def server_state(self) -> Path:
+        return self.prefect_home / "server.json"
+
+    @property
+    def server_lock(self) -> Path:
+        return self.prefect_home / "server.lock"
+
+    @property
+    def server_log(self) -> Path:
+        return self.prefect_home / "server.log"
+
+    @property
+    def forkserver_socket(self) -> Path:
+        return self.prefect_home / "forkserver.sock"
+
+    @property
+    def forkserver_state(self) -> Path:
+        return self.prefect_home / "forkserver.json"
+
+    @property
+    def forkserver_log(self) -> Path:
+        return self.prefect_home / "forkserver.log"
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def new_run_id(self, experiment: str) -> str:
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
+        return f"{experiment}_{stamp}_{secrets.token_hex(3)}"
+
+    def paths_of(self, run_id: str) -> RunPaths:
+        """The paths of run `run_id`, whether or not it exists yet."""
+        return RunPaths(self.runs / run_id)
+
+    def run_paths(self, run_id: str) -> RunPaths:
+        """The paths of an existing run; RunNotFoundError when there is none."""
+        paths = self.paths_of(run_id)
+        if not paths.record.exists():
+            raise RunNotFoundError(
+                f"no run {run_id!r} in workspace {self.root} (list them with `tfsubmit runs`)"
+            )
+        return paths
+
+    def list_runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
+        """Run records, newest first."""
+        records = []
+        if self.runs.is_dir():
+            for entry in self.runs.iterdir():
+                record = read_json(RunPaths(entry).record)
+                if record and (experiment is None or record.get("experiment") == experiment):
+                    records.append(record)
+        return sorted(records, key=lambda r: r.get("created", 0), reverse=True)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically, so readers in other processes never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))  # key order kept: script_params order matters
+    os.replace(tmp, path)

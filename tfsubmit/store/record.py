@@ -1,0 +1,133 @@
+"""A run's record (`run.json`): one owner, named transitions, atomic writes.
+
+    queued -> preparing -> running -> completed | failed | canceled
+                                   \\-> (runner died: a view, see `view`)
+
+The flow that executes a run `settle`s its outcome (with the final facts: exit codes,
+outputs, duration); the run's status becomes that outcome when the run `end`s, which the
+runner does once the flow run has ended (so Prefect and the record always agree). Code
+outside this module never writes run.json, and readers never write at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
+
+QUEUED, PREPARING, RUNNING = "Queued", "Preparing", "Running"
+COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
+TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
+STATUSES = (QUEUED, PREPARING, RUNNING, *TERMINAL_STATUSES)
+RUNNER_DIED = "the run's runner process died; see runner.log in the run folder"
+
+
+class RunRecord:
+    """The one writer of a run's run.json."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.paths = paths
+
+    @classmethod
+    def create(cls, workspace: Workspace, run_id: str, experiment: str, job: dict[str, Any],
+               **facts: Any) -> RunRecord:
+        """A new run folder (logs/, outputs/, job.json, an empty output.log), Queued."""
+        paths = workspace.paths_of(run_id)
+        paths.root.mkdir(parents=True)
+        paths.logs.mkdir()
+        paths.outputs.mkdir()
+        write_json(paths.job, job)
+        paths.output_log.touch()
+        write_json(paths.record, {
+            "id": run_id,
+            "experiment": experiment,
+            "status": QUEUED,
+            "created": time.time(),
+            "workspace": str(workspace.root),
+            "compute_target": job.get("compute_target", "local"),
+            **facts,
+        })
+        return cls(paths)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def read(self) -> dict[str, Any]:
+        return read_json(self.paths.record) or {}
+
+    def view(self, *, runner_alive: bool) -> dict[str, Any]:
+        """The record as readers should show it: a run whose runner is gone without having
+        ended it is Failed (derived here, never written by a reader)."""
+        record = self.read()
+        if record.get("status") in TERMINAL_STATUSES or runner_alive:
+            return record
+        return {**record, "status": FAILED, "error": record.get("error") or RUNNER_DIED}
+
+    # -- transitions ----------------------------------------------------------------------------
+
+    def preparing(self, **facts: Any) -> dict[str, Any]:
+        """The flow has started: snapshot, environment and nodes come next."""
+        return self._move(PREPARING, **facts)
+
+    def running(self, **facts: Any) -> dict[str, Any]:
+        """The job's processes (or a sweep's trials) have started."""
+        return self._move(RUNNING, **facts)
+
+    def note(self, **facts: Any) -> dict[str, Any]:
+        """Facts learned on the way (steps, hosts, hashes); never the status."""
+        with self._locked() as record:
+            record.update(facts)
+            return record
+
+    def settle(self, outcome: str, **facts: Any) -> dict[str, Any]:
+        """The flow's result, with the final facts. The status follows when the run ends."""
+        return self.note(outcome=outcome, **facts)
+
+    def end(self) -> dict[str, Any]:
+        """The run is over: its status becomes the settled outcome (Failed if none was)."""
+        with self._locked() as record:
+            if record.get("status") not in TERMINAL_STATUSES:
+                record["status"] = record.get("outcome") or FAILED
+            return record
+
+    def failed(self, error: str) -> dict[str, Any]:
+        """Ended without a settled outcome (the runner itself failed, or was interrupted)."""
+        return self._end(FAILED, error)
+
+    def canceled(self, error: str = "canceled by the user") -> dict[str, Any]:
+        """Ended by a cancel whose runner could not end it in time."""
+        return self._end(CANCELED, error)
+
+    def requeued(self, **facts: Any) -> dict[str, Any]:
+        """An interrupted run (a sweep) starts again; its old outcome is forgotten."""
+        with self._locked() as record:
+            record.update(status=QUEUED, outcome=None, error=None, finished=None, **facts)
+            return record
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def _move(self, status: str, **facts: Any) -> dict[str, Any]:
+        with self._locked() as record:
+            record.update(facts)
+            if record.get("status") not in TERMINAL_STATUSES:  # an ended run stays ended
+                record["status"] = status
+            return record
+
+    def _end(self, status: str, error: str) -> dict[str, Any]:
+        with self._locked() as record:
+            if record.get("status") not in TERMINAL_STATUSES:
+                record.update(status=status, error=error, finished=time.time())
+            return record
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        """Read, change and write back under a lock: writers in other processes and threads
+        (a runner, a canceller, a sweep) never lose each other's changes."""
+        with self.paths.record_lock.open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            record = self.read()
+            yield record
+            write_json(self.paths.record, record)

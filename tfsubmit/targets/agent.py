@@ -1,0 +1,151 @@
+"""The host agent: what runs on an SSH host, as `python -m tfsubmit.targets.agent COMMAND ...`.
+
+tfsubmit uploads its own package (standard library only on this path) to each host once
+per code version and calls these over SSH, so a host needs nothing but Python 3.
+
+    preflight WORKDIR MIN_FREE_MB   stdin: object hashes, one a line (may be none)
+                                    -> JSON: python, version, free_mb, runtime, and
+                                    `missing`: the hashes WORKDIR/objects lacks
+    build-env CACHE                 stdin: EnvironmentSpec JSON -> install lines, then
+                                    `TFSUBMIT-ENV {json}` as the last line
+    stage                           stdin: JSON {objects, dest, manifest, cache, env}:
+                                    make DEST's folders, write the manifest's files there
+                                    from OBJECTS, then build-env
+    ps RUN_ID                       -> JSON list of live pids of the run
+    kill RUN_ID                     -> SIGKILL them; JSON list of pids killed
+    run                             stdin: one JSON line {argv, env, cwd, pidfile, path}:
+                                    start it in a new session (its pid, the group id, goes
+                                    to pidfile), relay its output, exit with its code
+                                    (128 + N when killed by signal N)
+    signal PIDFILE SIGNUM           -> signal the whole process group named in PIDFILE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from tfsubmit.service.processes import kill_pids, processes_of_run
+from tfsubmit.spec.environment import EnvironmentSpec
+from tfsubmit.store.layout import NODE_FOLDERS
+from tfsubmit.store.objects import ObjectStore, Snapshot, materialize
+from tfsubmit.targets.envbuild import resolve_environment
+
+AGENT = "tfsubmit.targets.agent"
+ENV_RESULT_PREFIX = "TFSUBMIT-ENV "
+
+
+def preflight(workdir: str, min_free_mb: str) -> dict:
+    report = {"python": sys.executable, "version": "{}.{}.{}".format(*sys.version_info[:3]),
+              "runtime": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    root = Path(workdir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+        report["writable"] = True
+    except OSError as exc:
+        report["writable"] = False
+        report["error"] = f"workdir {workdir} is not writable: {exc.strerror or exc}"
+        return report
+    free_mb = shutil.disk_usage(root).free // (1 << 20)
+    report["free_mb"] = free_mb
+    if free_mb < int(min_free_mb):
+        report["error"] = f"only {free_mb} MB free in {workdir} (need {min_free_mb} MB)"
+    report["missing"] = missing(str(root / "objects"))
+    return report
+
+
+def missing(objects: str) -> list[str]:
+    wanted = [line.strip() for line in sys.stdin if line.strip()]
+    return ObjectStore(Path(objects)).missing(wanted)
+
+
+def build_env(cache: str, data: dict | None = None) -> None:
+    data = json.load(sys.stdin) if data is None else data
+    spec = EnvironmentSpec(
+        python_version=data["python_version"],
+        requirements=tuple(data["requirements"]),
+        conda_packages=tuple(data.get("conda_packages", ())),
+    )
+    env = resolve_environment(spec, Path(cache).expanduser(),
+                              on_line=lambda line: print(line, flush=True))
+    result = {"hash": env.hash, "path": env.path, "python": env.python, "reused": env.reused,
+              "freeze": env.freeze, "build_seconds": env.build_seconds}
+    print(ENV_RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def stage() -> None:
+    """Everything a host needs before its processes start, in one call."""
+    request = json.load(sys.stdin)
+    for sub in NODE_FOLDERS:
+        Path(request["dest"], sub).mkdir(parents=True, exist_ok=True)
+    materialize(Snapshot.from_manifest(request["manifest"]), ObjectStore(Path(request["objects"])),
+                Path(request["dest"]))
+    build_env(request["cache"], request["env"])
+
+
+def kill(run_id: str) -> list[int]:
+    pids = processes_of_run(run_id)
+    kill_pids(pids)
+    return pids
+
+
+def run_process() -> int:
+    request = json.loads(sys.stdin.readline())
+    env = {**os.environ, **request["env"]}
+    if request.get("path"):
+        env["PATH"] = request["path"] + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # own session and group: a signal to the group reaches all of it
+            Path(request["pidfile"]).write_text(str(os.getpid()))
+            os.chdir(request["cwd"])
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.execvpe(request["argv"][0], request["argv"], env)
+        except BaseException as exc:  # noqa: BLE001 (report, then leave the fork at once)
+            print(f"tfsubmit: cannot start {request['argv'][0]}: {exc}", flush=True)
+        os._exit(127)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def signal_group(pidfile: str, signum: str) -> None:
+    try:
+        os.killpg(int(Path(pidfile).read_text()), int(signum))
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    command, args = argv[0], argv[1:]
+    if command == "preflight":
+        print(json.dumps(preflight(*args)))
+    elif command == "build-env":
+        build_env(*args)
+    elif command == "stage":
+        stage()
+    elif command == "ps":
+        print(json.dumps(processes_of_run(*args)))
+    elif command == "kill":
+        print(json.dumps(kill(*args)))
+    elif command == "run":
+        return run_process()
+    elif command == "signal":
+        signal_group(*args)
+    else:
+        print(f"unknown command {command!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

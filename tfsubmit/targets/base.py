@@ -1,0 +1,126 @@
+"""The one target protocol: what the pipeline asks of every compute target.
+
+Local, SSH and Docker targets implement `Target` completely, and the pipeline never asks
+which kind it holds. A target decides where and how a `ProcessSpec` runs; it never imports
+launchers, the pipeline or Prefect. A new target is one module here plus one entry in
+`config.py` (its settings model and its line in `TARGETS`).
+
+One target object serves one submission: `prepare_environment`, then `provision`, then
+processes (`start`, `leftovers`, `kill`), then `collect` and `close`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from tfsubmit.errors import TargetError
+from tfsubmit.spec.environment import Environment, EnvironmentSpec
+from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
+from tfsubmit.store.cancel import CancelFlag
+from tfsubmit.store.objects import ObjectStore, Snapshot
+from tfsubmit.store.runlog import RunLog
+
+
+class Handle(Protocol):
+    """A started process (group) of a job."""
+
+    spec: ProcessSpec
+    pid: int | str
+
+    def lines(self) -> Iterator[str]:
+        """Its output lines (stdout and stderr merged) until it closes them."""
+        ...
+
+    def poll(self) -> int | None:
+        """Its exit code, None while it runs; TargetError when its host is lost."""
+        ...
+
+    def signal_group(self, sig: int) -> None:
+        """Signal its whole process group (never raises for one that is gone)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProvisionRequest:
+    """Everything a target needs to make its nodes ready for one run."""
+
+    run_id: str
+    run_dir: Path  # the run's folder on this machine
+    job: TrainingJob
+    snapshot: Snapshot
+    store: ObjectStore
+    env_spec: EnvironmentSpec
+    environment: Environment  # what prepare_environment returned
+    runtime: Path  # this machine's copy of tfsubmit's in-job runtime
+    log: RunLog
+    cancel: CancelFlag
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """Nodes ready to run processes: connected, checked, snapshot staged, environment there."""
+
+    nodes: list[Node]
+    environments: dict[str, Environment]  # by node host
+    uploaded_bytes: int = 0
+
+
+class Target(Protocol):
+    """A compute target: where and how a job's processes run."""
+
+    name: str
+
+    def hosts(self) -> list[Node]:
+        """The machines it offers, before connecting (host, slots, gpus)."""
+        ...
+
+    def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
+                            log: RunLog, cancel: CancelFlag) -> Environment:
+        """Find or build the job's environment, where the target builds it before the nodes
+        exist; where each host builds its own while provisioning, an unresolved one."""
+        ...
+
+    def provision(self, request: ProvisionRequest) -> Provisioned:
+        """Make the nodes ready: connected, pre-flight checked, snapshot staged."""
+        ...
+
+    def launch_options(self) -> LaunchOptions:
+        """How its processes run and reach each other, for the launchers."""
+        ...
+
+    def start(self, spec: ProcessSpec) -> Handle:
+        ...
+
+    def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
+        """(host, process) of every live process of the run, also those that left the group."""
+        ...
+
+    def kill(self, processes: list[tuple[str, int | str]]) -> None:
+        ...
+
+    def metric_files(self, nodes: list[Node]) -> list[Path]:
+        """The metric files the job is writing, readable live here (may be none)."""
+        ...
+
+    def last_activity(self, nodes: list[Node]) -> float:
+        """When the job last logged a metric (wall clock; 0 when unknown), for the watchdog."""
+        ...
+
+    def collect(self, node: Node, dest: Path) -> list[str]:
+        """Bring the node's outputs/, logs/ and metric files into `dest`; returns problems."""
+        ...
+
+    def close(self) -> None:
+        """Release connections; leave nothing of the run behind."""
+        ...
+
+
+def refuse_custom_image(job: TrainingJob, target: str) -> None:
+    """custom_docker_image means a container: a target that runs none refuses it."""
+    if job.custom_docker_image:
+        raise TargetError(f"custom_docker_image: only used with docker targets; "
+                          f"{target!r} is not one")

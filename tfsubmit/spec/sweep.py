@@ -1,16 +1,7 @@
 """Hyperparameter sweeps: a parameter space, a sampling method, a primary metric and goal, an
 early-termination policy, a budget and a concurrency limit.
 
-    from tfsubmit.tuning import Sweep, choice, uniform, loguniform, MedianStopping
-
-    sweep = Sweep(estimator=TensorFlow(source_directory="examples/keras-synthetic",
-                                       entry_script="train.py"),
-                  space={"--learning-rate": loguniform(1e-4, 1e-1),
-                         "--batch-size": choice(16, 32, 64)},
-                  sampling="bayesian", primary_metric="val_loss", goal="minimize",
-                  max_total_runs=12, max_concurrent_runs=2,
-                  early_termination=MedianStopping(evaluation_interval=1, delay_evaluation=2))
-    run = Experiment("tune-demo").submit(sweep)
+Users import these from `tfsubmit.tuning`, whose docstring shows a sweep.
 
 Sampling is Optuna's (random, grid, TPE for "bayesian"); the study is kept in the sweep's
 run folder, so an interrupted sweep resumes where it stopped. Each trial is a tfsubmit run

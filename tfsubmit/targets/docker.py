@@ -5,6 +5,9 @@
       base_url: unix:///var/run/docker.sock
       gpus: all            # or a count; none by default
 
+The docker SDK (and paramiko, for ssh:// engines) loads with this module, which
+`targets.config` imports only for docker targets.
+
 Every container of a run is named `tfsubmit-<run>-<role>-<index>`, joins the run's own
 network (`tfsubmit-<run>`), where TF_CONFIG reaches each task by its container's name, and
 bind-mounts the run's working folder at the same path (the snapshot, outputs/, logs/ and
@@ -24,13 +27,18 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
+import docker.errors
+import paramiko
+from docker.transport import SSHHTTPAdapter
+from docker.types import DeviceRequest
+
 from tfsubmit.errors import TargetError
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import NODE_FOLDERS
-from tfsubmit.store.objects import materialize
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.base import Provisioned, ProvisionRequest
 from tfsubmit.targets.images import (
@@ -41,7 +49,7 @@ from tfsubmit.targets.images import (
     image_freeze,
     resolve_image,
 )
-from tfsubmit.targets.local import local_metric_files, make_workdir, move_node_files
+from tfsubmit.targets.local import LocalFolders, stage_locally
 from tfsubmit.targets.settings import DockerTargetConfig
 
 RUN_LABEL = f"{LABEL}.run"
@@ -50,12 +58,8 @@ RUN_LABEL = f"{LABEL}.run"
 def _client(config: DockerTargetConfig, *, timeout: float | None):
     """A docker SDK client; for ssh:// engines, one that logs in with the target's key and
     checks the host against its known_hosts (the SDK alone reads only ~/.ssh)."""
-    import docker
-
     if not config.base_url.startswith("ssh://"):
         return docker.DockerClient(base_url=config.base_url, timeout=timeout)
-    import paramiko
-    from docker.transport import SSHHTTPAdapter
 
     class Adapter(SSHHTTPAdapter):
         def _create_paramiko_client(self, base_url):
@@ -93,8 +97,6 @@ def _tree_tar(folders: list[str]) -> bytes:
 
 def _copy_back(container, workdir: str) -> None:
     """A remote container's outputs/, logs/ and metric files into the local work folder."""
-    import docker.errors
-
     for name in NODE_FOLDERS:
         try:
             stream, _ = container.get_archive(f"{workdir}/{name}")
@@ -150,16 +152,15 @@ class DockerProcess:
         return self._code
 
     def signal_group(self, sig: int) -> None:
-        import docker.errors
-
         try:
             self.container.kill(signal=int(sig))
         except docker.errors.APIError:
             pass  # not running any more
 
 
-class DockerTarget:
-    """Containers on one Docker engine; the run folder is bind-mounted into them."""
+class DockerTarget(LocalFolders):
+    """Containers on one Docker engine; the run folder is bind-mounted into them (ssh://
+    engines get it copied in, and their files copied back when each container ends)."""
 
     def __init__(self, name: str, config: DockerTargetConfig) -> None:
         self.name = name
@@ -222,8 +223,6 @@ class DockerTarget:
     def _check_gpus(self, use_gpu: bool) -> None:
         if not use_gpu:
             return
-        from docker.types import DeviceRequest
-
         if not self.config.gpus:
             raise TargetError(f"use_gpu: target {self.name!r} has no GPUs configured; set "
                               "`gpus: all` (or a count) in targets.yaml, or use_gpu: false")
@@ -237,8 +236,7 @@ class DockerTarget:
 
     def provision(self, request: ProvisionRequest) -> Provisioned:
         """The run's working folder (bind-mounted, or copied in for ssh:// engines)."""
-        workdir = make_workdir(request.run_dir)
-        materialize(request.snapshot, request.store, workdir)
+        workdir = stage_locally(request)
         self.run_id = request.run_id
         self.image = request.environment.image
         self.runtime = str(request.runtime)
@@ -310,31 +308,14 @@ class DockerTarget:
         self._remove([c for c in self._containers(all=True) if c.name in names])
 
     def _remove(self, containers: list) -> None:
-        import docker.errors
-
         for container in containers:
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
 
-    # -- files ---------------------------------------------------------------------------------
-
-    def metric_files(self, nodes: list[Node]) -> list[Path]:
-        """The bind-mounted metric files (ssh:// engines' arrive when a container ends)."""
-        return local_metric_files(nodes)
-
-    def last_activity(self, nodes: list[Node]) -> float:
-        return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
-
-    def collect(self, node: Node, dest: Path) -> list[str]:
-        move_node_files(Path(node.workdir), dest)
-        return []
-
     def close(self) -> None:
         """Remove the run's containers (stopped or not) and its network."""
-        import docker.errors
-
         self._remove(self._containers(all=True))
         if self.network is not None:
             try:

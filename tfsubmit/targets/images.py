@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import docker.errors
+
 from tfsubmit.errors import EnvironmentBuildError, TargetError
 from tfsubmit.spec.environment import HOROVOD, EnvironmentSpec
 from tfsubmit.targets.envbuild import default_wheel_cache, run_logged
@@ -51,8 +53,6 @@ def wheelhouse() -> Path:
 
 
 def image_exists(client, tag: str) -> bool:
-    import docker.errors
-
     try:
         client.images.get(tag)
         return True

@@ -85,36 +85,45 @@ def start_local(spec: ProcessSpec) -> LocalProcess:
     return LocalProcess(spec, popen)
 
 
-def make_workdir(run_dir: Path) -> Path:
-    """The run's local working directory, with the folders the job writes into."""
-    workdir = run_dir / "work"
+def stage_locally(request: ProvisionRequest) -> Path:
+    """The run's working folder on this machine, with the snapshot, outputs/ and logs/."""
+    workdir = request.run_dir / "work"
     for name in NODE_FOLDERS:
         (workdir / name).mkdir(parents=True, exist_ok=True)
+    materialize(request.snapshot, request.store, workdir)
     return workdir
 
 
-def move_node_files(workdir: Path, dest: Path) -> None:
-    """Move a local node's outputs/, logs/ and metric files into `dest` (same disk: cheap)."""
-    for name in NODE_FOLDERS:
-        source = workdir / name
-        if not source.is_dir():
-            continue
-        target_dir = dest / name
-        target_dir.mkdir(parents=True, exist_ok=True)
-        for entry in source.iterdir():
-            target = target_dir / entry.name
-            if target.exists():
-                target = target_dir / f"job-{entry.name}"  # never overwrite tfsubmit's logs
-            shutil.move(str(entry), target)
+class LocalFolders:
+    """Files of nodes whose working folders are on this machine's disk (the local target;
+    a local Docker engine's bind mounts): metrics read live, outputs moved, not copied."""
+
+    def metric_files(self, nodes: list[Node]) -> list[Path]:
+        """The metric files the job's processes are writing now (read live)."""
+        return [path for node in nodes
+                for path in (Path(node.workdir) / METRICS_DIR).glob(METRICS_GLOB)]
+
+    def last_activity(self, nodes: list[Node]) -> float:
+        """When the job last logged a metric (wall clock), for the hang watchdog."""
+        return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
+
+    def collect(self, node: Node, dest: Path) -> list[str]:
+        """Move the node's outputs/, logs/ and metric files into `dest` (same disk: cheap)."""
+        for name in NODE_FOLDERS:
+            source = Path(node.workdir) / name
+            if not source.is_dir():
+                continue
+            target_dir = dest / name
+            target_dir.mkdir(parents=True, exist_ok=True)
+            for entry in source.iterdir():
+                target = target_dir / entry.name
+                if target.exists():
+                    target = target_dir / f"job-{entry.name}"  # never overwrite tfsubmit's logs
+                shutil.move(str(entry), target)
+        return []
 
 
-def local_metric_files(nodes: list[Node]) -> list[Path]:
-    """The metric files the job's processes are writing now, on this machine's disk."""
-    return [path for node in nodes
-            for path in (Path(node.workdir) / METRICS_DIR).glob(METRICS_GLOB)]
-
-
-class LocalTarget:
+class LocalTarget(LocalFolders):
     """This machine: one node, environments built in the shared cache."""
 
     name = "local"
@@ -140,8 +149,7 @@ class LocalTarget:
 
     def provision(self, request: ProvisionRequest) -> Provisioned:
         """A per-run working directory with the snapshot, outputs/ and logs/ for the job."""
-        workdir = make_workdir(request.run_dir)
-        materialize(request.snapshot, request.store, workdir)
+        workdir = stage_locally(request)
         node = Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
                     gpus=self._gpus, python=request.environment.python,
                     runtime=str(request.runtime), address="127.0.0.1")
@@ -159,18 +167,6 @@ class LocalTarget:
 
     def kill(self, processes: list[tuple[str, int | str]]) -> None:
         kill_pids([int(pid) for _, pid in processes])
-
-    def metric_files(self, nodes: list[Node]) -> list[Path]:
-        """The metric files the job's processes are writing now (read live)."""
-        return local_metric_files(nodes)
-
-    def last_activity(self, nodes: list[Node]) -> float:
-        """When the job last logged a metric (wall clock), for the hang watchdog."""
-        return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
-
-    def collect(self, node: Node, dest: Path) -> list[str]:
-        move_node_files(Path(node.workdir), dest)
-        return []
 
     def close(self) -> None:
         pass

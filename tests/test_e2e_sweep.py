@@ -83,7 +83,7 @@ def test_bayesian_sweep_of_six_trials_two_at_a_time(workspace, prefect_api, caps
 def test_a_clearly_worse_trial_is_stopped_early(workspace):
     """Two trials side by side; the one whose learning rate keeps the loss high is stopped
     by median stopping, its processes gone, and it is early-terminated, not failed."""
-    sweep = Sweep(example(**{"--epochs": 40, "--samples": 2000}),
+    sweep = Sweep(example(**{"--epochs": 40, "--samples": 6000}),
                   space={"--learning-rate": choice(0.05, 1e-7)}, sampling="grid",
                   primary_metric="val_loss", goal="minimize", max_total_runs=2,
                   max_concurrent_runs=2,

@@ -97,6 +97,21 @@ def test_cancel_leaves_no_process_on_any_host(workspace, hosts, job_dir):
         target.close()
 
 
+def test_a_host_with_this_runtime_is_checked_in_one_command(hosts, tmp_path):
+    """The warm path: once a host has this version of tfsubmit's runtime, the pre-flight
+    recognises it (nothing is uploaded again, and no second pre-flight runs)."""
+    config = SSHTargetConfig(**hosts.target_config(workdir=str(tmp_path / "wd")))
+    for attempt in ("cold", "warm"):
+        target = SSHTarget(f"runtime-{attempt}", config)
+        try:
+            reports = target.connect()
+            assert {r["runtime"] for r in reports.values()} == {target.runtime}
+            if attempt == "warm":
+                assert target.bytes_uploaded == 0
+        finally:
+            target.close()
+
+
 def test_every_failing_host_is_reported_at_once(workspace, hosts, tmp_path):
     config = SSHTargetConfig(**{**hosts.target_config(),
                                 "hosts": [{"address": "127.0.0.2"}, {"address": "127.0.0.9"},

@@ -28,11 +28,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from tfsubmit.service.processes import kill_pids, processes_of_run
-from tfsubmit.spec.environment import EnvironmentSpec
-from tfsubmit.store.layout import NODE_FOLDERS
-from tfsubmit.store.objects import ObjectStore, Snapshot, materialize
-from tfsubmit.targets.envbuild import resolve_environment
+# A new agent process starts for every command on every host (each process of a job is
+# started by `run`), so each command imports only what it uses.
 
 AGENT = "tfsubmit.targets.agent"
 ENV_RESULT_PREFIX = "TFSUBMIT-ENV "
@@ -40,7 +37,9 @@ ENV_RESULT_PREFIX = "TFSUBMIT-ENV "
 
 def preflight(workdir: str, min_free_mb: str) -> dict:
     report = {"python": sys.executable, "version": "{}.{}.{}".format(*sys.version_info[:3]),
-              "runtime": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+              # The folder holding this copy of the tfsubmit package (<runtime>/tfsubmit/targets/
+              # agent.py): the SSH target checks it is the version it uploaded.
+              "runtime": str(Path(__file__).resolve().parents[2])}
     root = Path(workdir)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -61,11 +60,16 @@ def preflight(workdir: str, min_free_mb: str) -> dict:
 
 
 def missing(objects: str) -> list[str]:
+    from tfsubmit.store.objects import ObjectStore
+
     wanted = [line.strip() for line in sys.stdin if line.strip()]
     return ObjectStore(Path(objects)).missing(wanted)
 
 
 def build_env(cache: str, data: dict | None = None) -> None:
+    from tfsubmit.spec.environment import EnvironmentSpec
+    from tfsubmit.targets.envbuild import resolve_environment
+
     data = json.load(sys.stdin) if data is None else data
     spec = EnvironmentSpec(
         python_version=data["python_version"],
@@ -81,6 +85,10 @@ def build_env(cache: str, data: dict | None = None) -> None:
 
 def stage() -> None:
     """Everything a host needs before its processes start, in one call."""
+    from tfsubmit.store.layout import NODE_FOLDERS
+    from tfsubmit.store.objects import ObjectStore
+    from tfsubmit.store.snapshots import Snapshot, materialize
+
     request = json.load(sys.stdin)
     for sub in NODE_FOLDERS:
         Path(request["dest"], sub).mkdir(parents=True, exist_ok=True)
@@ -90,6 +98,8 @@ def stage() -> None:
 
 
 def kill(run_id: str) -> list[int]:
+    from tfsubmit.service.processes import kill_pids, processes_of_run
+
     pids = processes_of_run(run_id)
     kill_pids(pids)
     return pids
@@ -134,6 +144,8 @@ def main(argv: list[str]) -> int:
     elif command == "stage":
         stage()
     elif command == "ps":
+        from tfsubmit.service.processes import processes_of_run
+
         print(json.dumps(processes_of_run(*args)))
     elif command == "kill":
         print(json.dumps(kill(*args)))

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from tfsubmit.errors import SourceError
 from tfsubmit.pipeline.snapshot import hash_file, take_snapshot
-from tfsubmit.store.objects import ObjectStore, materialize
+from tfsubmit.store.objects import ObjectStore
+from tfsubmit.store.snapshots import materialize
 
 
 @pytest.fixture

@@ -3,6 +3,6 @@
 
 from tfsubmit.flows.retrain import retrain
 from tfsubmit.flows.submit import submit_training
-from tfsubmit.flows.sweep import run_sweep
 
-__all__ = ["retrain", "run_sweep", "submit_training"]
+# The sweep flow (tfsubmit.flows.sweep) is imported where it is used: it loads Optuna.
+__all__ = ["retrain", "submit_training"]

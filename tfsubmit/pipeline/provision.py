@@ -7,9 +7,9 @@ from tfsubmit.launchers.horovod import check_gpus
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.spec.environment import Environment, environment_spec
 from tfsubmit.spec.process import Node
-from tfsubmit.store.objects import Snapshot
 from tfsubmit.store.package import runtime_dir
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.snapshots import Snapshot
 from tfsubmit.targets.base import ProvisionRequest, Target
 
 

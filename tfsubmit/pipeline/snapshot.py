@@ -15,8 +15,9 @@ from tfsubmit.errors import SourceError
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.runtime.metrics import METRICS_DIR
 from tfsubmit.store.layout import write_json
-from tfsubmit.store.objects import FileEntry, ObjectStore, Snapshot
+from tfsubmit.store.objects import ObjectStore
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.snapshots import FileEntry, Snapshot
 
 IGNORE_FILES = (".tfsubmitignore", ".gitignore")
 # Never worth shipping; the ignore file can add to these, not remove them.

@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
             refresh_global_settings_context()
         if facts.get("kind") == "sweep":
-            run_flow, spec = flows.run_sweep, {"sweep": read_json(paths.job)}
+            from tfsubmit.flows.sweep import run_sweep  # Optuna loads only for sweeps
+
+            run_flow, spec = run_sweep, {"sweep": read_json(paths.job)}
         else:
             run_flow, spec = flows.submit_training, {"job": read_json(paths.job)}
         state = run_flow(

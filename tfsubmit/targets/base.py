@@ -21,8 +21,9 @@ from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 from tfsubmit.store.cancel import CancelFlag
-from tfsubmit.store.objects import ObjectStore, Snapshot
+from tfsubmit.store.objects import ObjectStore
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.snapshots import Snapshot
 
 
 class Handle(Protocol):

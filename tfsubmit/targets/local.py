@@ -16,8 +16,8 @@ from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import NODE_FOLDERS
-from tfsubmit.store.objects import materialize
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.snapshots import materialize
 from tfsubmit.targets.base import Provisioned, ProvisionRequest, refuse_custom_image
 from tfsubmit.targets.envbuild import MARKER, resolve_environment
 

@@ -7,7 +7,7 @@ from tfsubmit.pipeline import provision
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.spec.environment import Environment
 from tfsubmit.spec.process import Node
-from tfsubmit.store.objects import Snapshot
+from tfsubmit.store.snapshots import Snapshot
 from tfsubmit.targets.base import Target
 from tfsubmit.tasks._logging import forwarded
 

@@ -5,7 +5,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tfsubmit.pipeline import snapshot
 from tfsubmit.pipeline.context import Submission
-from tfsubmit.store.objects import Snapshot
+from tfsubmit.store.snapshots import Snapshot
 from tfsubmit.tasks._logging import forwarded
 
 

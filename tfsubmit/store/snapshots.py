@@ -1,0 +1,67 @@
+"""Snapshots: what a source tree held (path -> object, size, mode), identified by the hash
+of its manifest, and writing one out again from the object store. Standard library only:
+the host agent writes snapshots out on SSH hosts."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfsubmit.store.objects import ObjectStore
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What was taken from the source directory, and what the store had to add."""
+
+    hash: str
+    source: str
+    files: dict[str, FileEntry]
+    skipped: dict[str, str] = field(default_factory=dict)
+    ignore_file: str | None = None
+    new_files: int = 0
+    new_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(entry.size for entry in self.files.values())
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> Snapshot:
+        """The snapshot a manifest describes (what `manifest()` wrote)."""
+        files = {path: FileEntry(e["sha256"], e["size"], e["executable"])
+                 for path, e in manifest["files"].items()}
+        return cls(manifest["hash"], manifest["source"], files)
+
+    def manifest(self) -> dict:
+        return {
+            "hash": self.hash,
+            "source": self.source,
+            "ignore_file": self.ignore_file,
+            "files": {
+                path: {"sha256": e.sha256, "size": e.size, "executable": e.executable}
+                for path, e in sorted(self.files.items())
+            },
+            "skipped": dict(sorted(self.skipped.items())),
+            "new_files": self.new_files,
+            "new_bytes": self.new_bytes,
+        }
+
+
+def materialize(snapshot: Snapshot, store: ObjectStore, dest: Path) -> int:
+    """Write the snapshot's files under `dest` (copies: the job may change its own files)."""
+    for rel, entry in snapshot.files.items():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(store.path_for(entry.sha256), target)
+        if entry.executable:
+            target.chmod(0o755)
+    return len(snapshot.files)

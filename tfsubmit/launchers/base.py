@@ -60,8 +60,10 @@ class Launcher:
         """A check to run before the job, or None (the default: nothing to check)."""
         return None
 
-    def explain(self, reason: str | None, plan: Plan, log_lines: list[str]) -> str | None:
-        """A failed job's reason, made more precise from the merged log (default: as is)."""
+    def explain(self, reason: str | None, plan: Plan,
+                log_lines: Callable[[], list[str]]) -> str | None:
+        """A failed job's reason, made more precise from the merged log's lines (read only
+        when asked for: the default keeps the reason as it is)."""
         return reason
 
 

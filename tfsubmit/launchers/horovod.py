@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tfsubmit.errors import JobSpecError
@@ -163,10 +164,11 @@ class Horovod(Launcher):
             seconds=PREFLIGHT_SECONDS,
         )
 
-    def explain(self, reason: str | None, plan: Plan, log_lines: list[str]) -> str | None:
+    def explain(self, reason: str | None, plan: Plan,
+                log_lines: Callable[[], list[str]]) -> str | None:
         """mpirun says which rank ended the job; put its rank and host into the reason."""
         spec = plan.specs[0]
-        for line in log_lines:
+        for line in log_lines():
             match = _RANK.search(line) if line.startswith("[mpirun:") else None
             if match:
                 rank = int(match[1] or match[2])

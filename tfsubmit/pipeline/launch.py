@@ -42,7 +42,7 @@ def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Env
         outcome = _supervise(sub, target, nodes, plan, log)
     if outcome.status == "Failed":
         outcome.reason = launcher.explain(outcome.reason, plan,
-                                          sub.paths.output_log.read_text().splitlines())
+                                          lambda: sub.paths.output_log.read_text().splitlines())
     if outcome.status == "Canceled":
         outcome.reason = sub.cancel.reason()
     log.event(f"processes ended: {outcome.describe()}")

@@ -299,7 +299,7 @@ TensorFlow = TrainingJob
 
 
 def validate_experiment_name(name: str) -> str:
-    if not isinstance(name, str) or not _EXPERIMENT_NAME.match(name):
+    if not isinstance(name, str) or not _EXPERIMENT_NAME.fullmatch(name):
         raise JobSpecError(
             f"experiment: {name!r} is not a valid name (1-64 letters, digits, '_', '.', '-')"
         )

@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfsubmit.errors import RunNotFoundError
+from tfsubmit.errors import RunNotFoundError, TfsubmitError
 from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
 
 # The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
 # finds its own run id there leaves the run's final status to the runner.
 RUNNER_ENV = "TFSUBMIT_RUNNER_OF"
+# A run id names one folder under runs/: never empty, no path separator, no leading dot.
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 # The folders of a node's working directory that tfsubmit collects after a run.
 NODE_FOLDERS = ("outputs", "logs", METRICS_DIR)
 
@@ -186,7 +189,12 @@ class Workspace:
         return f"{experiment}_{stamp}_{secrets.token_hex(3)}"
 
     def paths_of(self, run_id: str) -> RunPaths:
-        """The paths of run `run_id`, whether or not it exists yet."""
+        """The paths of run `run_id`, whether or not it exists yet. An id that could name
+        anything but a folder of runs/ ('', '../x', '/abs') is refused."""
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise TfsubmitError(
+                f"run id {run_id!r} is not a run id (letters, digits, '_', '.', '-'; it "
+                "names a folder of the workspace's runs/); list runs with `tfsubmit runs`")
         return RunPaths(self.runs / run_id)
 
     def run_paths(self, run_id: str) -> RunPaths:

@@ -23,7 +23,7 @@ from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
 from tfsubmit.runtime.metrics import read_metrics
 from tfsubmit.service.forkserver import start_runner
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, status_of
-from tfsubmit.service.processes import kill_pids, pid_alive, processes_of_run
+from tfsubmit.service.processes import kill_pids, pid_alive, processes_of_run, still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.store.cancel import request_cancel, withdraw_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json
@@ -174,9 +174,9 @@ class Run(BaseRun):
             runner = self._runner_pid()
             kill_pids([pid for pid in [*leftovers, runner] if pid and pid_alive(pid)])
             self.record.canceled()  # its runner could not end the run: the canceller does
-        if processes_of_run(self.id):
-            raise TfsubmitError(f"run {self.id}: processes {processes_of_run(self.id)} survived "
-                                "SIGKILL")
+        survivors = still_running(lambda: processes_of_run(self.id), seconds=5.0)
+        if survivors:
+            raise TfsubmitError(f"run {self.id}: processes {survivors} survived SIGKILL")
 
     # -- files ----------------------------------------------------------------------------------
 

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.service.processes import terminate_then_kill
+from tfsubmit.service.processes import still_running, terminate_then_kill
 from tfsubmit.spec.process import ProcessSpec
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.base import Handle, Target
+
+# How long killed leftovers may take to disappear before the run says they survived.
+LEFTOVER_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -164,13 +167,20 @@ class _Run:
                             grace=self.grace_seconds, wait=self.drain)
 
     def kill_leftovers(self) -> None:
+        """Kill what is left of the run (helpers that left the group), then check it is gone:
+        a killed process lingers until the kernel has torn it down."""
         try:
             leftovers = self.target.leftovers(self.run_id)
+            if not leftovers:
+                return
+            self.log.event(f"killing {len(leftovers)} leftover process(es) of the run: "
+                           f"{_shown(leftovers)}")
+            self.target.kill(leftovers)
+            leftovers = still_running(lambda: self.target.leftovers(self.run_id),
+                                      seconds=LEFTOVER_SECONDS)
             if leftovers:
-                shown = ", ".join(f"{pid}@{host}" for host, pid in leftovers)
-                self.log.event(f"killing {len(leftovers)} leftover process(es) of the run: "
-                               f"{shown}")
-                self.target.kill(leftovers)
+                self.log.event(f"still running {LEFTOVER_SECONDS:g} s after SIGKILL: "
+                               f"{_shown(leftovers)}")
         except TfsubmitError as exc:
             self.log.event(f"could not check for leftover processes: {exc}")
 
@@ -281,6 +291,10 @@ def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:
             rank = int(match[1])
             return f"[rank:{rank}@{spec.rank_hosts[rank]}]", match[2]
     return spec.tag, line
+
+
+def _shown(processes: list[tuple[str, int | str]]) -> str:
+    return ", ".join(f"{pid}@{host}" for host, pid in processes)
 
 
 def _monotonic(wall_time: float) -> float:

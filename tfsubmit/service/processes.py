@@ -10,6 +10,9 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _state(pid: int | str) -> str | None:
@@ -59,6 +62,17 @@ def kill_pids(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def still_running(list_them: Callable[[], list[T]], *, seconds: float) -> list[T]:
+    """What `list_them()` still lists after up to `seconds` of waiting for it to empty: a
+    killed process lingers until the kernel has torn it down."""
+    left = list_them()
+    deadline = time.monotonic() + seconds
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = list_them()
+    return left
 
 
 def terminate_then_kill(

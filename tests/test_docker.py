@@ -27,8 +27,9 @@ PS_EXAMPLE = ROOT / "examples" / "ps-synthetic"
 
 
 def of_run(client, run_id: str, **filters) -> list:
+    # ignore_removed: one removed between the listing and its inspection is simply gone.
     return client.containers.list(all=True, filters={"label": f"tfsubmit.run={run_id}",
-                                                     **filters})
+                                                     **filters}, ignore_removed=True)
 
 
 def networks_of(client, run_id: str) -> list:

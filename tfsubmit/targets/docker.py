@@ -296,8 +296,10 @@ class DockerTarget(LocalFolders):
     def _containers(self, *, all: bool = False) -> list:
         if self.run_id is None:
             return []
+        # ignore_removed: a container removed between listing and inspection is gone.
         return self.client.containers.list(all=all, filters={"label": f"{RUN_LABEL}="
-                                                              f"{self.run_id}"})
+                                                              f"{self.run_id}"},
+                                           ignore_removed=True)
 
     def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
         """Containers of the run still running."""

@@ -163,6 +163,8 @@ def test_horovod_mpirun_argv_is_exact_for_ssh_hosts():
         "/e/python", "-m", "tfsubmit.runtime.rank", "echo_args.py", "--epochs", "1",
     ]
     assert plan.spec.rank_hosts == ("10.0.0.11", "10.0.0.11", "10.0.0.12", "10.0.0.12")
+    # mpirun hands this to the daemons it starts (see MPIRUN_ENV).
+    assert plan.spec.env["OMPI_MCA_rtc_hwloc_vmhole"] == "none"
     assert (plan.spec.host, plan.spec.role, plan.spec.cwd) == ("10.0.0.11", "mpirun",
                                                                "/wd/r/10.0.0.11")
 

@@ -20,6 +20,13 @@ from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import DEFAULT_LAUNCH, LaunchOptions, Node, ProcessSpec, RemoteShell
 
 RANK_MODULE = "tfsubmit.runtime.rank"
+# mpirun's own settings; it hands them to the daemons it starts on the other hosts.
+MPIRUN_ENV = {
+    # Open MPI 4.1's daemons share their hardware topology through a memory segment they
+    # map at an address they guess; on a busy host that mapping sometimes segfaults the
+    # daemon (orted, in hwloc_shmem_topology_write) and the job fails at start. Off.
+    "OMPI_MCA_rtc_hwloc_vmhole": "none",
+}
 PREFLIGHT_SECONDS = 60
 PREFLIGHT = (
     "import sys\n"
@@ -112,7 +119,7 @@ def plan_horovod(
                        *job.script_arguments())
     argv += [used[0].python, *body]
     spec = ProcessSpec(
-        host=used[0].host, argv=tuple(argv), env={"TFSUBMIT_RUN_ID": run_id},
+        host=used[0].host, argv=tuple(argv), env={"TFSUBMIT_RUN_ID": run_id, **MPIRUN_ENV},
         cwd=used[0].workdir, role="mpirun", index=0,
         rank_hosts=tuple(node.host for node in ranks),
     )

@@ -66,13 +66,14 @@ def _walk(
 ) -> Iterator[tuple[str, Path]]:
     """Yield (relative posix path, real path) of every file to include.
 
-    Symlinks are followed only while they stay inside the source directory.
+    Symlinks are followed only while they stay inside the source directory. A folder reached
+    twice (`alias -> data` beside `data`) is shipped under both names; only a link back to a
+    folder on its own path (`data/up -> ..`) is a loop.
     """
     real_root = root.resolve()
-    seen_dirs = {real_root}
-    stack = [(real_root, "")]
+    stack: list[tuple[Path, str, frozenset[Path]]] = [(real_root, "", frozenset({real_root}))]
     while stack:
-        directory, prefix = stack.pop()
+        directory, prefix, ancestors = stack.pop()
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 rel = f"{prefix}{entry.name}"
@@ -89,11 +90,11 @@ def _walk(
                 if path.is_dir():
                     if spec.match_file(rel + "/"):
                         continue
-                    if path in seen_dirs:
-                        skipped[rel] = "symlink loop"
+                    real = path.resolve()
+                    if real in ancestors:
+                        skipped[rel] = f"symlink loop (-> {real})"
                         continue
-                    seen_dirs.add(path)
-                    stack.append((path, rel + "/"))
+                    stack.append((real, rel + "/", ancestors | {real}))
                 elif path.is_file():
                     if not spec.match_file(rel):
                         yield rel, path

@@ -90,5 +90,6 @@ def _supervise(sub: Submission, target: Target, nodes: list[Node], plan: Plan,
             alone=plan.restart_alone,
         ),
         hang_seconds=job.hang_timeout_seconds,
+        startup_seconds=job.startup_limit,
         activity=lambda: target.last_activity(nodes),
     )

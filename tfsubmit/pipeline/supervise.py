@@ -22,6 +22,20 @@ from tfsubmit.targets.base import Handle, Target
 # How long killed leftovers may take to disappear before the run says they survived.
 LEFTOVER_SECONDS = 5.0
 
+# Log records TensorFlow, absl and gRPC print while they start; they are not progress.
+_STARTUP_NOISE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] "  # TensorFlow's C++ log
+    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s"                  # absl / glog / gRPC
+    r"|WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|(INFO|WARNING):(tensorflow|absl):"                   # their Python loggers
+    r"|\s*$)"
+)
+
+
+def is_progress(line: str) -> bool:
+    """Whether a job's line shows it has got past start-up (anything but library noise)."""
+    return not _STARTUP_NOISE.match(line)
+
 
 @dataclass(frozen=True)
 class RestartPolicy:
@@ -77,6 +91,7 @@ def supervise(
     decides: Callable[[ProcessSpec], bool] = lambda spec: True,
     policy: RestartPolicy = RestartPolicy(),
     hang_seconds: float | None = None,
+    startup_seconds: float | None = None,
     activity: Callable[[], float] = lambda: 0.0,
 ) -> Outcome:
     """Start every spec, stream its output, and wait until the job is done or must stop.
@@ -85,7 +100,9 @@ def supervise(
     them); the others (parameter servers, say) are then stopped. A failing process is
     restarted alone or with the whole gang as `policy` says, else it fails the job. With
     `hang_seconds`, a job that prints no line and logs no metric (`activity()` returns the
-    time of the newest metric) for that long is treated as hung.
+    time of the newest metric) for that long is treated as hung; that watch starts at the
+    job's first progress (a metric, or a line that is not library start-up noise), and the
+    silence before it is bounded by `startup_seconds` instead.
     """
     run = _Run(target, specs, run_id, log, log_dir, cancel, grace_seconds)
     started = time.monotonic()
@@ -94,7 +111,7 @@ def supervise(
         run.start_all()
         on_started(run.handles)
         status, reason = run.watch(started, max_seconds, decides, policy, hang_seconds,
-                                   activity)
+                                   startup_seconds, activity)
         running = [h for h in run.handles if _poll(h) is None]
         if running:
             log.event(f"stopping {len(running)} process(es): {reason or 'the job is done'}")
@@ -132,6 +149,9 @@ class _Run:
         self.last_line = time.monotonic()
         self.last_line_of = [time.monotonic()] * len(specs)
         self.restarts: list[dict] = []
+        # Start of the current attempt, and whether it has shown progress yet.
+        self.attempt_started = time.monotonic()
+        self.progressed = False
 
     # -- starting and stopping ------------------------------------------------------------------
 
@@ -145,6 +165,8 @@ class _Run:
         return handle
 
     def start_all(self) -> None:
+        self.attempt_started = time.monotonic()
+        self.progressed = False
         self.handles = []
         for i in range(len(self.specs)):
             self.handles.append(self.start(i))
@@ -210,22 +232,36 @@ class _Run:
             if line is None:
                 continue
             self.last_line_of[i] = self.last_line = time.monotonic()
+            if not self.progressed and is_progress(line):
+                self.progressed = True
             self.files[i].write(line + "\n")
             self.log.line(*_tagged(self.specs[i], line))
             deadline = time.monotonic()  # got something: empty the rest without waiting
 
-    def watch(self, started, max_seconds, decides, policy, hang_seconds, activity):
+    def watch(self, started, max_seconds, decides, policy, hang_seconds, startup_seconds,
+              activity):
         deciding = [decides(spec) for spec in self.specs]
         while True:
             self.drain(0.1)
             if self.cancel.is_set():
                 return "Canceled", "canceled by the user"
-            if max_seconds is not None and time.monotonic() - started > max_seconds:
+            now = time.monotonic()
+            if max_seconds is not None and now - started > max_seconds:
                 return "Failed", f"exceeded max_run_duration_seconds={max_seconds:g}"
-            if hang_seconds is not None:
-                silent_for = time.monotonic() - max(self.last_line, _monotonic(activity()))
-                if silent_for > hang_seconds:
+            if hang_seconds is not None or startup_seconds is not None:
+                metric = _monotonic(activity())
+                if not self.progressed and metric > self.attempt_started:
+                    self.progressed = True
+                reason = None
+                if not self.progressed:
+                    if startup_seconds is not None \
+                            and now - self.attempt_started > startup_seconds:
+                        reason = (f"no progress (a metric, or a line of the job's own) within "
+                                  f"startup_timeout_seconds={startup_seconds:g}")
+                elif hang_seconds is not None \
+                        and now - max(self.last_line, metric) > hang_seconds:
                     reason = self._hang_reason(hang_seconds)
+                if reason is not None:
                     if not self._recover(None, None, reason, policy):
                         return "Failed", reason
                     continue

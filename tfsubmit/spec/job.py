@@ -7,6 +7,7 @@ Every bad value raises `JobSpecError` naming the field at fault.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -74,7 +75,14 @@ class TrainingJob(BaseModel):
         default_factory=list, description="Exit codes that are never retried."
     )
     hang_timeout_seconds: float | None = Field(
-        default=None, description="Treat the job as hung after this long with no line or metric."
+        default=None,
+        description="Treat the job as hung after this long with no line or metric, counted "
+        "from its first progress (a metric, or a line that is not library start-up noise).",
+    )
+    startup_timeout_seconds: float | None = Field(
+        default=None,
+        description="Fail (or restart) a job that shows no progress this long after it "
+        "started; default with hang_timeout_seconds: max(600, 10 x hang_timeout_seconds).",
     )
     node_count: int = Field(default=1, description="Number of nodes.")
     process_count_per_node: int = Field(default=1, description="Processes on each node.")
@@ -164,11 +172,16 @@ class TrainingJob(BaseModel):
                 raise ValueError(f"{name!r} is set by tfsubmit itself and cannot be overridden")
         return value
 
-    @field_validator("max_run_duration_seconds", "hang_timeout_seconds")
+    @field_validator("max_run_duration_seconds", "hang_timeout_seconds",
+                     "startup_timeout_seconds", mode="before")
     @classmethod
-    def _positive_duration(cls, value: float | None) -> float | None:
-        if value is not None and value <= 0:
-            raise ValueError(f"must be a positive number of seconds (got {value})")
+    def _positive_duration(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be a number of seconds (got {value!r})")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"must be a positive, finite number of seconds (got {value!r})")
         return value
 
     @field_validator("node_count", "process_count_per_node", "worker_count")
@@ -238,6 +251,15 @@ class TrainingJob(BaseModel):
     def framework_minor(self) -> tuple[int, int]:
         major, minor = self.framework_version.split(".")[:2]
         return int(major), int(minor)
+
+    @property
+    def startup_limit(self) -> float | None:
+        """Seconds a job may take to show its first progress (None: no limit of its own)."""
+        if self.startup_timeout_seconds is not None:
+            return self.startup_timeout_seconds
+        if self.hang_timeout_seconds is not None:
+            return max(600.0, 10 * self.hang_timeout_seconds)
+        return None
 
     @property
     def legacy_keras(self) -> bool:

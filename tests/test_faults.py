@@ -3,11 +3,19 @@ on main before the fix. Real processes, real files; no mocks of what the item na
 
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tfsubmit.pipeline.snapshot import take_snapshot
 from tfsubmit.store.objects import ObjectStore
 from tfsubmit.store.snapshots import materialize
+
+JOBS = Path(__file__).resolve().parent / "jobs"
 
 
 def test_13_a_folder_and_an_alias_of_it_both_ship(tmp_path):
@@ -77,3 +85,177 @@ def test_12_start_up_has_its_own_limit(tmp_path):
     assert outcome.status == "Failed"
     assert outcome.reason == ("no progress (a metric, or a line of the job's own) within "
                               "startup_timeout_seconds=3")
+
+
+# -- 14: bad input is refused at submit, naming the field or file, exit 2, nothing created ------
+
+GOOD = "source_directory: {src}\nentry_script: train.py\n"
+BAD_JOBS = [
+    ("max_run_duration_seconds: .nan\n", "max_run_duration_seconds"),
+    ("hang_timeout_seconds: true\n", "hang_timeout_seconds"),
+    ('script_params: {"--name": "a\\0b"}\n', "script_params: holds a NUL byte"),
+    ('environment_variables: {X: "a\\0b"}\n', "environment_variables: holds a NUL byte"),
+    ("distributed_backend: multiworker\nprocess_count_per_node: 40000\n",
+     "process_count_per_node: must be 1 .. 256"),
+    ("distributed_backend: ps\nworker_count: 60\nparameter_server_count: 1\n",
+     "TensorFlow tasks, but a job has ports for at most 50"),
+    ("entry_script: train.py\n", "appears twice"),
+    ("1: x\n", "key 1 is not a string"),
+    ("distributed_backend: mpi\nnode_count: 2\n",
+     "node_count: 2 nodes asked, but target 'local' has 1 host"),
+    ("custom_docker_image: debian:12\n", "custom_docker_image: only used with docker targets"),
+]
+BAD_SOURCES = [
+    ('""', "source_directory: is empty"),
+    ("~nosuchuser/x", "home folder of an unknown user"),
+    ("/tmp/" + "a" * 300, "File name too long"),
+]
+
+
+def _cli(*args, workspace, stdin=None):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return subprocess.run([sys.executable, "-m", "tfsubmit.cli", "--workspace", str(workspace),
+                           *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture
+def src(tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "train.py").write_text("print('hi')\n")
+    return folder
+
+
+def _refused(job_file, words, workspace):
+    done = _cli("submit", str(job_file), "--detach", workspace=workspace)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert words in done.stderr
+    assert str(job_file) in done.stderr or words in done.stderr
+    runs = workspace / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.parametrize(("extra", "words"), BAD_JOBS, ids=[w for _, w in BAD_JOBS])
+def test_14_bad_job_fields_are_refused_at_submit(tmp_path, src, extra, words):
+    job = tmp_path / "job.yaml"
+    job.write_text(GOOD.format(src=src) + extra)
+    _refused(job, words, tmp_path / "ws")
+
+
+@pytest.mark.parametrize(("source", "words"), BAD_SOURCES, ids=[w for _, w in BAD_SOURCES])
+def test_14_bad_source_directories_are_refused(tmp_path, source, words):
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source_directory: {source}\nentry_script: train.py\n")
+    _refused(job, words, tmp_path / "ws")
+
+
+def test_14_unreadable_job_files_are_named(tmp_path):
+    folder = tmp_path / "job.yaml"
+    folder.mkdir()
+    _refused(folder, "is a folder", tmp_path / "ws")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("entry_script: tr\xe4in.py\n".encode("latin-1"))
+    _refused(latin, "is not UTF-8 text", tmp_path / "ws")
+
+
+def test_14_bad_targets_files_are_named(tmp_path, src):
+    job = tmp_path / "job.yaml"
+    job.write_text(GOOD.format(src=src))
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    targets = workspace / "targets.yaml"
+    targets.write_text("local:\n  type: ssh\n  hosts: [{address: 127.0.0.1}]\n")
+    _refused(job, "target 'local' is built in", workspace)
+    targets.write_bytes(b"gpu:\n  type: ssh # \xff\n")
+    _refused(job, "is not UTF-8 text", workspace)
+
+
+def test_14_a_closed_pipe_is_not_a_crash(tmp_path):
+    """`tfsubmit show RUN | head` used to end in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    from tfsubmit.store.layout import Workspace
+    from tfsubmit.store.record import RunRecord
+
+    workspace = Workspace(tmp_path / "ws")
+    RunRecord.create(workspace, "exp_1", "exp", {"entry_script": "train.py"})
+    read, write = os.pipe()
+    os.close(read)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    done = subprocess.run([sys.executable, "-m", "tfsubmit.cli", "--workspace",
+                           str(workspace.root), "show", "exp_1"], stdout=write,
+                          stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 0
+
+
+# Fuzzing: whatever the input, the answer is a job or an error naming what is wrong.
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=3),
+    max_leaves=8,
+)
+_fields = st.sampled_from(["source_directory", "entry_script", "script_params",
+                           "compute_target", "pip_packages", "node_count",
+                           "process_count_per_node", "distributed_backend", "worker_count",
+                           "parameter_server_count", "max_run_duration_seconds",
+                           "hang_timeout_seconds", "environment_variables", "framework_version",
+                           "max_restarts", "chief", "unknown_field"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=st.dictionaries(_fields, _values, max_size=5))
+def test_14_fuzzed_job_fields_give_a_job_or_a_named_error(changes):
+    from tfsubmit.errors import JobSpecError
+    from tfsubmit.spec.job import TrainingJob
+
+    data = {"source_directory": str(JOBS), "entry_script": "echo_args.py", **changes}
+    try:
+        job = TrainingJob(**data)
+    except JobSpecError as exc:
+        assert any(str(exc).startswith(f) or f"{f}:" in str(exc) or f in str(exc)
+                   for f in [*changes, "job"]), str(exc)
+        return
+    for key in ("max_run_duration_seconds", "hang_timeout_seconds"):
+        value = getattr(job, key)
+        assert value is None or (math.isfinite(value) and value > 0)
+    assert job.script_arguments() == [str(a) for a in job.script_arguments()]
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_14_fuzzed_job_files_give_a_job_or_a_named_error(tmp_path, text):
+    from tfsubmit.errors import JobSpecError
+    from tfsubmit.spec.job import load_job_file
+
+    path = tmp_path / "job.yaml"
+    path.write_bytes(text)
+    try:
+        load_job_file(path)
+    except JobSpecError as exc:
+        assert str(path) in str(exc)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
+       | st.dictionaries(st.text(max_size=8), _values, max_size=3).map(
+           lambda d: __import__("yaml").safe_dump(d).encode()))
+def test_14_fuzzed_targets_files_give_targets_or_a_named_error(tmp_path, text):
+    from tfsubmit.errors import TargetError
+    from tfsubmit.targets.config import load_targets
+
+    (tmp_path / "targets.yaml").write_bytes(text)
+    try:
+        load_targets(tmp_path)
+    except TargetError as exc:
+        assert "targets.yaml" in str(exc)

@@ -50,3 +50,22 @@ def test_the_cli_touches_nothing_outside_the_workspace(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_unique_prefix_and_latest_name_one_run(tmp_path):
+    from tfsubmit.errors import RunNotFoundError
+    from tfsubmit.store.record import RunRecord
+
+    workspace = Workspace(tmp_path / "ws")
+    with pytest.raises(RunNotFoundError):
+        workspace.resolve_run_id("latest")
+    for run_id in ("exp_20260101_aaa", "exp_20260102_bbb", "other_1"):
+        RunRecord.create(workspace, run_id, run_id.split("_")[0], {})
+    assert workspace.resolve_run_id("other") == "other_1"
+    assert workspace.resolve_run_id("exp_20260102") == "exp_20260102_bbb"
+    assert workspace.resolve_run_id("latest") == "other_1"
+    with pytest.raises(TfsubmitError, match="is the start of 2 runs: exp_20260101_aaa, "
+                                            "exp_20260102_bbb"):
+        workspace.resolve_run_id("exp_")
+    with pytest.raises(RunNotFoundError):
+        workspace.run_paths(workspace.resolve_run_id("nothing"))

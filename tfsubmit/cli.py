@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -26,16 +27,14 @@ from tfsubmit.store.layout import Workspace
 
 def _load(path: str):
     """A job or a sweep (a YAML with `estimator:` and `space:`), and its experiment."""
-    import yaml
+    from pathlib import Path
 
+    from tfsubmit.errors import JobSpecError
     from tfsubmit.spec.job import load_job_file
     from tfsubmit.spec.sweep import is_sweep_data, load_sweep_file
+    from tfsubmit.spec.yamlfile import load_mapping
 
-    try:
-        with open(path) as handle:
-            sweep = is_sweep_data(yaml.safe_load(handle))
-    except (OSError, yaml.YAMLError):
-        sweep = False  # load_job_file names the problem
+    sweep = is_sweep_data(load_mapping(Path(path), "job", JobSpecError))
     return load_sweep_file(path) if sweep else load_job_file(path)
 
 
@@ -91,7 +90,8 @@ def _print_trials(run) -> None:
 def _resume(args: argparse.Namespace) -> int:
     from tfsubmit.api import SweepRun
 
-    run = SweepRun(args.run, workspace=args.workspace).resume()
+    run_id = Workspace(args.workspace).resolve_run_id(args.run)
+    run = SweepRun(run_id, workspace=args.workspace).resume()
     print(f"Resumed sweep {run.id}", flush=True)
     return 0 if args.detach else _follow(run)
 
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(func=_submit)
 
     resume = commands.add_parser("resume", help="continue an interrupted sweep")
-    resume.add_argument("run")
+    resume.add_argument("run", help="run id, a unique start of one, or `latest`")
     resume.add_argument("--detach", action="store_true", help="return once resumed")
     resume.set_defaults(func=_resume)
 
@@ -258,16 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=_runs)
 
     show = commands.add_parser("show", help="a run's details as JSON")
-    show.add_argument("run")
+    show.add_argument("run", help="run id, a unique start of one, or `latest`")
     show.set_defaults(func=_show)
 
     logs = commands.add_parser("logs", help="print a run's merged log")
-    logs.add_argument("run")
+    logs.add_argument("run", help="run id, a unique start of one, or `latest`")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
     logs.set_defaults(func=_logs)
 
     cancel = commands.add_parser("cancel", help="stop a run and all its processes")
-    cancel.add_argument("run")
+    cancel.add_argument("run", help="run id, a unique start of one, or `latest`")
     cancel.set_defaults(func=_cancel)
 
     srv = commands.add_parser("server", help="the embedded Prefect server")
@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     except TfsubmitError as exc:
         print(f"tfsubmit: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tfsubmit show RUN | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

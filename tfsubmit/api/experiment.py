@@ -47,14 +47,14 @@ class Experiment:
         if deployment is not None:
             return submit_to_deployment(job, deployment, experiment=self.name,
                                         workspace=self.workspace)
-        self._check_target(job.compute_target)
+        self._check_target(job)
         run_id = self.workspace.new_run_id(self.name)
         record = RunRecord.create(self.workspace, run_id, self.name, job.to_dict())
         start_runner(self.workspace, record.paths)
         return Run(run_id, workspace=self.workspace.root)
 
     def _submit_sweep(self, sweep: Sweep) -> SweepRun:
-        self._check_target(sweep.estimator.compute_target)
+        self._check_target(sweep.estimator)
         run_id = self.workspace.new_run_id(self.name)
         record = RunRecord.create(self.workspace, run_id, self.name, sweep.to_dict(),
                                   kind="sweep", primary_metric=sweep.primary_metric,
@@ -62,9 +62,15 @@ class Experiment:
         start_runner(self.workspace, record.paths)
         return SweepRun(run_id, workspace=self.workspace.root)
 
-    def _check_target(self, name: str) -> None:
-        """An unknown or unreachable target fails here, before a run exists."""
-        get_target(name, self.workspace.root, find_block=self._find_block).close()
+    def _check_target(self, job: TrainingJob) -> None:
+        """An unknown target, or one that cannot run the job, fails here, before a run
+        exists."""
+        target = get_target(job.compute_target, self.workspace.root,
+                            find_block=self._find_block)
+        try:
+            target.admit(job)
+        finally:
+            target.close()
 
     def _find_block(self, name: str) -> TargetConfig | None:
         # Prefect loads only for a target that targets.yaml does not name.

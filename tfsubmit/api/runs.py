@@ -385,10 +385,11 @@ def run_of(run_id: str, *, workspace: str | Path | None = None) -> Run:
 
 
 def open_run(run_id: str, *, workspace: str | Path | None = None) -> BaseRun:
-    """The run with this id: from the workspace, else a flow run of that name in the Prefect
-    API (a run a deployment's worker executed elsewhere)."""
+    """The run with this id (or a unique start of it, or `latest`): from the workspace, else
+    a flow run of that name in the Prefect API (a run a deployment's worker executed
+    elsewhere)."""
     try:
-        return run_of(run_id, workspace=workspace)
+        return run_of(Workspace(workspace).resolve_run_id(run_id), workspace=workspace)
     except RunNotFoundError as missing:
         url = api_url(workspace, start=False)
         found = url and DeploymentRun.find(run_id, PrefectAPI(url))

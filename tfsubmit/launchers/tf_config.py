@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tfsubmit.launchers.base import job_env
-from tfsubmit.spec.job import TrainingJob
+from tfsubmit.spec.job import TF_PORTS_PER_JOB, TrainingJob
 from tfsubmit.spec.process import Node, ProcessSpec
 
 PORT_RANGE = (20000, 29999)
-PORTS_PER_JOB = 50
+PORTS_PER_JOB = TF_PORTS_PER_JOB  # the spec refuses jobs with more tasks
 
 
 @dataclass(frozen=True)

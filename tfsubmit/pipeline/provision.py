@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from tfsubmit.errors import TargetError
 from tfsubmit.launchers.horovod import check_gpus
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.spec.environment import Environment, environment_spec
@@ -19,11 +18,7 @@ def provision_nodes(sub: Submission, target: Target, snapshot: Snapshot, env: En
     sub.check_canceled()
     job = sub.job
     offered = target.hosts()
-    if job.node_count > len(offered):
-        raise TargetError(f"node_count: {job.node_count} nodes asked, but target "
-                          f"{target.name!r} has {len(offered)} host(s); lower node_count "
-                          "(process_count_per_node runs more processes on each), or use a "
-                          "target with that many hosts")
+    target.admit(job)
     check_gpus(job, offered)
     ready = target.provision(ProvisionRequest(
         run_id=sub.run_id, run_dir=sub.paths.root, job=job, snapshot=snapshot, store=sub.store,

@@ -12,11 +12,11 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tfsubmit.errors import JobSpecError
+from tfsubmit.spec.yamlfile import load_mapping
 
 DistributedBackend = Literal["mpi", "ps", "multiworker"]
 BACKENDS: tuple[str, ...] = ("mpi", "ps", "multiworker")
@@ -34,6 +34,11 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV_PREFIXES = ("TFSUBMIT_",)
 _RESERVED_ENV = {"TF_CONFIG", "PYTHONPATH"}
 _EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# TensorFlow tasks (ps, multiworker) get ports from a block of this many per job.
+TF_PORTS_PER_JOB = 50
+MAX_PROCESSES_PER_NODE = 256
+MAX_NODES = 1024
 
 ScriptParamValue = str | int | float | bool | None | list[str | int | float]
 
@@ -113,13 +118,32 @@ class TrainingJob(BaseModel):
             return {**data, "framework_version": MPI_FRAMEWORK_VERSION}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_bytes(cls, data: Any) -> Any:
+        """A NUL byte cannot pass through argv, the environment or a file name."""
+        if isinstance(data, dict):
+            for field, value in data.items():
+                if _holds_nul(value):
+                    raise JobSpecError(f"{field}: holds a NUL byte (\\x00), which no "
+                                       f"argument, variable or file name can carry")
+        return data
+
     @field_validator("source_directory")
     @classmethod
     def _source_exists(cls, value: str) -> str:
-        path = Path(value).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"folder {value!r} does not exist (resolved to {path.absolute()})")
-        return str(path.resolve())
+        if not value.strip():
+            raise ValueError("is empty; give the folder holding the training code")
+        try:
+            path = Path(value).expanduser()
+            if not path.is_dir():
+                raise ValueError(
+                    f"folder {value!r} does not exist (resolved to {path.absolute()})")
+            return str(path.resolve())
+        except RuntimeError:  # '~nosuchuser/x'
+            raise ValueError(f"{value!r} names the home folder of an unknown user") from None
+        except OSError as exc:  # a name longer than the OS allows, a folder we cannot read
+            raise ValueError(f"{value!r} cannot be used: {exc.strerror or exc}") from None
 
     @field_validator("entry_script")
     @classmethod
@@ -134,8 +158,9 @@ class TrainingJob(BaseModel):
     @field_validator("compute_target")
     @classmethod
     def _target_name(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
-            raise ValueError(f"{value!r} is not a target name (letters, digits, '_', '.', '-')")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", value):
+            raise ValueError(f"{value!r} is not a target name (1-64 letters, digits, '_', "
+                             f"'.', '-')")
         return value
 
     @field_validator("pip_packages")
@@ -184,18 +209,33 @@ class TrainingJob(BaseModel):
             raise ValueError(f"must be a positive, finite number of seconds (got {value!r})")
         return value
 
-    @field_validator("node_count", "process_count_per_node", "worker_count")
+    @field_validator("node_count", "process_count_per_node", "worker_count",
+                     "parameter_server_count", "max_restarts", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"must be a whole number (got {value!r})")
+        return value
+
+    @field_validator("node_count", "worker_count")
     @classmethod
     def _at_least_one(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError(f"must be at least 1 (got {value})")
+        if not 1 <= value <= MAX_NODES:
+            raise ValueError(f"must be 1 .. {MAX_NODES} (got {value})")
+        return value
+
+    @field_validator("process_count_per_node")
+    @classmethod
+    def _processes_per_node(cls, value: int) -> int:
+        if not 1 <= value <= MAX_PROCESSES_PER_NODE:
+            raise ValueError(f"must be 1 .. {MAX_PROCESSES_PER_NODE} (got {value})")
         return value
 
     @field_validator("parameter_server_count", "max_restarts")
     @classmethod
     def _not_negative(cls, value: int) -> int:
-        if value < 0:
-            raise ValueError(f"must be 0 or more (got {value})")
+        if not 0 <= value <= 1000:
+            raise ValueError(f"must be 0 .. 1000 (got {value})")
         return value
 
     @model_validator(mode="after")
@@ -243,6 +283,14 @@ class TrainingJob(BaseModel):
                 "parameter_server_count: distributed_backend='ps' needs at least 1 "
                 "parameter server"
             )
+        if self.tf_task_count > TF_PORTS_PER_JOB:
+            fields = ("worker_count, parameter_server_count"
+                      if self.distributed_backend == "ps"
+                      else "node_count x process_count_per_node")
+            raise JobSpecError(
+                f"{fields}: {self.tf_task_count} TensorFlow tasks, but a job has ports for "
+                f"at most {TF_PORTS_PER_JOB}; use fewer tasks, or distributed_backend='mpi'"
+            )
         return self
 
     # -- derived views ------------------------------------------------------------------------
@@ -251,6 +299,15 @@ class TrainingJob(BaseModel):
     def framework_minor(self) -> tuple[int, int]:
         major, minor = self.framework_version.split(".")[:2]
         return int(major), int(minor)
+
+    @property
+    def tf_task_count(self) -> int:
+        """TensorFlow servers of the job (each needs a port); 0 for single and mpi jobs."""
+        if self.distributed_backend == "ps":
+            return int(self.chief) + self.worker_count + self.parameter_server_count
+        if self.distributed_backend == "multiworker":
+            return self.node_count * self.process_count_per_node
+        return 0
 
     @property
     def startup_limit(self) -> float | None:
@@ -311,13 +368,26 @@ class TrainingJob(BaseModel):
         """Build a job from plain data; a relative source_directory is taken from base_dir."""
         data = dict(data)
         source = data.get("source_directory")
-        if base_dir is not None and isinstance(source, str):
-            data["source_directory"] = str(base_dir / Path(source).expanduser())
+        if base_dir is not None and isinstance(source, str) and source.strip():
+            try:
+                data["source_directory"] = str(base_dir / Path(source).expanduser())
+            except RuntimeError:  # '~nosuchuser/x': the field check names it
+                pass
         return cls(**data)
 
 
 TensorFlow = TrainingJob
 """The estimator-style name users know: `TensorFlow(source_directory=..., entry_script=...)`."""
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def validate_experiment_name(name: str) -> str:
@@ -330,14 +400,7 @@ def validate_experiment_name(name: str) -> str:
 
 def read_spec_file(path: Path, what: str) -> tuple[dict[str, Any], str | None]:
     """A job or sweep YAML file's fields, and its optional (validated) `experiment`."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise JobSpecError(f"{what} file {path} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise JobSpecError(f"{what} file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise JobSpecError(f"{what} file {path} must hold a mapping of {what} fields")
+    data = load_mapping(path, what, JobSpecError)
     experiment = data.pop("experiment", None)
     if experiment is not None:
         validate_experiment_name(experiment)

@@ -197,6 +197,28 @@ class Workspace:
                 "names a folder of the workspace's runs/); list runs with `tfsubmit runs`")
         return RunPaths(self.runs / run_id)
 
+    def resolve_run_id(self, text: str) -> str:
+        """The id of the one run that `text` names: its full id, a unique prefix of it, or
+        `latest` (the newest run). RunNotFoundError when none does; a TfsubmitError listing
+        the candidates when several do."""
+        if text == "latest":
+            newest = self.list_runs()
+            if not newest:
+                raise RunNotFoundError(f"no runs yet in workspace {self.root}")
+            return newest[0]["id"]
+        paths = self.paths_of(text)
+        if paths.record.exists() or not self.runs.is_dir():
+            return text
+        matches = sorted(entry.name for entry in self.runs.iterdir()
+                         if entry.name.startswith(text) and RunPaths(entry).record.exists())
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = ", ".join(matches[:10]) + (", ..." if len(matches) > 10 else "")
+            raise TfsubmitError(f"run id {text!r} is the start of {len(matches)} runs: "
+                                f"{shown}; give more of the id")
+        return text  # run_paths says it does not exist
+
     def run_paths(self, run_id: str) -> RunPaths:
         """The paths of an existing run; RunNotFoundError when there is none."""
         paths = self.paths_of(run_id)

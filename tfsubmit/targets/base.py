@@ -79,6 +79,11 @@ class Target(Protocol):
         """The machines it offers, before connecting (host, slots, gpus)."""
         ...
 
+    def admit(self, job: TrainingJob) -> None:
+        """Refuse, naming the field, a job it cannot run; checked at submit, before a run
+        exists, without connecting anywhere."""
+        ...
+
     def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
                             log: RunLog, cancel: CancelFlag) -> Environment:
         """Find or build the job's environment, where the target builds it before the nodes
@@ -118,6 +123,14 @@ class Target(Protocol):
     def close(self) -> None:
         """Release connections; leave nothing of the run behind."""
         ...
+
+
+def check_node_count(job: TrainingJob, target: str, host_count: int) -> None:
+    if job.node_count > host_count:
+        raise TargetError(f"node_count: {job.node_count} nodes asked, but target "
+                          f"{target!r} has {host_count} host(s); lower node_count "
+                          "(process_count_per_node runs more processes on each), or use a "
+                          "target with that many hosts")
 
 
 def refuse_custom_image(job: TrainingJob, target: str) -> None:

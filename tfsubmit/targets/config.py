@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,13 @@ import yaml
 from pydantic import ValidationError
 
 from tfsubmit.errors import TargetError
+from tfsubmit.spec.yamlfile import load_mapping
 from tfsubmit.store.layout import Workspace
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.local import LocalTarget
 from tfsubmit.targets.settings import DockerTargetConfig, SSHHost, SSHTargetConfig, TargetConfig
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CONFIGS = {"ssh": SSHTargetConfig, "docker": DockerTargetConfig}
 # Finds a target's settings elsewhere (a Prefect Block) when targets.yaml has none.
 BlockLookup = Callable[[str], "TargetConfig | None"]
@@ -51,9 +54,9 @@ def get_target(name: str, workspace_root: Path, *, find_block: BlockLookup | Non
                ) -> Target:
     """The compute target called `name`: `local`, one in targets.yaml, or (through
     `find_block`) one saved as a Prefect Block."""
+    targets = load_targets(workspace_root)  # a broken targets.yaml is named, even for local
     if name == "local":
         return LocalTarget()
-    targets = load_targets(workspace_root)
     config = targets.get(name) or (find_block(name) if find_block else None)
     if config is None:
         known = ", ".join(["local", *sorted(targets)])
@@ -73,14 +76,15 @@ def load_targets(workspace_root: Path) -> dict[str, TargetConfig]:
     path = targets_file(workspace_root)
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise TargetError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise TargetError(f"{path} must map target names to their settings")
+    data = load_mapping(path, "targets", TargetError, empty_ok=True)
     targets = {}
     for name, settings in data.items():
+        if name == "local":
+            raise TargetError(f"{path}: target 'local' is built in (this machine) and cannot "
+                              f"be redefined; give this target another name")
+        if not NAME.fullmatch(name):
+            raise TargetError(f"{path}: {name!r} is not a target name (letters, digits, "
+                              f"'_', '.', '-', at most 64)")
         if not isinstance(settings, dict) or settings.get("type") not in CONFIGS:
             raise TargetError(f"{path}: target {name!r}: type must be one of "
                               f"{', '.join(CONFIGS)}")
@@ -97,8 +101,7 @@ def load_targets(workspace_root: Path) -> dict[str, TargetConfig]:
 def save_target(workspace_root: Path, name: str, config: TargetConfig) -> None:
     """Add or replace one target in targets.yaml."""
     path = targets_file(workspace_root)
-    data = yaml.safe_load(path.read_text()) if path.exists() else {}
-    data = data or {}
+    data = load_mapping(path, "targets", TargetError, empty_ok=True) if path.exists() else {}
     data[name] = config.model_dump(mode="json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -40,7 +40,7 @@ from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import NODE_FOLDERS
 from tfsubmit.store.runlog import RunLog
-from tfsubmit.targets.base import Provisioned, ProvisionRequest
+from tfsubmit.targets.base import Provisioned, ProvisionRequest, check_node_count
 from tfsubmit.targets.images import (
     ENV_PYTHON,
     LABEL,
@@ -190,6 +190,9 @@ class DockerTarget(LocalFolders):
     def hosts(self) -> list[Node]:
         return [Node(host=self.name, workdir="", slots=os.cpu_count() or 1, gpus=self._gpus(),
                      address="127.0.0.1")]
+
+    def admit(self, job: TrainingJob) -> None:
+        check_node_count(job, self.name, len(self.hosts()))
 
     def _gpus(self) -> int:
         return 0 if not self.config.gpus or self.config.gpus == "all" else int(self.config.gpus)

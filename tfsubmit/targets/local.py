@@ -18,7 +18,12 @@ from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import NODE_FOLDERS
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.store.snapshots import materialize
-from tfsubmit.targets.base import Provisioned, ProvisionRequest, refuse_custom_image
+from tfsubmit.targets.base import (
+    Provisioned,
+    ProvisionRequest,
+    check_node_count,
+    refuse_custom_image,
+)
 from tfsubmit.targets.envbuild import MARKER, resolve_environment
 
 # Variables of the orchestrator's own Python that must not leak into the job's interpreter.
@@ -136,6 +141,10 @@ class LocalTarget(LocalFolders):
     def hosts(self) -> list[Node]:
         return [Node(host=self.host, workdir="", slots=os.cpu_count() or 1, gpus=self._gpus,
                      address="127.0.0.1")]
+
+    def admit(self, job: TrainingJob) -> None:
+        refuse_custom_image(job, self.name)
+        check_node_count(job, self.name, 1)  # one machine; no GPU probe at submit
 
     def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
                             log: RunLog, cancel: CancelFlag) -> Environment:

@@ -32,7 +32,12 @@ from tfsubmit.store.objects import ObjectStore, object_path
 from tfsubmit.store.package import package_hash, package_sources
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.agent import AGENT, ENV_RESULT_PREFIX
-from tfsubmit.targets.base import Provisioned, ProvisionRequest, refuse_custom_image
+from tfsubmit.targets.base import (
+    Provisioned,
+    ProvisionRequest,
+    check_node_count,
+    refuse_custom_image,
+)
 from tfsubmit.targets.settings import SSHHost, SSHTargetConfig
 
 LineSink = Callable[[str], None]
@@ -335,6 +340,10 @@ class SSHTarget:
     def hosts(self) -> list[Node]:
         return [Node(host=h.address, workdir="", slots=h.slots, gpus=h.gpus, address=h.address)
                 for h in self.config.hosts]
+
+    def admit(self, job: TrainingJob) -> None:
+        refuse_custom_image(job, self.name)
+        check_node_count(job, self.name, len(self.hosts()))
 
     def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
                             log: RunLog, cancel: CancelFlag) -> Environment:

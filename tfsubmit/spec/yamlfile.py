@@ -1,0 +1,69 @@
+"""Read a YAML file of settings strictly: UTF-8, a mapping with string keys, no key twice.
+
+PyYAML keeps the last of two equal keys without a word; a job file holding `epochs` twice
+would silently train with the second. Every problem is a `TfsubmitError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tfsubmit.errors import TfsubmitError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate and non-string mapping keys."""
+
+
+def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        where = f"line {key_node.start_mark.line + 1}"
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{where}: key {key!r} is not a string", key_node.start_mark)
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{where}: key {key!r} appears twice", key_node.start_mark)
+        result[key] = loader.construct_object(value_node, deep=True)
+    return result
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def read_text(path: Path, what: str, error: type[TfsubmitError]) -> str:
+    """The file's text, or `error` saying why it cannot be read."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} file {path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{what} file {path} is a folder; give the path of a YAML file") from None
+    except OSError as exc:
+        raise error(f"{what} file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} file {path} is not UTF-8 text (byte {exc.start}); "
+                    f"save it as UTF-8") from None
+
+
+def load_mapping(path: Path, what: str, error: type[TfsubmitError],
+                 *, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML file holding one mapping with string keys, each key once."""
+    text = read_text(path, what, error)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise error(f"{what} file {path} is not valid YAML: {exc}") from None
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise error(f"{what} file {path} must hold a mapping of {what} fields")
+    return data

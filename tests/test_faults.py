@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -259,3 +261,60 @@ def test_14_fuzzed_targets_files_give_targets_or_a_named_error(tmp_path, text):
         load_targets(tmp_path)
     except TargetError as exc:
         assert "targets.yaml" in str(exc)
+
+
+# -- 5 and 7: exactly one runner per run; readers tell a live one by its lock ------------------
+
+
+def _quick_job(seconds: float = 1, **changes):
+    from tfsubmit import TensorFlow
+
+    return TensorFlow(source_directory=str(JOBS), entry_script="sleeper.py",
+                      script_params=[str(seconds)], **changes)
+
+
+def _flow_runs_named(prefect_api, name: str) -> list[dict]:
+    return prefect_api("/flow_runs/filter", {"flow_runs": {"name": {"any_": [name]}}})
+
+
+def test_7_a_reader_never_sees_a_new_run_die(workspace):
+    """Polling `get_status()` right after submit used to catch the run between run.json and
+    runner.pid and record it Failed ("runner process died") in 1 try of 3."""
+    from tfsubmit import Experiment
+
+    experiment = Experiment("reader-race", workspace=workspace.root)
+    for _ in range(3):
+        run = experiment.submit(_quick_job(0.2))
+        seen = []
+        deadline = time.monotonic() + 300
+        while (status := run.get_status()) not in ("Completed", "Failed", "Canceled"):
+            seen.append(status)
+            assert time.monotonic() < deadline
+        assert status == "Completed", run.get_details().get("error")
+        assert set(seen) <= {"Queued", "Preparing", "Running"}
+
+
+def test_5_a_late_fork_server_does_not_run_the_job_twice(workspace, prefect_api, monkeypatch):
+    """A fork server answering after the submitter gave up used to fork a second runner:
+    two flow runs of one name, the status going Completed -> Running -> Completed."""
+    from tfsubmit import Experiment
+    from tfsubmit.service import forkserver
+    from tfsubmit.store.layout import read_json
+
+    monkeypatch.setattr(forkserver, "REPLY_TIMEOUT", 1.0)  # the submitter's patience, shortened
+    server_pid = read_json(workspace.forkserver_state)["pid"]
+    os.kill(server_pid, signal.SIGSTOP)  # a fork server too busy to answer in time
+    try:
+        run = Experiment("late-fork", workspace=workspace.root).submit(_quick_job(3))
+    finally:
+        os.kill(server_pid, signal.SIGCONT)  # now it forks its runner, late
+    details = run.wait_for_completion(timeout=300)
+    assert details["status"] == "Completed"
+    # The late runner finds the run taken and leaves it: it says so and exits.
+    wait = time.monotonic() + 60
+    while "another runner took it" not in run.paths.runner_log.read_text():
+        assert time.monotonic() < wait, run.paths.runner_log.read_text()
+        time.sleep(0.2)
+    assert len(_flow_runs_named(prefect_api, run.id)) == 1
+    assert run.get_metrics()["ready"] == [1.0]  # not doubled
+    assert run.get_status() == "Completed"

@@ -50,7 +50,7 @@ class Experiment:
         self._check_target(job)
         run_id = self.workspace.new_run_id(self.name)
         record = RunRecord.create(self.workspace, run_id, self.name, job.to_dict())
-        start_runner(self.workspace, record.paths)
+        hand_over(self.workspace, record)
         return Run(run_id, workspace=self.workspace.root)
 
     def _submit_sweep(self, sweep: Sweep) -> SweepRun:
@@ -59,7 +59,7 @@ class Experiment:
         record = RunRecord.create(self.workspace, run_id, self.name, sweep.to_dict(),
                                   kind="sweep", primary_metric=sweep.primary_metric,
                                   goal=sweep.goal, total_runs=sweep.total_runs)
-        start_runner(self.workspace, record.paths)
+        hand_over(self.workspace, record)
         return SweepRun(run_id, workspace=self.workspace.root)
 
     def _check_target(self, job: TrainingJob) -> None:
@@ -84,6 +84,18 @@ class Experiment:
                 record["id"], workspace=self.workspace.root)
             for record in self.workspace.list_runs(self.name)
         ]
+
+
+def hand_over(workspace: Workspace, record: RunRecord) -> None:
+    """Start the run's runner with the runner lock `record` holds, then let go of it; a
+    runner that cannot be started ends the run Failed, saying why."""
+    try:
+        start_runner(workspace, record.paths, record.lock_fd)
+    except BaseException as exc:
+        record.failed(f"its runner could not be started: {exc}")
+        raise
+    finally:
+        record.release_lock()
 
 
 def submit_to_deployment(job: TrainingJob, deployment: str, *, experiment: str,

@@ -11,7 +11,6 @@ Readers never write a run's record: a run whose runner died is shown Failed (der
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from tfsubmit.service.forkserver import start_runner
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, status_of
 from tfsubmit.service.processes import kill_pids, pid_alive, processes_of_run, still_running
 from tfsubmit.service.server import api_url
+from tfsubmit.store import runlock
 from tfsubmit.store.cancel import request_cancel, withdraw_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json
 from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
@@ -107,7 +107,7 @@ class Run(BaseRun):
         record = self.record.read()
         if record.get("status") in TERMINAL_STATUSES or self._runner_alive():
             return record
-        time.sleep(0.2)  # its runner may have ended the run just now
+        # view re-reads the record: its runner may have ended the run just now
         return self.record.view(runner_alive=self._runner_alive())
 
     def where(self) -> str:
@@ -136,8 +136,7 @@ class Run(BaseRun):
             return None
 
     def _runner_alive(self) -> bool:
-        pid = self._runner_pid()
-        return pid is not None and pid_alive(pid)
+        return self.record.runner_alive()
 
     # -- logs -----------------------------------------------------------------------------------
 
@@ -238,12 +237,19 @@ class SweepRun(Run):
         if details["status"] not in ("Failed", "Canceled"):
             raise TfsubmitError(f"sweep {self.id} is {details['status']}; only a Failed or "
                                 "Canceled sweep can be resumed")
+        lock_fd = runlock.acquire(self.paths.runner_lock)
+        if lock_fd is None:
+            raise TfsubmitError(f"sweep {self.id} still has a live runner; cancel it first")
         withdraw_cancel(self.paths)
-        # Until the new runner's pid is written, this (live) process stands in for it: a
-        # reader must not take the old runner's death for the new one's.
-        self.paths.runner_pid.write_text(str(os.getpid()))
-        self.record.requeued(resumed=time.time())
-        start_runner(self.workspace, self.paths)
+        record = RunRecord(self.paths, lock_fd)
+        record.requeued(resumed=time.time())
+        try:
+            start_runner(self.workspace, self.paths, lock_fd)
+        except BaseException as exc:
+            record.failed(f"its runner could not be started: {exc}")
+            raise
+        finally:
+            record.release_lock()
         return self
 
 

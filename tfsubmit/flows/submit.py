@@ -124,5 +124,6 @@ def submit_training(
             target.close()
     if not under_runner:  # e.g. a Prefect deployment's worker: nobody else ends the run
         record = sub.record.end()
+        sub.record.release_lock()
     sub.log.close()
     return prefect_state(record)

@@ -50,11 +50,14 @@ def open_submission(job: dict[str, Any] | str, experiment: str | None, run_id: s
         spec = TrainingJob.from_dict(job)
     experiment = validate_experiment_name(experiment or "default")
     if run_id is None or not ws.paths_of(run_id).record.exists():
+        # A deployment's flow run: this process is its runner and holds its lock for life.
         run_id = run_id or ws.new_run_id(experiment)
-        RunRecord.create(ws, run_id, experiment, spec.to_dict())
-    paths = ws.run_paths(run_id)
+        record = RunRecord.create(ws, run_id, experiment, spec.to_dict())
+    else:  # made by Experiment.submit or a sweep, whose runner holds the lock
+        record = RunRecord(ws.run_paths(run_id))
+    paths = record.paths
     if not paths.runner_pid.exists():  # a worker's flow process, or a sweep running its trials
         paths.runner_pid.write_text(str(os.getpid()))
     return Submission(job=spec, run_id=run_id, experiment=experiment, workspace=ws, paths=paths,
-                      record=RunRecord(paths), log=RunLog(paths.output_log),
+                      record=record, log=RunLog(paths.output_log),
                       cancel=CancelFlag(paths), store=ObjectStore(ws.objects))

@@ -29,39 +29,51 @@ from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
 
 CONNECT_TIMEOUT = 2.0
+# A loaded machine may take a while to fork; a late answer is no harm (see start_runner).
+REPLY_TIMEOUT = 10.0
 RUNNER_MODULE = "tfsubmit.service.runner"
+LOCK_FD_ARG = "--lock-fd"
 
 
-def start_runner(workspace: Workspace, paths: RunPaths) -> int:
-    """Start the runner of run `paths`, detached; records and returns its pid."""
-    pid = request_runner(workspace, paths.root) or _spawn_runner(paths)
-    paths.runner_pid.write_text(str(pid))
+def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int) -> int:
+    """Start the runner of run `paths`, detached, handing it the run's runner lock
+    (`lock_fd`, held by the caller, who may release it once this returns); returns its pid.
+
+    Should the fork server fork a runner after all when it answered too late and one was
+    spawned instead, both start, but only the first to claim the Queued run runs it."""
+    pid = request_runner(workspace, paths.root, lock_fd) or _spawn_runner(paths, lock_fd)
+    paths.runner_pid.write_text(str(pid))  # the runner writes its own once it has claimed
     return pid
 
 
-def _spawn_runner(paths: RunPaths) -> int:
+def _spawn_runner(paths: RunPaths, lock_fd: int) -> int:
     """Start a runner from scratch (no warm fork server for this workspace and code)."""
     with paths.runner_log.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", RUNNER_MODULE, str(paths.root)],
+            [sys.executable, "-m", RUNNER_MODULE, str(paths.root), LOCK_FD_ARG, str(lock_fd)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            pass_fds=(lock_fd,),
             start_new_session=True,  # the run outlives this process, like a cloud job
         )
     return process.pid
 
 
-def request_runner(workspace: Workspace, run_dir: Path) -> int | None:
-    """Ask a running fork server for a runner of `run_dir`; None when there is none to ask."""
+def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int) -> int | None:
+    """Ask a running fork server for a runner of `run_dir`, passing it the run's lock over
+    the socket; None when there is none to ask or it does not answer in time."""
     if not is_current(workspace):
         return None
     request = {"run_dir": str(run_dir), "env": dict(os.environ), "cwd": os.getcwd()}
+    payload = json.dumps(request).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(str(workspace.forkserver_socket))
-            sock.sendall(json.dumps(request).encode() + b"\n")
+            sock.settimeout(REPLY_TIMEOUT)
+            socket.send_fds(sock, [payload[:1]], [lock_fd])  # the lock rides on the first byte
+            sock.sendall(payload[1:])
             reply = sock.makefile().readline()
         return int(json.loads(reply)["pid"])
     except (OSError, ValueError, KeyError):
@@ -128,16 +140,25 @@ def serve(workspace: Workspace, main: Callable[[list[str]], int]) -> None:
                 continue
             with conn:
                 conn.settimeout(CONNECT_TIMEOUT)
+                fds: list[int] = []
                 try:
-                    request = json.loads(conn.makefile().readline())
-                except (OSError, ValueError):
+                    first, fds, _, _ = socket.recv_fds(conn, 1, 1)
+                    request = json.loads(first + conn.makefile("rb").readline())
+                    request["lock_fd"] = fds[0]
+                except (OSError, ValueError, IndexError):
+                    for fd in fds:
+                        os.close(fd)
                     continue
                 pid = os.fork()
                 if pid == 0:
                     listener.close()
                     conn.close()
                     _become_runner(request, main)
-                conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                os.close(request["lock_fd"])  # the runner holds it now
+                try:
+                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                except OSError:
+                    pass  # the submitter gave up waiting; the runner claims the run anyway
     finally:
         listener.close()
         path.unlink(missing_ok=True)
@@ -156,7 +177,7 @@ def _become_runner(request: dict, main) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        code = main([str(run_dir)])
+        code = main([str(run_dir), LOCK_FD_ARG, str(request["lock_fd"])])
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -18,14 +18,33 @@ from pathlib import Path
 
 from tfsubmit.service import forkserver
 from tfsubmit.service.server import ensure_server, prefect_env
+from tfsubmit.store import runlock
 from tfsubmit.store.layout import RUNNER_ENV, RunPaths, Workspace, read_json
 from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
+
+# A runner that finds its run taken by another, or already ended, exits with this.
+NOT_MINE = 3
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     paths = RunPaths(Path(args[0]))
-    record = RunRecord(paths)
+    if args[1:2] == [forkserver.LOCK_FD_ARG]:
+        lock_fd: int | None = int(args[2])  # handed over by the submitter, already held
+        os.set_inheritable(lock_fd, False)  # the job's processes must not keep it
+    else:
+        lock_fd = runlock.acquire(paths.runner_lock)
+        if lock_fd is None:
+            print(f"tfsubmit runner: run {paths.root.name} has a live runner; leaving it",
+                  flush=True)
+            return NOT_MINE
+    record = RunRecord(paths, lock_fd)
+    if not record.claim(os.getpid()):
+        print(f"tfsubmit runner {os.getpid()}: run {paths.root.name} is "
+              f"{record.read().get('status')}, not Queued: another runner took it; leaving it",
+              flush=True)
+        return NOT_MINE
+    paths.runner_pid.write_text(str(os.getpid()))
     facts = record.read()
     try:
         workspace = Workspace(facts["workspace"])

@@ -86,6 +86,11 @@ class RunPaths:
         return self.root / "runner.pid"
 
     @property
+    def runner_lock(self) -> Path:
+        """Held while the run is alive: by its submitter, then its runner (store.runlock)."""
+        return self.root / "runner.lock"
+
+    @property
     def cancel_file(self) -> Path:
         """Its presence asks the run to stop; its text says why (see store.cancel)."""
         return self.root / "cancel.requested"

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from tfsubmit.store import runlock
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 
 QUEUED, PREPARING, RUNNING = "Queued", "Preparing", "Running"
@@ -29,15 +30,20 @@ RUNNER_DIED = "the run's runner process died; see runner.log in the run folder"
 class RunRecord:
     """The one writer of a run's run.json."""
 
-    def __init__(self, paths: RunPaths) -> None:
+    def __init__(self, paths: RunPaths, lock_fd: int | None = None) -> None:
         self.paths = paths
+        # The runner lock, when this object's creator holds it (see store.runlock).
+        self.lock_fd = lock_fd
 
     @classmethod
     def create(cls, workspace: Workspace, run_id: str, experiment: str, job: dict[str, Any],
                **facts: Any) -> RunRecord:
-        """A new run folder (logs/, outputs/, job.json, an empty output.log), Queued."""
+        """A new run folder (logs/, outputs/, job.json, an empty output.log), Queued, with
+        its runner lock held by the returned record (`lock_fd`) before anything else is
+        written: hand it to the run's runner, or `release_lock()` when the run is over."""
         paths = workspace.paths_of(run_id)
         paths.root.mkdir(parents=True)
+        lock_fd = runlock.acquire(paths.runner_lock)
         paths.logs.mkdir()
         paths.outputs.mkdir()
         write_json(paths.job, job)
@@ -51,12 +57,20 @@ class RunRecord:
             "compute_target": job.get("compute_target", "local"),
             **facts,
         })
-        return cls(paths)
+        return cls(paths, lock_fd)
+
+    def release_lock(self) -> None:
+        runlock.release(self.lock_fd)
+        self.lock_fd = None
 
     # -- reading --------------------------------------------------------------------------------
 
     def read(self) -> dict[str, Any]:
         return read_json(self.paths.record) or {}
+
+    def runner_alive(self) -> bool:
+        """Whether a live process is responsible for the run (its runner lock is held)."""
+        return runlock.held(self.paths.runner_lock)
 
     def view(self, *, runner_alive: bool) -> dict[str, Any]:
         """The record as readers should show it: a run whose runner is gone without having
@@ -67,6 +81,15 @@ class RunRecord:
         return {**record, "status": FAILED, "error": record.get("error") or RUNNER_DIED}
 
     # -- transitions ----------------------------------------------------------------------------
+
+    def claim(self, pid: int) -> bool:
+        """A runner takes a Queued run (Preparing); False when the run is not Queued (another
+        runner took it, or it ended): that runner must leave the run alone."""
+        with self._locked() as record:
+            if record.get("status") != QUEUED:
+                return False
+            record.update(status=PREPARING, runner_pid=pid)
+            return True
 
     def preparing(self, **facts: Any) -> dict[str, Any]:
         """The flow has started: snapshot, environment and nodes come next."""

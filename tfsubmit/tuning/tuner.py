@@ -173,11 +173,11 @@ class Tuner:
         params = dict(optuna_trial.params)
         job = self.spec.trial_job(params)
         run_id = f"{self.sweep_id}_t{optuna_trial.number:03d}"
-        RunRecord.create(self.ws, run_id, self.experiment, job.to_dict(), parent=self.sweep_id,
-                         trial=optuna_trial.number, params=params)
+        record = RunRecord.create(self.ws, run_id, self.experiment, job.to_dict(),
+                                  parent=self.sweep_id, trial=optuna_trial.number, params=params)
         trial = Trial(optuna_trial.number, run_id, params, optuna_trial)
         context = contextvars.copy_context()  # the sweep's flow run: trials become its children
-        trial.thread = threading.Thread(target=context.run, args=(self._run, trial, job),
+        trial.thread = threading.Thread(target=context.run, args=(self._run, trial, job, record),
                                         name=f"trial-{trial.number}", daemon=True)
         self.trials[trial.number] = trial
         self.running.append(trial)
@@ -186,11 +186,14 @@ class Tuner:
         trial.thread.start()
         self._save()
 
-    def _run(self, trial: Trial, job: TrainingJob) -> None:
+    def _run(self, trial: Trial, job: TrainingJob, record: RunRecord) -> None:
+        """Run the trial in this (the sweep's) process, which holds its runner lock."""
         try:
             self.run_trial(trial.run_id, job)
         except BaseException:  # recorded by the reaper from the trial's run record
             self.log.event(f"trial {trial.number}: {traceback.format_exc()}")
+        finally:
+            record.release_lock()
 
     def _values(self, trial: Trial) -> list[float]:
         """The primary metric as the trial has logged it so far (live while it runs)."""

@@ -318,3 +318,103 @@ def test_5_a_late_fork_server_does_not_run_the_job_twice(workspace, prefect_api,
     assert len(_flow_runs_named(prefect_api, run.id)) == 1
     assert run.get_metrics()["ready"] == [1.0]  # not doubled
     assert run.get_status() == "Completed"
+
+
+# -- 4: kill -9 of the runner: whoever touches the run next reaps it ---------------------------
+
+
+def _kill_runner(run) -> None:
+    pid = run.record.read()["runner_pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while run.record.runner_alive():  # the kernel drops its lock as it tears it down
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_4_a_killed_runner_is_reaped_by_the_next_reader(workspace, prefect_api):
+    """`kill -9` of the runner used to leave the job running (reparented to PID 1), `show`
+    saying Failed while `runs` said Running, outputs never collected, and `cancel` printing
+    "no process of it is left" while one was."""
+    from conftest import run_cli, wait_for_line
+
+    from tfsubmit import Experiment
+    from tfsubmit.service.processes import processes_of_run
+
+    run = Experiment("runner-killed", workspace=workspace.root).submit(_quick_job(300))
+    wait_for_line(run, "ready: sleeping")
+    assert len(processes_of_run(run.id)) == 3  # the script, its child, a setsid child
+    _kill_runner(run)
+    listed = run_cli("runs", "--experiment", "runner-killed")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(run.id))
+    assert " Failed " in row, listed.stdout
+    details = run.get_details()
+    assert details["status"] == "Failed"
+    assert "runner process died" in details["error"]
+    assert "stopped 3 leftover process(es)" in details["error"]
+    assert processes_of_run(run.id) == []
+    assert run.get_metrics()["ready"] == [1.0]  # collected from the node's folder
+    assert "reaped:" in run.paths.output_log.read_text()
+    flow_run = prefect_api(f"/flow_runs/{details['flow_run_id']}")
+    assert flow_run["state"]["type"] == "CRASHED"
+    cancel = run_cli("cancel", run.id)
+    assert cancel.returncode == 0 and processes_of_run(run.id) == []
+
+
+def test_4_a_killed_runner_leaves_nothing_on_ssh_hosts(workspace, hosts, job_dir):
+    from conftest import wait_for_line
+    from test_ssh import add_target
+
+    from tfsubmit import Experiment, TensorFlow
+    from tfsubmit.targets.config import get_target
+
+    target_name = add_target(workspace, hosts)
+    job = TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py",
+                     compute_target=target_name)
+    run = Experiment("runner-killed-ssh", workspace=workspace.root).submit(job)
+    wait_for_line(run, "ready: sleeping")
+    _kill_runner(run)
+    target = get_target(target_name, workspace.root)
+    target.connect()
+    try:
+        assert len(target.processes(run.id).get("127.0.0.2", [])) == 3
+        run.cancel()  # its first look finds the runner dead: the run is reaped, Failed
+        details = run.get_details()
+        assert details["status"] == "Failed"
+        assert "runner process died" in details["error"]
+        # Both test hosts are this machine: each one's `ps` shows the same 3 processes.
+        assert "stopped 6 leftover process(es)" in details["error"]
+        assert target.processes(run.id) == {}
+        assert (run.paths.logs / "worker-0.log").is_file()
+    finally:
+        target.close()
+
+
+# -- 11: storage faults ------------------------------------------------------------------------
+
+
+def test_11_a_damaged_record_is_reported_never_overwritten(tmp_path):
+    """A truncated run.json used to be silently overwritten (id, experiment, flow run id
+    lost) or to crash `show` and `runs` with a traceback."""
+    from tfsubmit.store.layout import UnreadableRecordError, Workspace
+    from tfsubmit.store.record import RunRecord
+
+    workspace = Workspace(tmp_path / "ws")
+    record = RunRecord.create(workspace, "exp_1", "exp", {"entry_script": "train.py"})
+    record.release_lock()
+    RunRecord.create(workspace, "exp_2", "exp", {}).release_lock()
+    damaged = '{"id": "exp_1", "experiment": "exp", "status": "Runn'
+    record.paths.record.write_text(damaged)
+    with pytest.raises(UnreadableRecordError, match="is damaged"):
+        record.note(flow_run_id="x")
+    assert record.paths.record.read_text() == damaged
+    for args in (["show", "exp_1"], ["cancel", "exp_1"], ["logs", "exp_1"]):
+        done = _cli(*args, workspace=workspace.root)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert "run.json is damaged" in done.stderr
+    listed = _cli("runs", workspace=workspace.root)
+    assert listed.returncode == 0, listed.stderr
+    assert "exp_1" in listed.stdout and "Unreadable" in listed.stdout
+    assert "exp_2" in listed.stdout
+    assert record.paths.record.read_text() == damaged

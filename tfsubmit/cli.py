@@ -127,49 +127,71 @@ def _print_metrics(metrics: dict[str, list[float]]) -> None:
 
 
 def _runs(args: argparse.Namespace) -> int:
+    """The workspace's runs (their records are the truth: a run whose runner died is reaped
+    here), and runs that deployments' workers ran elsewhere, from the Prefect API."""
+    from tfsubmit.api import Run
     from tfsubmit.service.server import api_url
 
+    workspace = Workspace(args.workspace)
+    rows = []
+    for record in workspace.list_runs(args.experiment)[: args.limit]:
+        status, error = record.get("status", "?"), record.get("error")
+        if status not in ("Completed", "Failed", "Canceled", "Unreadable"):
+            details = Run(record["id"], workspace=workspace.root).get_details()
+            status, record = details.get("status", status), details
+        rows.append((record.get("created", 0), record["id"], record.get("experiment", "-"),
+                     status, record.get("duration"), record.get("flow_run_id") or "-",
+                     error if status == "Unreadable" else None))
     url = api_url(args.workspace, start=False)
     if url:
-        return _runs_from_api(args, url)
-    print("(no Prefect API running: listing this workspace's runs)", file=sys.stderr)
-    records = Workspace(args.workspace).list_runs(args.experiment)[: args.limit]
-    if not records:
-        print("no runs yet")
-        return 0
-    from tfsubmit.api import Run
-
-    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} DURATION")
-    for record in records:
-        status = Run(record["id"], workspace=args.workspace).get_status()
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("created", 0)))
-        duration = f"{record['duration']:.1f} s" if "duration" in record else "-"
-        print(f"{record['id']:44} {record.get('experiment', ''):16} {status:10} {created:20} "
-              f"{duration}")
-    return 0
-
-
-def _runs_from_api(args: argparse.Namespace, url: str) -> int:
-    """Flow runs of `submit-training` and `sweep`, wherever they ran (here or on a worker)."""
-    from tfsubmit.service.prefect_api import PrefectAPI, status_of
-
-    api = PrefectAPI(url)
-    flow_runs = api.flow_runs(flow_names=["submit-training", "sweep"],
-                              tags=[args.experiment] if args.experiment else None,
-                              limit=args.limit)
-    if not flow_runs:
+        rows += _runs_elsewhere(args, url, {row[1] for row in rows})
+    else:
+        print("(no Prefect API running: runs that workers ran elsewhere are not listed)",
+              file=sys.stderr)
+    if not rows:
         print("no runs yet" + (f" in experiment {args.experiment}" if args.experiment else ""))
         return 0
-    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} {'DURATION':9} "
-          "FLOW RUN")
+    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} {'DURATION':9} FLOW RUN")
+    for created, run_id, experiment, status, duration, flow_run, problem in sorted(
+            rows, reverse=True)[: args.limit]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
+        took = f"{duration:.1f} s" if isinstance(duration, int | float) else "-"
+        print(f"{run_id:44} {experiment:16} {status:10} {when:20} {took:9} {flow_run}"
+              + (f"  ({problem})" if problem else ""))
+    return 0
+
+
+def _runs_elsewhere(args: argparse.Namespace, url: str, known: set[str]) -> list[tuple]:
+    """Flow runs of `submit-training` and `sweep` that this workspace has no folder for."""
+    from datetime import datetime
+
+    from tfsubmit.errors import TfsubmitError
+    from tfsubmit.service.prefect_api import PrefectAPI, status_of
+
+    api = PrefectAPI(url, timeout=10)
+    try:
+        flow_runs = api.flow_runs(flow_names=["submit-training", "sweep"],
+                                  tags=[args.experiment] if args.experiment else None,
+                                  limit=min(args.limit, 200))  # the API's own maximum
+    except TfsubmitError as exc:
+        print(f"(the Prefect API did not answer: {exc}; runs that workers ran elsewhere are "
+              "not listed)", file=sys.stderr)
+        return []
+    finally:
+        api.close()
+    rows = []
     for flow_run in flow_runs:
+        if flow_run["name"] in known:
+            continue
         experiment = (flow_run.get("parameters") or {}).get("experiment") or ",".join(
             flow_run.get("tags") or [])
-        created = (flow_run.get("created") or "")[:19].replace("T", " ")
-        duration = f"{flow_run.get('total_run_time') or 0:.1f} s"
-        print(f"{flow_run['name']:44} {experiment or '-':16} {status_of(flow_run):10} "
-              f"{created:20} {duration:9} {flow_run['id']}")
-    return 0
+        try:
+            created = datetime.fromisoformat(flow_run["created"]).timestamp()
+        except (KeyError, TypeError, ValueError):
+            created = 0
+        rows.append((created, flow_run["name"], experiment or "-", status_of(flow_run),
+                     flow_run.get("total_run_time"), flow_run["id"], None))
+    return rows
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tfsubmit.api.runs import BaseRun, DeploymentRun, Run, SweepRun
+from tfsubmit.api.runs import BaseRun, DeploymentRun, Run, SweepRun, block_finder
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.service.forkserver import start_runner
 from tfsubmit.service.prefect_api import PrefectAPI
@@ -19,7 +19,7 @@ from tfsubmit.spec.job import TrainingJob, validate_experiment_name
 from tfsubmit.spec.sweep import Sweep
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import RunRecord
-from tfsubmit.targets.config import TargetConfig, get_target
+from tfsubmit.targets.config import get_target
 
 
 class Experiment:
@@ -66,17 +66,11 @@ class Experiment:
         """An unknown target, or one that cannot run the job, fails here, before a run
         exists."""
         target = get_target(job.compute_target, self.workspace.root,
-                            find_block=self._find_block)
+                            find_block=block_finder(self.workspace))
         try:
             target.admit(job)
         finally:
             target.close()
-
-    def _find_block(self, name: str) -> TargetConfig | None:
-        # Prefect loads only for a target that targets.yaml does not name.
-        from tfsubmit.tasks.blocks import load_block_target
-
-        return load_block_target(name, api_url(self.workspace, start=False))
 
     def get_runs(self) -> list[Run]:
         return [

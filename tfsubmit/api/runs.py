@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
+from tfsubmit.pipeline.reap import reap
 from tfsubmit.runtime.metrics import read_metrics
 from tfsubmit.service.forkserver import start_runner
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, status_of
-from tfsubmit.service.processes import kill_pids, pid_alive, processes_of_run, still_running
+from tfsubmit.service.processes import kill_pids, pid_alive, still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.store import runlock
 from tfsubmit.store.cancel import request_cancel, withdraw_cancel
@@ -107,8 +108,10 @@ class Run(BaseRun):
         record = self.record.read()
         if record.get("status") in TERMINAL_STATUSES or self._runner_alive():
             return record
-        # view re-reads the record: its runner may have ended the run just now
-        return self.record.view(runner_alive=self._runner_alive())
+        # Nobody is responsible for the run: its runner died. The reaper ends it (and stops
+        # what is left of it); should a runner have just ended it, the record says so.
+        reaped = reap(self.workspace, self.paths, find_block=block_finder(self.workspace))
+        return reaped.record if reaped else self.record.read()
 
     def where(self) -> str:
         return str(self.paths.root)
@@ -161,21 +164,25 @@ class Run(BaseRun):
     # -- cancel ---------------------------------------------------------------------------------
 
     def cancel(self, *, timeout: float = 60.0) -> None:
-        """Stop the run: every process of it is terminated (TERM, grace, KILL) and checked gone."""
-        if self.get_status() in TERMINAL_STATUSES:
-            return
-        request_cancel(self.paths)
-        deadline = time.monotonic() + timeout
-        while self.get_status() not in TERMINAL_STATUSES and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
-        leftovers = processes_of_run(self.id)
-        if self.get_status() not in TERMINAL_STATUSES or leftovers:
-            runner = self._runner_pid()
-            kill_pids([pid for pid in [*leftovers, runner] if pid and pid_alive(pid)])
-            self.record.canceled()  # its runner could not end the run: the canceller does
-        survivors = still_running(lambda: processes_of_run(self.id), seconds=5.0)
-        if survivors:
-            raise TfsubmitError(f"run {self.id}: processes {survivors} survived SIGKILL")
+        """Stop the run: every process of it, on every host, is terminated (TERM, grace,
+        KILL) and checked gone, even of a run already marked ended; logs and outputs stay."""
+        if self.get_status() not in TERMINAL_STATUSES:
+            request_cancel(self.paths)
+            deadline = time.monotonic() + timeout
+            while self.get_status() not in TERMINAL_STATUSES and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+            runner = self.record.read().get("runner_pid") or self._runner_pid()
+            if self.get_status() not in TERMINAL_STATUSES and runner and pid_alive(runner):
+                kill_pids([runner])  # it did not stop in time: the canceller takes over
+                still_running(lambda: [runner] if self._runner_alive() else [], seconds=10.0)
+        reaped = reap(self.workspace, self.paths, status="Canceled",
+                      reason="canceled by the user; its runner did not stop in time",
+                      find_block=block_finder(self.workspace))
+        if reaped is None:
+            raise TfsubmitError(f"run {self.id}: its runner is still alive after being killed")
+        if reaped.survivors:
+            shown = ", ".join(f"{pid}@{host}" for host, pid in reaped.survivors)
+            raise TfsubmitError(f"run {self.id}: processes {shown} survived SIGKILL")
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -380,6 +387,17 @@ class DeploymentRun(BaseRun):
                 raise TfsubmitError(f"run {self.id} did not stop within {timeout:.0f} s of the "
                                     "cancel; is its worker running?")
             time.sleep(POLL_SECONDS * 5)
+
+
+def block_finder(workspace: Workspace):
+    """Finds a target saved as a Prefect Block (Prefect loads only when one is looked up)."""
+
+    def find(name: str):
+        from tfsubmit.tasks.blocks import load_block_target
+
+        return load_block_target(name, api_url(workspace, start=False))
+
+    return find
 
 
 def run_of(run_id: str, *, workspace: str | Path | None = None) -> Run:

@@ -10,10 +10,11 @@ from typing import Any
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.spec.process import Node
+from tfsubmit.store.layout import RunPaths
 from tfsubmit.targets.base import Target
 
 
-def gather(sub: Submission, target: Target | None, nodes: list[Node]) -> list[str]:
+def gather(paths: RunPaths, target: Target | None, nodes: list[Node]) -> list[str]:
     """Bring every node's outputs, logs and metric files into the run folder.
 
     The primary node's go to the run folder itself, the others' to `hosts/<host>/`.
@@ -21,20 +22,23 @@ def gather(sub: Submission, target: Target | None, nodes: list[Node]) -> list[st
     """
     problems = []
     for i, node in enumerate(nodes):
-        dest = sub.paths.root if i == 0 else sub.paths.host_folder(node.host)
+        dest = paths.root if i == 0 else paths.host_folder(node.host)
         problems += target.collect(node, dest) if target is not None else []
-    with sub.paths.metrics.open("a") as merged:
-        for path in sub.paths.metric_files():
+    with paths.metrics.open("a") as merged:
+        for path in paths.metric_files():
             merged.write(path.read_text())
     return problems
+
+
+def output_files(paths: RunPaths) -> list[str]:
+    """The run's outputs, relative to its folder."""
+    return sorted(str(p.relative_to(paths.root)) for p in paths.outputs.rglob("*") if p.is_file())
 
 
 def final_facts(sub: Submission, outcome: Outcome) -> dict[str, Any]:
     """What the record holds once the run is over (its outcome becomes the status when the
     run ends). Outputs are listed before: whoever sees the final status sees them all."""
-    outputs = sorted(
-        str(p.relative_to(sub.paths.root)) for p in sub.paths.outputs.rglob("*") if p.is_file()
-    )
+    outputs = output_files(sub.paths)
     return {
         "error": outcome.reason,
         "exit_code": outcome.results[0].exit_code if outcome.results else None,

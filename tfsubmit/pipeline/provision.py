@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from tfsubmit.launchers.horovod import check_gpus
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.spec.environment import Environment, environment_spec
@@ -26,7 +28,8 @@ def provision_nodes(sub: Submission, target: Target, snapshot: Snapshot, env: En
         runtime=runtime_dir(sub.workspace.runtime), log=log, cancel=sub.cancel,
     ))
     nodes = ready.nodes
-    facts = {"hosts": [node.host for node in nodes], "uploaded_bytes": ready.uploaded_bytes}
+    facts = {"hosts": [node.host for node in nodes], "uploaded_bytes": ready.uploaded_bytes,
+             "nodes": [asdict(node) for node in nodes]}  # for a reaper, should the runner die
     if not env.resolved:  # each host resolved its own
         primary = ready.environments[nodes[0].host]
         sub.paths.freeze.write_text(primary.freeze)

@@ -234,14 +234,51 @@ class Workspace:
         return paths
 
     def list_runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
-        """Run records, newest first."""
+        """Run records, newest first. A record that cannot be read is listed with status
+        `Unreadable` and the reason as its `error` (and left as it is)."""
         records = []
         if self.runs.is_dir():
             for entry in self.runs.iterdir():
-                record = read_json(RunPaths(entry).record)
+                path = RunPaths(entry).record
+                try:
+                    record = read_record(path)
+                except UnreadableRecordError as exc:
+                    record = {"id": entry.name, "status": "Unreadable", "error": str(exc),
+                              "created": _mtime(path)}
                 if record and (experiment is None or record.get("experiment") == experiment):
                     records.append(record)
         return sorted(records, key=lambda r: r.get("created", 0), reverse=True)
+
+
+class UnreadableRecordError(TfsubmitError):
+    """A run's run.json exists but cannot be read: it is reported, never overwritten."""
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's record; {} when there is none yet; UnreadableRecordError when it is damaged."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnreadableRecordError(f"{path} cannot be read: {exc}; it is left as it is") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UnreadableRecordError(
+            f"{path} is damaged (not JSON: {exc}); it is left as it is: repair or remove "
+            f"the run folder") from None
+    if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+        raise UnreadableRecordError(f"{path} is damaged (not a run record); it is left as it "
+                                    f"is: repair or remove the run folder")
+    return data
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tfsubmit.store import runlock
-from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
+from tfsubmit.store.layout import RunPaths, Workspace, read_record, write_json
 
 QUEUED, PREPARING, RUNNING = "Queued", "Preparing", "Running"
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
@@ -66,7 +66,9 @@ class RunRecord:
     # -- reading --------------------------------------------------------------------------------
 
     def read(self) -> dict[str, Any]:
-        return read_json(self.paths.record) or {}
+        """The record ({} before it is written); a damaged one raises UnreadableRecordError
+        and is never written over."""
+        return read_record(self.paths.record)
 
     def runner_alive(self) -> bool:
         """Whether a live process is responsible for the run (its runner lock is held)."""

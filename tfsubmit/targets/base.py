@@ -94,6 +94,11 @@ class Target(Protocol):
         """Make the nodes ready: connected, pre-flight checked, snapshot staged."""
         ...
 
+    def attach(self, run_id: str, nodes: list[Node]) -> list[str]:
+        """Reach the nodes of run `run_id` again after its runner died, so that what is
+        left of it can be stopped and its files collected; returns the problems met."""
+        ...
+
     def launch_options(self) -> LaunchOptions:
         """How its processes run and reach each other, for the launchers."""
         ...

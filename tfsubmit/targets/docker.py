@@ -304,6 +304,11 @@ class DockerTarget(LocalFolders):
                                                               f"{self.run_id}"},
                                            ignore_removed=True)
 
+    def attach(self, run_id: str, nodes: list[Node]) -> list[str]:
+        """The run's containers are found by their label; its folders are on this machine."""
+        self.run_id = run_id
+        return []
+
     def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
         """Containers of the run still running."""
         return [(c.name, c.short_id) for c in self._containers()]

@@ -112,6 +112,10 @@ class LocalFolders:
         """When the job last logged a metric (wall clock), for the hang watchdog."""
         return max((path.stat().st_mtime for path in self.metric_files(nodes)), default=0.0)
 
+    def attach(self, run_id: str, nodes: list[Node]) -> list[str]:
+        """Nothing to reach: the nodes' folders are on this machine."""
+        return []
+
     def collect(self, node: Node, dest: Path) -> list[str]:
         """Move the node's outputs/, logs/ and metric files into `dest` (same disk: cheap)."""
         for name in NODE_FOLDERS:

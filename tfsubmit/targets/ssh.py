@@ -432,6 +432,14 @@ class SSHTarget:
         channel.shutdown_write()
         return SSHProcess(spec, conn, channel, pidfile, self.runtime)
 
+    def attach(self, run_id: str, nodes: list[Node]) -> list[str]:
+        """Connect to the target's hosts again (those that answer)."""
+        try:
+            self.connect()
+        except TargetError as exc:  # the hosts that answered are connected
+            return [str(exc)]
+        return []
+
     def leftovers(self, run_id: str) -> list[tuple[str, int]]:
         found = []
         for conn in self.connections.values():

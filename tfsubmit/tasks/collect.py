@@ -33,7 +33,7 @@ def collect_outputs(sub: Submission, target: Target | None, nodes: list[Node],
         The run's record with its outcome settled (exit codes, duration, outputs).
     """
     with forwarded(sub.log) as log:
-        for problem in gather(sub, target, nodes):
+        for problem in gather(sub.paths, target, nodes):
             log.event(f"collecting: {problem}")
         metrics = read_metrics([sub.paths.metrics])
         final = final_facts(sub, outcome)

@@ -1,0 +1,114 @@
+"""Reaping: a run whose runner is gone (`kill -9`, a crash, a reboot) is ended by whoever
+next touches it (a reader, `cancel`, `tfsubmit runs`): what is left of its job is stopped on
+every host, its files are collected, the reason is recorded and its flow run is told.
+
+The reaper first takes the run's runner lock, so it is the one process responsible for the
+run while it works, and a live runner is never reaped. `cancel` also reaps runs already
+ended: whatever of them still runs is stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tfsubmit.errors import TfsubmitError
+from tfsubmit.pipeline.collect import gather, output_files
+from tfsubmit.service.prefect_api import PrefectAPI
+from tfsubmit.service.processes import still_running
+from tfsubmit.spec.process import Node
+from tfsubmit.store import runlock
+from tfsubmit.store.layout import RunPaths, Workspace
+from tfsubmit.store.record import CANCELED, TERMINAL_STATUSES, RunRecord
+from tfsubmit.store.runlog import RunLog
+from tfsubmit.targets.config import BlockLookup, get_target
+
+RUNNER_GONE = "the run's runner process died (see runner.log in the run folder)"
+# Seconds a reaper gives the flow run's API to answer; a dead server must not hold it up.
+API_SECONDS = 5.0
+
+
+@dataclass
+class Reaped:
+    record: dict[str, Any]
+    stopped: list[tuple[str, int | str]] = field(default_factory=list)
+    survivors: list[tuple[str, int | str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def reap(workspace: Workspace, paths: RunPaths, *, status: str = "Failed",
+         reason: str = RUNNER_GONE, find_block: BlockLookup | None = None,
+         on_event: Callable[[str], None] = lambda text: None) -> Reaped | None:
+    """End run `paths` if no live process is responsible for it (None when one is): stop
+    what is left of it on every host, collect its files, and record it `status` with
+    `reason`. A run already ended keeps its status; only its leftovers are stopped."""
+    lock_fd = runlock.acquire(paths.runner_lock)
+    if lock_fd is None:
+        return None
+    record = RunRecord(paths, lock_fd)
+    try:
+        facts = record.read()
+        ended = facts.get("status") in TERMINAL_STATUSES
+        result = Reaped(facts)
+        _stop_and_collect(workspace, paths, facts, result, collect=not ended,
+                          find_block=find_block)
+        if ended:
+            return result
+        words = [reason]
+        if result.stopped:
+            words.append(f"stopped {len(result.stopped)} leftover process(es)")
+        words += result.problems
+        message = "; ".join(words)
+        log = RunLog(paths.output_log)
+        try:
+            log.event(f"reaped: {message}")
+        finally:
+            log.close()
+        on_event(message)
+        record.note(outputs=output_files(paths))
+        result.record = (record.canceled(message) if status == CANCELED
+                         else record.failed(message))
+        _tell_prefect(result.record, message)
+        return result
+    finally:
+        record.release_lock()
+
+
+def _stop_and_collect(workspace: Workspace, paths: RunPaths, facts: dict[str, Any],
+                      result: Reaped, *, collect: bool, find_block: BlockLookup | None) -> None:
+    run_id = paths.root.name
+    nodes = [Node(**node) for node in facts.get("nodes") or []]
+    try:
+        target = get_target(facts.get("compute_target") or "local", workspace.root,
+                            find_block=find_block)
+    except TfsubmitError as exc:
+        result.problems.append(f"its target is unknown now ({exc})")
+        return
+    try:
+        result.problems += target.attach(run_id, nodes)
+        result.stopped = target.leftovers(run_id)
+        if result.stopped:
+            target.kill(result.stopped)
+            result.survivors = still_running(lambda: target.leftovers(run_id), seconds=5.0)
+        if collect:
+            result.problems += gather(paths, target, nodes)
+    except TfsubmitError as exc:
+        result.problems.append(str(exc))
+    finally:
+        target.close()
+
+
+def _tell_prefect(record: dict[str, Any], message: str) -> None:
+    """Its flow run ends too (CRASHED: its process died); a dead API is only noted."""
+    url, flow_run_id = record.get("prefect_api_url"), record.get("flow_run_id")
+    if not url or not flow_run_id:
+        return
+    api = PrefectAPI(url, timeout=API_SECONDS)
+    try:
+        state = "CANCELLED" if record.get("status") == CANCELED else "CRASHED"
+        api.set_state(flow_run_id, state, message[:500])
+    except TfsubmitError:
+        pass  # the run folder holds the truth; the API catches up on its next report
+    finally:
+        api.close()

@@ -418,3 +418,76 @@ def test_11_a_damaged_record_is_reported_never_overwritten(tmp_path):
     assert "exp_1" in listed.stdout and "Unreadable" in listed.stdout
     assert "exp_2" in listed.stdout
     assert record.paths.record.read_text() == damaged
+
+
+# -- 8: cancel from anywhere, at any step -> Canceled ------------------------------------------
+
+
+def test_8_a_cancel_from_prefect_stops_a_submitted_run(workspace, prefect_api):
+    """Cancelling the flow run in Prefect (the UI, `prefect flow-run cancel`) of a run
+    submitted with Experiment.submit used to do nothing: training went on, Prefect stayed
+    Cancelling."""
+    from conftest import wait_for_line
+
+    from tfsubmit import Experiment
+    from tfsubmit.service.processes import processes_of_run
+
+    run = Experiment("prefect-cancel", workspace=workspace.root).submit(_quick_job(300))
+    wait_for_line(run, "ready: sleeping")
+    flow_run_id = run.get_details()["flow_run_id"]
+    prefect_api(f"/flow_runs/{flow_run_id}/set_state",
+                {"state": {"type": "CANCELLING"}, "force": True})
+    details = run.wait_for_completion(timeout=120, raise_on_error=False)
+    assert details["status"] == "Canceled"
+    assert details["error"] == "canceled from Prefect (the UI or the API)"
+    assert processes_of_run(run.id) == []
+    assert "ready: sleeping" in run.paths.output_log.read_text()
+    deadline = time.monotonic() + 60
+    while prefect_api(f"/flow_runs/{flow_run_id}")["state"]["type"] != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+
+
+SLOW_BACKEND = '''
+import time
+def get_requires_for_build_wheel(config_settings=None):
+    time.sleep(600)  # an install step that takes long: cancel it
+    return []
+'''
+
+
+def test_8_a_cancel_during_the_environment_build_is_canceled(workspace, tmp_path):
+    """A cancel while the job's environment is being built used to end Failed."""
+    from conftest import wait_for_line
+
+    from tfsubmit import Experiment
+
+    package = tmp_path / "slowpkg"
+    package.mkdir()
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n'
+        '[project]\nname = "slowpkg"\nversion = "1.0"\n')
+    (package / "backend.py").write_text(SLOW_BACKEND)
+    run = Experiment("build-cancel", workspace=workspace.root).submit(
+        _quick_job(1, pip_packages=[f"slowpkg @ file://{package}"]))
+    wait_for_line(run, ": building (")
+    deadline = time.monotonic() + 120
+    while not _working_in(package):  # the installer is running the package's build backend
+        assert time.monotonic() < deadline, run.paths.output_log.read_text()
+        time.sleep(0.1)
+    run.cancel()
+    details = run.get_details()
+    assert details["status"] == "Canceled", details.get("error")
+    assert _working_in(package) == []
+
+
+def _working_in(folder) -> list[int]:
+    """Live processes whose working directory is `folder`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

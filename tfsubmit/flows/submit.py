@@ -19,6 +19,7 @@ from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
 from tfsubmit.pipeline.context import RunCanceled, Submission, open_submission
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.service.prefect_api import PrefectAPI
+from tfsubmit.store.cancel import request_cancel
 from tfsubmit.store.layout import RUNNER_ENV
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
@@ -33,19 +34,21 @@ from tfsubmit.tasks.blocks import load_block_target
 from tfsubmit.tasks.progress import RunArtifacts
 
 T = TypeVar("T")
+# Seconds between looks at the flow run's state for a cancel from Prefect.
+PREFECT_CANCEL_POLL = 2.0
 
 
-def _watch_prefect_cancel(sub: Submission, done: threading.Event) -> None:
-    """Under a Prefect worker, a cancel from the UI or API sets the flow run Cancelling:
-    stop the job's processes in order, as `Run.cancel()` does."""
-    api = PrefectAPI(os.environ["PREFECT_API_URL"])
-    while not done.wait(1.0):
+def _watch_prefect_cancel(sub: Submission, flow_run_id: str, done: threading.Event) -> None:
+    """A cancel from the UI or API sets the flow run Cancelling: stop the job's processes in
+    order, as `Run.cancel()` does (whether a worker or tfsubmit's runner executes it)."""
+    api = PrefectAPI(os.environ["PREFECT_API_URL"], timeout=10)
+    while not done.wait(PREFECT_CANCEL_POLL):
         try:
-            state = (api.flow_run(str(flow_run.id)).get("state") or {}).get("type")
+            state = (api.flow_run(flow_run_id).get("state") or {}).get("type")
         except TfsubmitError:
             continue
         if state in ("CANCELLING", "CANCELLED"):
-            sub.cancel.set()
+            request_cancel(sub.paths, "canceled from Prefect (the UI or the API)")
             return
 
 
@@ -90,8 +93,9 @@ def submit_training(
     )
     under_runner = os.environ.get(RUNNER_ENV) == sub.run_id
     done = threading.Event()
-    if not under_runner and os.environ.get("PREFECT_API_URL"):
-        threading.Thread(target=_watch_prefect_cancel, args=(sub, done), daemon=True).start()
+    if os.environ.get("PREFECT_API_URL"):  # a cancel from the UI or API, however it started
+        threading.Thread(target=_watch_prefect_cancel, args=(sub, str(flow_run.id), done),
+                         daemon=True).start()
     target: Target | None = None
     nodes = []
     steps: dict[str, float] = {}
@@ -111,8 +115,12 @@ def submit_training(
         sub.log.event("the flow run's process was told to stop (SIGTERM); canceling")
         outcome = Outcome("Canceled", "canceled: the flow run was stopped by its worker")
     except TfsubmitError as exc:
-        sub.log.event(f"error: {exc}")
-        outcome = Outcome("Failed", str(exc))
+        if sub.cancel.is_set():  # a step stopped by the cancel (an environment build, say)
+            sub.log.event(f"canceled while {exc}")
+            outcome = Outcome("Canceled", sub.cancel.reason())
+        else:
+            sub.log.event(f"error: {exc}")
+            outcome = Outcome("Failed", str(exc))
     except Exception as exc:  # a bug of ours: keep the traceback with the run
         sub.log.event("internal error:\n" + traceback.format_exc())
         outcome = Outcome("Failed", f"internal error: {exc!r}")

@@ -491,3 +491,58 @@ def _working_in(folder) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# -- 9: a double-forked, setsid, empty-environment daemon does not outlive its run -------------
+
+
+def _daemon_job(*args, **changes):
+    from tfsubmit import TensorFlow
+
+    return TensorFlow(source_directory=str(JOBS), entry_script="daemon.py",
+                      script_params=list(args), **changes)
+
+
+def _daemon_is_gone(run) -> None:
+    from tfsubmit.service.processes import pid_alive
+
+    pid = int((run.paths.outputs / "daemon.pid").read_text())
+    deadline = time.monotonic() + 10
+    while pid_alive(pid):  # SIGKILLed: gone once the kernel has torn it down
+        assert time.monotonic() < deadline, f"the daemon {pid} outlived its run"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout", "failure"])
+def test_9_a_daemon_does_not_outlive_its_local_run(workspace, how):
+    """It used to survive cancel and max_run_duration_seconds, and cancel said nothing was
+    left."""
+    from conftest import wait_for_line
+
+    from tfsubmit import Experiment
+
+    job = {"cancel": _daemon_job(), "timeout": _daemon_job(max_run_duration_seconds=20),
+           "failure": _daemon_job("fail")}[how]
+    run = Experiment(f"daemon-{how}", workspace=workspace.root).submit(job)
+    if how == "cancel":
+        wait_for_line(run, "daemon started")
+        run.cancel()
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == {"cancel": "Canceled"}.get(how, "Failed")
+    _daemon_is_gone(run)
+
+
+def test_9_a_daemon_does_not_outlive_its_ssh_run(workspace, hosts, job_dir):
+    from conftest import wait_for_line
+    from test_ssh import add_target
+
+    from tfsubmit import Experiment, TensorFlow
+
+    target = add_target(workspace, hosts)
+    job = TensorFlow(source_directory=str(job_dir), entry_script="daemon.py",
+                     compute_target=target)
+    run = Experiment("daemon-ssh", workspace=workspace.root).submit(job)
+    wait_for_line(run, "daemon started")
+    run.cancel()
+    assert run.get_status() == "Canceled"
+    _daemon_is_gone(run)

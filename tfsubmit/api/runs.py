@@ -171,10 +171,14 @@ class Run(BaseRun):
             deadline = time.monotonic() + timeout
             while self.get_status() not in TERMINAL_STATUSES and time.monotonic() < deadline:
                 time.sleep(POLL_SECONDS)
+        # Its runner ends the run, then exits (letting go of the run's lock): wait for that,
+        # and take over from a runner that does not stop in time.
+        alive = lambda: [True] if self._runner_alive() else []  # noqa: E731
+        if still_running(alive, seconds=RUNNER_EXIT_SECONDS):
             runner = self.record.read().get("runner_pid") or self._runner_pid()
-            if self.get_status() not in TERMINAL_STATUSES and runner and pid_alive(runner):
-                kill_pids([runner])  # it did not stop in time: the canceller takes over
-                still_running(lambda: [runner] if self._runner_alive() else [], seconds=10.0)
+            if runner and pid_alive(runner):
+                kill_pids([runner])
+            still_running(alive, seconds=10.0)
         reaped = reap(self.workspace, self.paths, status="Canceled",
                       reason="canceled by the user; its runner did not stop in time",
                       find_block=block_finder(self.workspace))
@@ -387,6 +391,10 @@ class DeploymentRun(BaseRun):
                 raise TfsubmitError(f"run {self.id} did not stop within {timeout:.0f} s of the "
                                     "cancel; is its worker running?")
             time.sleep(POLL_SECONDS * 5)
+
+
+# How long a canceled run's runner may take to end the run and exit before it is killed.
+RUNNER_EXIT_SECONDS = 30.0
 
 
 def block_finder(workspace: Workspace):

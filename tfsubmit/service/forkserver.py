@@ -24,7 +24,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tfsubmit.service.processes import pid_alive, signal_group, terminate_then_kill
+from tfsubmit.service.processes import (
+    SERVICE_MARKER,
+    pid_alive,
+    signal_group,
+    terminate_then_kill,
+)
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
 
@@ -86,6 +91,7 @@ def start(workspace: Workspace) -> int:
     log = workspace.forkserver_log.open("ab")
     process = subprocess.Popen(
         [sys.executable, "-m", RUNNER_MODULE, "--fork-server", str(workspace.root)],
+        env={**os.environ, SERVICE_MARKER: "fork-server"},
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

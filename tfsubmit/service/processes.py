@@ -28,24 +28,118 @@ def pid_alive(pid: int) -> bool:
     return _state(pid) not in (None, "Z", "X")
 
 
-def processes_of_run(run_id: str) -> list[int]:
-    """PIDs of live processes whose environment carries TFSUBMIT_RUN_ID=run_id.
+# Environment markers, read from /proc/PID/environ (what a process was started with):
+RUN_MARKER = "TFSUBMIT_RUN_ID"  # every process of a job's task
+KEEPER_MARKER = "TFSUBMIT_KEEPER_OF"  # a host agent holding a task (a subreaper)
+SERVICE_MARKER = "TFSUBMIT_SERVICE"  # tfsubmit's own helpers: servers, environment builds
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 
-    This also finds children that left the process group (setsid, daemonised helpers).
-    """
-    marker = f"TFSUBMIT_RUN_ID={run_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker not in (entry / "environ").read_bytes().split(b"\0"):
-                continue
-        except OSError:
-            continue
-        if pid_alive(int(entry.name)):
-            found.append(int(entry.name))
+
+def become_subreaper() -> bool:
+    """Adopt every orphan among this process's descendants (Linux): a task's helper that
+    double-forks and calls setsid still ends up a child of this process, where the run's
+    leftover check finds it even with an empty environment. False where it cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def is_subreaper() -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(0)
+        return libc.prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0) == 0 \
+            and flag.value == 1
+    except (OSError, AttributeError):
+        return False
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else int(fields[1])
+
+
+def _markers(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    found = {}
+    for item in raw.split(b"\0"):
+        if item.startswith(b"TFSUBMIT_"):
+            name, _, value = item.decode(errors="replace").partition("=")
+            if name in (RUN_MARKER, KEEPER_MARKER, SERVICE_MARKER):
+                found[name] = value
     return found
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live (not zombie) process."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            ppid = _ppid(int(entry.name))
+            if ppid is not None:
+                parents[int(entry.name)] = ppid
+    return parents
+
+
+def _children(parents: dict[int, int]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`."""
+    children = _children(_parents())
+    found, stack = [], list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack += children.get(child, [])
+    return sorted(found)
+
+
+def processes_of_run(run_id: str, *, keeper: int | None = None) -> list[int]:
+    """PIDs of the live processes of run `run_id` on this machine.
+
+    Those started with TFSUBMIT_RUN_ID=run_id, everything below them, and everything below
+    the run's keepers (host agents started with TFSUBMIT_KEEPER_OF=run_id, and `keeper`, a
+    subreaper such as the run's runner): a helper that left the process group (setsid),
+    double-forked and dropped its environment is still found, as the keeper adopted it.
+    Below a keeper, processes of other runs and tfsubmit's own services (and what is below
+    them) are not the run's. Keepers themselves are not listed.
+    """
+    parents = _parents()
+    children = _children(parents)
+    markers = {pid: _markers(pid) for pid in parents}
+    keepers = {pid for pid, m in markers.items() if m.get(KEEPER_MARKER) == run_id}
+    if keeper is not None:
+        keepers.add(keeper)
+    roots = [pid for pid, m in markers.items() if m.get(RUN_MARKER) == run_id]
+    found: set[int] = set()
+    stack = roots + [child for k in keepers for child in children.get(k, [])]
+    while stack:
+        pid = stack.pop()
+        m = markers.get(pid, {})
+        if pid in found or pid in keepers or SERVICE_MARKER in m \
+                or m.get(RUN_MARKER, run_id) != run_id:
+            continue
+        found.add(pid)
+        stack += children.get(pid, [])
+    return sorted(found)
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -62,6 +156,23 @@ def kill_pids(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def reap_adopted(pids: list[int], *, seconds: float = 5.0) -> None:
+    """Collect the exit of killed orphans this process adopted as a subreaper (else they
+    stay zombies while it lives). Pids that are not its children are skipped."""
+    waiting = set(pids)
+    deadline = time.monotonic() + seconds
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid  # not our child: nothing to collect
+            if done:
+                waiting.discard(pid)
+        if waiting:
+            time.sleep(0.02)
 
 
 def still_running(list_them: Callable[[], list[T]], *, seconds: float) -> list[T]:

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from tfsubmit.service import forkserver
+from tfsubmit.service.processes import become_subreaper
 from tfsubmit.service.server import ensure_server, prefect_env
 from tfsubmit.store import runlock
 from tfsubmit.store.layout import RUNNER_ENV, RunPaths, Workspace, read_json
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         return NOT_MINE
     paths.runner_pid.write_text(str(os.getpid()))
+    become_subreaper()  # the job's double-forked helpers stay ours to find and stop
     facts = record.read()
     try:
         workspace = Workspace(facts["workspace"])

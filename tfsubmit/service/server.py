@@ -20,7 +20,12 @@ from pathlib import Path
 
 from tfsubmit.errors import ServerError
 from tfsubmit.service import forkserver
-from tfsubmit.service.processes import pid_alive, signal_group, terminate_then_kill
+from tfsubmit.service.processes import (
+    SERVICE_MARKER,
+    pid_alive,
+    signal_group,
+    terminate_then_kill,
+)
 from tfsubmit.store.layout import Workspace, read_json, write_json
 
 START_TIMEOUT = 90.0
@@ -108,6 +113,7 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
         "PREFECT_UI_API_URL": api_url,
     }
     env.pop("PREFECT_API_URL", None)
+    env[SERVICE_MARKER] = "prefect-server"  # not a job's: leftover checks pass it by
     log_path = workspace.server_log
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -16,7 +16,8 @@ per code version and calls these over SSH, so a host needs nothing but Python 3.
     run                             stdin: one JSON line {argv, env, cwd, pidfile, path}:
                                     start it in a new session (its pid, the group id, goes
                                     to pidfile), relay its output, exit with its code
-                                    (128 + N when killed by signal N)
+                                    (128 + N when killed by signal N); as a subreaper,
+                                    stop what it left behind when it exits
     signal PIDFILE SIGNUM           -> signal the whole process group named in PIDFILE
 """
 
@@ -106,6 +107,11 @@ def kill(run_id: str) -> list[int]:
 
 
 def run_process() -> int:
+    """Start the task, relay its exit code; as its subreaper, adopt what it leaves behind
+    (double-forked, setsid helpers) and stop that too once the task has exited."""
+    from tfsubmit.service.processes import become_subreaper
+
+    become_subreaper()
     request = json.loads(sys.stdin.readline())
     env = {**os.environ, **request["env"]}
     if request.get("path"):
@@ -125,7 +131,24 @@ def run_process() -> int:
         os._exit(127)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
+    _stop_adopted()
     return 128 - code if code < 0 else code
+
+
+def _stop_adopted() -> None:
+    """SIGKILL every descendant left (orphans this subreaper adopted), and collect them."""
+    from tfsubmit.service.processes import descendants, kill_pids, reap_adopted
+
+    left = descendants(os.getpid())
+    if left:
+        kill_pids(left)
+        reap_adopted(left)
+    while True:  # and any that exited on their own meanwhile
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 def signal_group(pidfile: str, signum: str) -> None:

@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tfsubmit.errors import EnvironmentBuildError
-from tfsubmit.service.processes import signal_group, terminate_then_kill
+from tfsubmit.service.processes import SERVICE_MARKER, signal_group, terminate_then_kill
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 
 MARKER = ".tfsubmit-env.json"
@@ -189,7 +189,9 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "UV_NO_PROGRESS": "1", **(extra_env or {})},
+        # Marked as tfsubmit's own: a job's leftover check never takes a build for its own.
+        env={**os.environ, "UV_NO_PROGRESS": "1", SERVICE_MARKER: "environment-build",
+             **(extra_env or {})},
     )
     lines: list[str] = []
     watcher = None

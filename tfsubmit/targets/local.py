@@ -10,7 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
-from tfsubmit.service.processes import kill_pids, processes_of_run, signal_group
+from tfsubmit.service.processes import (
+    is_subreaper,
+    kill_pids,
+    processes_of_run,
+    reap_adopted,
+    signal_group,
+)
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
@@ -50,6 +56,11 @@ class LocalProcess:
 
     def signal_group(self, sig: int) -> None:
         signal_group(self.pid, sig)
+
+
+@functools.cache
+def _subreaper() -> bool:
+    return is_subreaper()
 
 
 def gpu_count() -> int:
@@ -138,6 +149,9 @@ class LocalTarget(LocalFolders):
     name = "local"
     host = "local"
 
+    def __init__(self) -> None:
+        self._started: set[int] = set()  # our own children: subprocess reaps those
+
     @functools.cached_property
     def _gpus(self) -> int:
         return gpu_count()
@@ -172,14 +186,20 @@ class LocalTarget(LocalFolders):
         return LaunchOptions(as_root=os.geteuid() == 0)  # one machine: no remote shell
 
     def start(self, spec: ProcessSpec) -> LocalProcess:
-        return start_local(spec)
+        process = start_local(spec)
+        self._started.add(process.pid)
+        return process
 
     def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
-        """Live processes of the run, found by the run id in their environment."""
-        return [(self.host, pid) for pid in processes_of_run(run_id)]
+        """Live processes of the run: found by the run id in their environment, and, where
+        this process is the run's subreaper (its runner), every orphan it adopted."""
+        keeper = os.getpid() if _subreaper() else None
+        return [(self.host, pid) for pid in processes_of_run(run_id, keeper=keeper)]
 
     def kill(self, processes: list[tuple[str, int | str]]) -> None:
-        kill_pids([int(pid) for _, pid in processes])
+        pids = [int(pid) for _, pid in processes]
+        kill_pids(pids)
+        reap_adopted([pid for pid in pids if pid not in self._started])
 
     def close(self) -> None:
         pass

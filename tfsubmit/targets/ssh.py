@@ -24,6 +24,7 @@ import paramiko
 
 from tfsubmit.errors import TargetError
 from tfsubmit.runtime.metrics import METRICS_DIR, is_metrics_file
+from tfsubmit.service.processes import KEEPER_MARKER, RUN_MARKER
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec, RemoteShell
@@ -426,7 +427,10 @@ class SSHTarget:
                    "pidfile": pidfile, "path": posixpath.dirname(spec.argv[0])}
         channel = conn.client.get_transport().open_session(timeout=30)
         channel.set_combine_stderr(True)
-        channel.exec_command(f"env PYTHONPATH={shlex.quote(self.runtime)} "
+        # The agent holds the task as its subreaper; marked so the run's `ps` finds what it
+        # adopted (a double-forked helper with an empty environment, say).
+        keeper = f"{KEEPER_MARKER}={spec.env.get(RUN_MARKER, '')}"
+        channel.exec_command(f"env PYTHONPATH={shlex.quote(self.runtime)} {shlex.quote(keeper)} "
                              + shell_join([self.config.python, "-m", AGENT, "run"]))
         channel.sendall((json.dumps(request) + "\n").encode())
         channel.shutdown_write()

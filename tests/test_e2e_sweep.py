@@ -125,7 +125,12 @@ def test_an_interrupted_grid_sweep_resumes_without_repeating(workspace):
             os.kill(pid, signal.SIGKILL)
     while pid_alive(runner):
         time.sleep(0.05)
-    assert run.get_status() == "Failed"  # the runner died: no "Running" forever
+    # The runner died: no "Running" forever. (A child it was starting at that moment may
+    # hold the run's lock until it execs: wait for the status, briefly.)
+    deadline = time.monotonic() + 30
+    while run.get_status() != "Failed":
+        assert time.monotonic() < deadline, run.get_details()
+        time.sleep(0.1)
 
     result = run_cli("resume", run.id, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,6 +3,7 @@ on main before the fix. Real processes, real files; no mocks of what the item na
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -546,3 +547,50 @@ def test_9_a_daemon_does_not_outlive_its_ssh_run(workspace, hosts, job_dir):
     run.cancel()
     assert run.get_status() == "Canceled"
     _daemon_is_gone(run)
+
+
+# -- 3: secrets and permissions -----------------------------------------------------------------
+
+SECRET = "s3cr3t-Value-9f8e7d"
+
+
+def test_3_secret_values_reach_only_the_job(workspace, prefect_api):
+    """environment_variables' values used to be stored in plain text in job.json (0644) and
+    the Prefect database, and returned by the API as flow-run parameters; folders were 0755."""
+    import hashlib
+    import stat
+
+    from tfsubmit import Experiment, TensorFlow
+
+    job = TensorFlow(source_directory=str(JOBS), entry_script="secret.py",
+                     secret_environment_variables={"API_TOKEN": SECRET})
+    assert SECRET not in repr(job) and SECRET not in str(job.to_dict())
+    run = Experiment("secrets", workspace=workspace.root).submit(job)
+    details = run.wait_for_completion(timeout=300)
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()[:16]
+    assert f"token sha256 {digest}" in run.paths.output_log.read_text()  # the job had it
+    for path in run.paths.root.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    flow_run = prefect_api(f"/flow_runs/{details['flow_run_id']}")
+    assert flow_run["parameters"]["job"]["secret_environment_variables"] == {"API_TOKEN": None}
+    assert SECRET not in json.dumps(flow_run)
+    logs = prefect_api("/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    assert SECRET not in json.dumps(logs)
+    for folder in (workspace.runs, run.paths.root, run.paths.outputs, run.paths.logs):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for path in (run.paths.record, run.paths.job, run.paths.output_log, run.paths.runner_log):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_3_secrets_never_go_to_a_deployment(tmp_path):
+    from tfsubmit.api.experiment import submit_to_deployment
+    from tfsubmit.errors import TfsubmitError
+    from tfsubmit.spec.job import TrainingJob
+    from tfsubmit.store.layout import Workspace
+
+    job = TrainingJob(source_directory=str(JOBS), entry_script="secret.py",
+                      secret_environment_variables={"API_TOKEN": SECRET})
+    with pytest.raises(TfsubmitError, match="secret values are never sent"):
+        submit_to_deployment(job, "submit-training/default", experiment="x",
+                             workspace=Workspace(tmp_path))

@@ -50,7 +50,7 @@ class Experiment:
         self._check_target(job)
         run_id = self.workspace.new_run_id(self.name)
         record = RunRecord.create(self.workspace, run_id, self.name, job.to_dict())
-        hand_over(self.workspace, record)
+        hand_over(self.workspace, record, job.secret_values())
         return Run(run_id, workspace=self.workspace.root)
 
     def _submit_sweep(self, sweep: Sweep) -> SweepRun:
@@ -59,7 +59,7 @@ class Experiment:
         record = RunRecord.create(self.workspace, run_id, self.name, sweep.to_dict(),
                                   kind="sweep", primary_metric=sweep.primary_metric,
                                   goal=sweep.goal, total_runs=sweep.total_runs)
-        hand_over(self.workspace, record)
+        hand_over(self.workspace, record, sweep.estimator.secret_values())
         return SweepRun(run_id, workspace=self.workspace.root)
 
     def _check_target(self, job: TrainingJob) -> None:
@@ -80,11 +80,12 @@ class Experiment:
         ]
 
 
-def hand_over(workspace: Workspace, record: RunRecord) -> None:
-    """Start the run's runner with the runner lock `record` holds, then let go of it; a
-    runner that cannot be started ends the run Failed, saying why."""
+def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str]) -> None:
+    """Start the run's runner with the runner lock `record` holds (and the job's secret
+    values), then let go of the lock; a runner that cannot be started ends the run Failed,
+    saying why."""
     try:
-        start_runner(workspace, record.paths, record.lock_fd)
+        start_runner(workspace, record.paths, record.lock_fd, secrets)
     except BaseException as exc:
         record.failed(f"its runner could not be started: {exc}")
         raise
@@ -95,6 +96,11 @@ def hand_over(workspace: Workspace, record: RunRecord) -> None:
 def submit_to_deployment(job: TrainingJob, deployment: str, *, experiment: str,
                          workspace: Workspace) -> DeploymentRun:
     """Create a flow run of `deployment` for `job`, named after a new run id."""
+    if job.secret_environment_variables:
+        raise TfsubmitError(
+            "secret_environment_variables: secret values are never sent as a flow run's "
+            "parameters, so they cannot reach a deployment's worker; set them in the "
+            "worker's own environment (its job variables) instead")
     api = PrefectAPI(api_url(workspace))
     found = api.deployment(deployment)
     if found.get("paused"):

@@ -77,4 +77,5 @@ def job_env(job: TrainingJob, *, run_id: str, node: Node, role: str, index: int)
         "TFSUBMIT_METRICS_FILE": metrics_file(node.workdir, role, index),
         "TFSUBMIT_OUTPUTS": f"{node.workdir}/outputs",
         **job.environment_variables,
+        **job.secret_values(),  # only ever in the child's environment
     }

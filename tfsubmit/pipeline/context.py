@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from tfsubmit.errors import TfsubmitError
+from tfsubmit.errors import JobSpecError, TfsubmitError
 from tfsubmit.spec.job import TrainingJob, load_job_file, validate_experiment_name
 from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import RunPaths, Workspace
@@ -38,6 +38,15 @@ class Submission:
             raise RunCanceled(self.cancel.reason())
 
 
+# The job's secret values, held in this process's memory only (see hold_secrets).
+_SECRETS: dict[str, str] = {}
+
+
+def hold_secrets(values: dict[str, str]) -> None:
+    """Keep the secret values the runner was handed, for the jobs this process runs."""
+    _SECRETS.update(values)
+
+
 def open_submission(job: dict[str, Any] | str, experiment: str | None, run_id: str | None,
                     workspace: str | None) -> Submission:
     """The submission of `job`: the run folder `run_id` (made by Experiment.submit), or a new
@@ -48,6 +57,13 @@ def open_submission(job: dict[str, Any] | str, experiment: str | None, run_id: s
         experiment = experiment or file_experiment
     else:
         spec = TrainingJob.from_dict(job)
+    if spec.missing_secrets:
+        spec = spec.with_secrets(_SECRETS)
+        if spec.missing_secrets:
+            raise JobSpecError(
+                f"secret_environment_variables: the values of {', '.join(spec.missing_secrets)} "
+                "did not reach this process (secrets travel from Experiment.submit or "
+                "`tfsubmit submit` to the run's runner only); submit the job again")
     experiment = validate_experiment_name(experiment or "default")
     if run_id is None or not ws.paths_of(run_id).record.exists():
         # A deployment's flow run: this process is its runner and holds its lock for life.

@@ -30,7 +30,7 @@ from tfsubmit.service.processes import (
     signal_group,
     terminate_then_kill,
 )
-from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
+from tfsubmit.store.layout import SECRETS_ENV, RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
 
 CONNECT_TIMEOUT = 2.0
@@ -40,22 +40,28 @@ RUNNER_MODULE = "tfsubmit.service.runner"
 LOCK_FD_ARG = "--lock-fd"
 
 
-def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int) -> int:
+def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int,
+                 secrets: dict[str, str] | None = None) -> int:
     """Start the runner of run `paths`, detached, handing it the run's runner lock
-    (`lock_fd`, held by the caller, who may release it once this returns); returns its pid.
+    (`lock_fd`, held by the caller, who may release it once this returns) and the job's
+    secret values (in its environment, never on disk); returns its pid.
 
     Should the fork server fork a runner after all when it answered too late and one was
     spawned instead, both start, but only the first to claim the Queued run runs it."""
-    pid = request_runner(workspace, paths.root, lock_fd) or _spawn_runner(paths, lock_fd)
+    env = {**os.environ, SECRETS_ENV: json.dumps(secrets)} if secrets else dict(os.environ)
+    pid = request_runner(workspace, paths.root, lock_fd, env) \
+        or _spawn_runner(paths, lock_fd, env)
     paths.runner_pid.write_text(str(pid))  # the runner writes its own once it has claimed
     return pid
 
 
-def _spawn_runner(paths: RunPaths, lock_fd: int) -> int:
+def _spawn_runner(paths: RunPaths, lock_fd: int, env: dict[str, str]) -> int:
     """Start a runner from scratch (no warm fork server for this workspace and code)."""
-    with paths.runner_log.open("ab") as log:
+    with _private_file(paths.runner_log) as log:
         process = subprocess.Popen(
             [sys.executable, "-m", RUNNER_MODULE, str(paths.root), LOCK_FD_ARG, str(lock_fd)],
+            env=env,
+            umask=0o077,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -65,12 +71,14 @@ def _spawn_runner(paths: RunPaths, lock_fd: int) -> int:
     return process.pid
 
 
-def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int) -> int | None:
+def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int,
+                   env: dict[str, str]) -> int | None:
     """Ask a running fork server for a runner of `run_dir`, passing it the run's lock over
-    the socket; None when there is none to ask or it does not answer in time."""
+    the socket (a file only this user can open); None when there is none to ask or it does
+    not answer in time."""
     if not is_current(workspace):
         return None
-    request = {"run_dir": str(run_dir), "env": dict(os.environ), "cwd": os.getcwd()}
+    request = {"run_dir": str(run_dir), "env": env, "cwd": os.getcwd()}
     payload = json.dumps(request).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -87,11 +95,12 @@ def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int) -> int | N
 
 def start(workspace: Workspace) -> int:
     """Start a fork server for this workspace, detached; returns its pid."""
-    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
-    log = workspace.forkserver_log.open("ab")
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    log = _private_file(workspace.forkserver_log)
     process = subprocess.Popen(
         [sys.executable, "-m", RUNNER_MODULE, "--fork-server", str(workspace.root)],
         env={**os.environ, SERVICE_MARKER: "fork-server"},
+        umask=0o077,  # its socket, and every run's files, are this user's alone
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -100,6 +109,11 @@ def start(workspace: Workspace) -> int:
     # Recorded at once, so a concurrent `ensure` does not start a second one.
     write_json(workspace.forkserver_state, {"pid": process.pid, "code": code_hash()})
     return process.pid
+
+
+def _private_file(path: Path):
+    """Open `path` for appending, readable by this user alone."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
 
 
 def is_current(workspace: Workspace) -> bool:
@@ -177,7 +191,7 @@ def _become_runner(request: dict, main) -> None:
         os.setsid()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         run_dir = Path(request["run_dir"])
-        log = os.open(RunPaths(run_dir).runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log = os.open(RunPaths(run_dir).runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.environ.clear()

@@ -11,6 +11,7 @@ submitting process and can be followed, listed and canceled from any other one. 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -20,7 +21,7 @@ from tfsubmit.service import forkserver
 from tfsubmit.service.processes import become_subreaper
 from tfsubmit.service.server import ensure_server, prefect_env
 from tfsubmit.store import runlock
-from tfsubmit.store.layout import RUNNER_ENV, RunPaths, Workspace, read_json
+from tfsubmit.store.layout import RUNNER_ENV, SECRETS_ENV, RunPaths, Workspace, read_json
 from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
 
 # A runner that finds its run taken by another, or already ended, exits with this.
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         return NOT_MINE
     paths.runner_pid.write_text(str(os.getpid()))
     become_subreaper()  # the job's double-forked helpers stay ours to find and stop
+    os.umask(0o077)  # the run's files are this user's alone
+    secrets = json.loads(os.environ.pop(SECRETS_ENV, "") or "{}")
     facts = record.read()
     try:
         workspace = Workspace(facts["workspace"])
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             from prefect.context import refresh_global_settings_context
 
             refresh_global_settings_context()
+        from tfsubmit.pipeline.context import hold_secrets
+
+        hold_secrets(secrets)
         if facts.get("kind") == "sweep":
             from tfsubmit.flows.sweep import run_sweep  # Optuna loads only for sweeps
 

@@ -93,7 +93,7 @@ def ensure_server(workspace: Workspace, *, port: int | None = None) -> ServerInf
             f"PREFECT_API_URL={info.api_url} does not answer; start that server or unset "
             "PREFECT_API_URL to use tfsubmit's embedded one"
         )
-    workspace.prefect_home.mkdir(parents=True, exist_ok=True)
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with workspace.server_lock.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find it running
         info = server_status(workspace)
@@ -122,6 +122,7 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            umask=0o077,  # its database holds the runs' parameters: this user's alone
             start_new_session=True,  # outlives the submitting process, on purpose
         )
     write_json(workspace.server_state, {"pid": process.pid, "port": port, "api_url": api_url})

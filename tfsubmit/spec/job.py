@@ -13,7 +13,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from packaging.requirements import InvalidRequirement, Requirement
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from tfsubmit.errors import JobSpecError
 from tfsubmit.spec.yamlfile import load_mapping
@@ -69,6 +78,12 @@ class TrainingJob(BaseModel):
     )
     environment_variables: dict[str, str] = Field(
         default_factory=dict, description="Extra variables set for every process of the job."
+    )
+    secret_environment_variables: dict[str, SecretStr | None] = Field(
+        default_factory=dict,
+        description="Variables with secret values (tokens, passwords), set for the job's "
+        "processes only: job.json, Prefect, logs and artifacts hold their names, never their "
+        "values.",
     )
     max_run_duration_seconds: float | None = Field(
         default=None, description="Stop the job (status Failed) after this many seconds."
@@ -187,9 +202,14 @@ class TrainingJob(BaseModel):
             )
         return value.strip()
 
-    @field_validator("environment_variables")
+    @field_serializer("secret_environment_variables")
+    def _names_only(self, value: dict[str, SecretStr | None]) -> dict[str, None]:
+        """Written anywhere (job.json, Prefect parameters), a secret is its name alone."""
+        return dict.fromkeys(value)
+
+    @field_validator("environment_variables", "secret_environment_variables")
     @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+    def _env_names(cls, value: dict[str, Any]) -> dict[str, Any]:
         for name in value:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid variable name")
@@ -237,6 +257,14 @@ class TrainingJob(BaseModel):
         if not 0 <= value <= 1000:
             raise ValueError(f"must be 0 .. 1000 (got {value})")
         return value
+
+    @model_validator(mode="after")
+    def _secrets_apart(self) -> TrainingJob:
+        both = set(self.environment_variables) & set(self.secret_environment_variables)
+        if both:
+            raise JobSpecError(f"secret_environment_variables: {', '.join(sorted(both))} also "
+                               f"in environment_variables; name each variable once")
+        return self
 
     @model_validator(mode="after")
     def _entry_exists_and_topology(self) -> TrainingJob:
@@ -299,6 +327,23 @@ class TrainingJob(BaseModel):
     def framework_minor(self) -> tuple[int, int]:
         major, minor = self.framework_version.split(".")[:2]
         return int(major), int(minor)
+
+    def secret_values(self) -> dict[str, str]:
+        """The secret variables whose values this process holds."""
+        return {name: value.get_secret_value()
+                for name, value in self.secret_environment_variables.items() if value is not None}
+
+    @property
+    def missing_secrets(self) -> list[str]:
+        """Secret variables known by name only (read back from job.json, say)."""
+        return [name for name, value in self.secret_environment_variables.items()
+                if value is None]
+
+    def with_secrets(self, values: dict[str, str]) -> TrainingJob:
+        """The job with the values of its named secrets filled in from `values`."""
+        filled = {name: SecretStr(values[name]) if value is None and name in values else value
+                  for name, value in self.secret_environment_variables.items()}
+        return self.model_copy(update={"secret_environment_variables": filled})
 
     @property
     def tf_task_count(self) -> int:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
 # The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
 # finds its own run id there leaves the run's final status to the runner.
 RUNNER_ENV = "TFSUBMIT_RUNNER_OF"
+# Carries a job's secret values (JSON) from the submitter to its runner, in memory only.
+SECRETS_ENV = "TFSUBMIT_SECRETS"
 # A run id names one folder under runs/: never empty, no path separator, no leading dot.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 # The folders of a node's working directory that tfsubmit collects after a run.
@@ -290,6 +293,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically, so readers in other processes never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))  # key order kept: script_params order matters
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    text = json.dumps(data, indent=2)  # key order kept: script_params order matters
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk, say: no half-written .tmp left behind
+        raise

@@ -42,12 +42,14 @@ class RunRecord:
         its runner lock held by the returned record (`lock_fd`) before anything else is
         written: hand it to the run's runner, or `release_lock()` when the run is over."""
         paths = workspace.paths_of(run_id)
-        paths.root.mkdir(parents=True)
+        for folder in (workspace.root, workspace.runs):  # this user's alone
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        paths.root.mkdir(mode=0o700)
         lock_fd = runlock.acquire(paths.runner_lock)
-        paths.logs.mkdir()
-        paths.outputs.mkdir()
+        paths.logs.mkdir(mode=0o700)
+        paths.outputs.mkdir(mode=0o700)
         write_json(paths.job, job)
-        paths.output_log.touch()
+        paths.output_log.touch(mode=0o600)
         write_json(paths.record, {
             "id": run_id,
             "experiment": experiment,

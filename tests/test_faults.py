@@ -594,3 +594,72 @@ def test_3_secrets_never_go_to_a_deployment(tmp_path):
     with pytest.raises(TfsubmitError, match="secret values are never sent"):
         submit_to_deployment(job, "submit-training/default", experiment="x",
                              workspace=Workspace(tmp_path))
+
+
+# -- 2: nothing in an SSH host's workdir is trusted as is ---------------------------------------
+
+
+def _ssh_target(hosts, workdir):
+    from tfsubmit.targets.config import SSHTargetConfig
+    from tfsubmit.targets.ssh import SSHTarget
+
+    return SSHTarget("guarded", SSHTargetConfig(**hosts.target_config(workdir=str(workdir))))
+
+
+@pytest.mark.parametrize("how", ["another user's", "world-writable"])
+def test_2_an_untrusted_workdir_is_refused(hosts, tmp_path, how):
+    from tfsubmit.errors import TargetError
+
+    workdir = tmp_path / "shared"
+    workdir.mkdir()
+    if how == "another user's":
+        os.chown(workdir, 65534, 65534)
+        words = "belongs to uid 65534"
+    else:
+        workdir.chmod(0o1777)
+        words = r"is writable by others \(mode 1777\)"
+    target = _ssh_target(hosts, workdir)
+    try:
+        with pytest.raises(TargetError, match=words):
+            target.connect()
+    finally:
+        target.close()
+    assert not (workdir / "runtime").exists()  # nothing was put there, nothing ran there
+
+
+def test_2_a_planted_runtime_never_runs(hosts, tmp_path):
+    """A runtime already in the workdir used to be trusted as is (the log said "uploaded 0
+    bytes"): code planted in it ran as the login user."""
+    workdir = tmp_path / "remote"
+    target = _ssh_target(hosts, workdir)
+    try:
+        target.connect()
+    finally:
+        target.close()
+    agent = Path(target.runtime) / "tfsubmit" / "targets" / "agent.py"
+    witness = tmp_path / "planted-code-ran"
+    agent.write_text(agent.read_text() + f"\nopen({str(witness)!r}, 'w').close()\n")
+    target = _ssh_target(hosts, workdir)
+    try:
+        reports = target.connect()
+    finally:
+        target.close()
+    assert not witness.exists()
+    assert "planted-code-ran" not in agent.read_text()
+    assert all(report.get("replaced_runtime") for report in reports.values())
+
+
+def test_2_a_changed_object_is_refused_and_removed(tmp_path):
+    from tfsubmit.store.snapshots import CorruptObjectError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.py").write_text("print('honest')\n")
+    store = ObjectStore(tmp_path / "objects")
+    snap = take_snapshot(src, store, entry_script="train.py")
+    stored = store.path_for(snap.files["train.py"].sha256)
+    stored.chmod(0o644)
+    stored.write_text("print('planted')\n")
+    with pytest.raises(CorruptObjectError, match="train.py: object .* does not match its hash"):
+        materialize(snap, store, tmp_path / "staged")
+    assert not stored.exists()  # the next submission sends it again

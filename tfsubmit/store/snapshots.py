@@ -4,10 +4,11 @@ the host agent writes snapshots out on SSH hosts."""
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tfsubmit.errors import SourceError
 from tfsubmit.store.objects import ObjectStore
 
 
@@ -56,12 +57,33 @@ class Snapshot:
         }
 
 
+class CorruptObjectError(SourceError):
+    """An object's content no longer matches its hash (changed on disk, or planted)."""
+
+
 def materialize(snapshot: Snapshot, store: ObjectStore, dest: Path) -> int:
-    """Write the snapshot's files under `dest` (copies: the job may change its own files)."""
+    """Write the snapshot's files under `dest` (copies: the job may change its own files),
+    each checked against its hash as it is copied. An object that fails the check is
+    removed from the store (the next submission sends it again) and CorruptObjectError
+    names it."""
     for rel, entry in snapshot.files.items():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.path_for(entry.sha256), target)
+        source = store.path_for(entry.sha256)
+        if _copy_hashed(source, target) != entry.sha256:
+            source.unlink(missing_ok=True)
+            raise CorruptObjectError(
+                f"{rel}: object {source} does not match its hash (it changed after it was "
+                "stored, or was put there by someone else); it was removed: submit again")
         if entry.executable:
             target.chmod(0o755)
     return len(snapshot.files)
+
+
+def _copy_hashed(source: Path, target: Path) -> str:
+    digest = hashlib.sha256()
+    with source.open("rb") as reader, target.open("wb") as writer:
+        while chunk := reader.read(1 << 20):
+            digest.update(chunk)
+            writer.write(chunk)
+    return digest.hexdigest()

@@ -41,9 +41,10 @@ def preflight(workdir: str, min_free_mb: str) -> dict:
               # The folder holding this copy of the tfsubmit package (<runtime>/tfsubmit/targets/
               # agent.py): the SSH target checks it is the version it uploaded.
               "runtime": str(Path(__file__).resolve().parents[2])}
+    report["ran"] = True  # (the SSH target's guard has checked the workdir and the runtime)
     root = Path(workdir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         probe = root / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
@@ -165,7 +166,13 @@ def main(argv: list[str]) -> int:
     elif command == "build-env":
         build_env(*args)
     elif command == "stage":
-        stage()
+        from tfsubmit.store.snapshots import CorruptObjectError
+
+        try:
+            stage()
+        except CorruptObjectError as exc:
+            print(f"tfsubmit: {exc}", flush=True)
+            return 1
     elif command == "ps":
         from tfsubmit.service.processes import processes_of_run
 

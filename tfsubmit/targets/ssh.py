@@ -49,6 +49,43 @@ def shell_join(argv: list[str]) -> str:
     return " ".join(shlex.quote(str(part)) for part in argv)
 
 
+# Run by the host's Python before anything in the workdir: argv = WORKDIR RUNTIME HASH
+# AGENT-COMMAND...; refuses a workdir another user owns or may write, and runs the agent
+# from RUNTIME only when its code hashes to HASH (the algorithm of store.package's
+# package_hash, repeated here because the runtime's own copy cannot be trusted yet).
+GUARD = """
+import hashlib, json, os, sys
+from pathlib import Path
+wd, rt, want, command = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4:]
+def say(**report):
+    print(json.dumps(report))
+    sys.exit(0)
+try:
+    wd.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = wd.stat()
+except OSError as exc:
+    say(error=f"workdir {wd} is not usable: {exc.strerror or exc}")
+if info.st_uid != os.getuid():
+    say(error=f"workdir {wd} belongs to uid {info.st_uid}, not to the login user (uid "
+              f"{os.getuid()}): another user could have planted code there; use a workdir "
+              "of your own (the target's `workdir:`)")
+if info.st_mode & 0o022:
+    say(error=f"workdir {wd} is writable by others (mode {info.st_mode & 0o7777:o}): anyone "
+              f"could plant code there; run `chmod go-w {wd}`, or use another workdir")
+package = Path(rt) / "tfsubmit"
+if not (package / "__init__.py").is_file():
+    say(runtime_hash=None)
+digest = hashlib.sha256()
+for path in sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts):
+    digest.update(str(path.relative_to(package)).encode() + b"\\0" + path.read_bytes())
+if digest.hexdigest()[:16] != want:
+    say(runtime_hash=digest.hexdigest()[:16])
+sys.path.insert(0, rt)
+from tfsubmit.targets.agent import main
+sys.exit(main(command))
+"""
+
+
 class HostLostError(TargetError):
     """A host stopped answering while the job ran."""
 
@@ -291,30 +328,43 @@ class SSHTarget:
         return self._each(check, conns)
 
     def _preflight(self, conn: Connection, digests: str) -> dict:
+        """One command on the warm path. Nothing in the workdir runs before GUARD (sent
+        whole, run by the host's own Python) has checked that the workdir is the login
+        user's alone and that the runtime there hashes to this tfsubmit's code."""
         wd = self.config.workdir
-        preflight = [self.config.python, "-m", AGENT, "preflight", wd,
-                     str(self.config.min_free_mb)]
+        guard = [self.config.python, "-c", GUARD, wd, self.runtime, package_hash(), "preflight",
+                 wd, str(self.config.min_free_mb)]
         try:
-            # Warm path: one command, when the host already has this version's runtime
-            # (and not merely some tfsubmit installed in its Python).
-            report = json.loads(conn.run(preflight, stdin=digests,
-                                         env={"PYTHONPATH": self.runtime}))
-            if report["runtime"] == self.runtime:
-                return self._check(conn, report)
-        except (TargetError, ValueError, KeyError):
-            pass
+            report = json.loads(conn.run(guard, stdin=digests, timeout=60))
+        except (TargetError, ValueError) as exc:
+            raise TargetError(f"{conn.where}: python {self.config.python!r} cannot check the "
+                              f"workdir ({exc}); set `python:` on the target") from None
+        self._check(conn, report)
+        if report.get("ran"):
+            return report
+        # This version's runtime is not there, or is not what tfsubmit uploaded (changed
+        # since, or planted): never run it; upload it afresh.
+        replaced = report.get("runtime_hash")
+        if replaced:
+            conn.run(["rm", "-rf", self.runtime], timeout=60)
         try:
             conn.run(["mkdir", "-p", posixpath.join(wd, "objects"), self.runtime], timeout=30)
         except TargetError as exc:
             raise TargetError(f"{conn.where}: workdir {wd} is not writable: {exc}") from None
         self._upload_runtime(conn)
         try:
-            output = conn.run(preflight, stdin=digests, env={"PYTHONPATH": self.runtime},
-                              timeout=60)
-        except TargetError as exc:
+            report = json.loads(conn.run(guard, stdin=digests, timeout=60))
+        except (TargetError, ValueError) as exc:
             raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
                               f"tfsubmit's helper ({exc}); set `python:` on the target") from None
-        return self._check(conn, json.loads(output))
+        self._check(conn, report)
+        if not report.get("ran"):
+            raise TargetError(f"{conn.where}: tfsubmit's runtime in {self.runtime} does not "
+                              f"match its hash after upload (hash {report.get('runtime_hash')}); "
+                              "remove that folder and retry")
+        if replaced:
+            report["replaced_runtime"] = replaced
+        return report
 
     @staticmethod
     def _check(conn: Connection, report: dict) -> dict:
@@ -361,6 +411,9 @@ class SSHTarget:
         reports = self.connect(sorted({entry.sha256 for entry in snapshot.files.values()}))
         for name, report in reports.items():
             log(f"host {name}: ok (python {report['version']}, {report['free_mb']} MB free)")
+            if report.get("replaced_runtime"):
+                log(f"host {name}: tfsubmit's runtime in {self.runtime} did not match its hash "
+                    f"({report['replaced_runtime']}, changed or planted); replaced it")
         manifest = snapshot.manifest()
 
         def run_dir(host: str) -> str:

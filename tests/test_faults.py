@@ -663,3 +663,153 @@ def test_2_a_changed_object_is_refused_and_removed(tmp_path):
     with pytest.raises(CorruptObjectError, match="train.py: object .* does not match its hash"):
         materialize(snap, store, tmp_path / "staged")
     assert not stored.exists()  # the next submission sends it again
+
+
+# -- 10: load -------------------------------------------------------------------------------------
+
+
+def _all_completed(runs, timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    details = []
+    for run in runs:
+        details.append(run.wait_for_completion(
+            timeout=max(1.0, deadline - time.monotonic()), raise_on_error=False))
+    return details
+
+
+def _listed(workspace_root, experiment: str) -> list[str]:
+    done = _cli("runs", "--experiment", experiment, "--limit", "1000", workspace=workspace_root)
+    assert done.returncode == 0, done.stderr
+    return [line.split()[0] for line in done.stdout.splitlines()[1:] if line.strip()]
+
+
+def test_10_forty_threads_submitting_at_once(workspace):
+    """40 threads submitting at once used to leave 4 runs Failed before training with
+    "503 Service Unavailable" from the embedded server, and missing from `tfsubmit runs`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tfsubmit import Experiment
+
+    experiment = Experiment("load-threads", workspace=workspace.root)
+    with ThreadPoolExecutor(40) as pool:
+        runs = list(pool.map(lambda _: experiment.submit(_quick_job(1)), range(40)))
+    details = _all_completed(runs, timeout=900)
+    failed = {d["id"]: d.get("error") for d in details if d["status"] != "Completed"}
+    assert not failed, failed
+    listed = _listed(workspace.root, "load-threads")
+    assert sorted(listed) == sorted(run.id for run in runs)  # none missing, none twice
+
+
+def test_10_thirty_processes_and_no_server_yet(tmp_path):
+    """30 `tfsubmit submit` processes on a workspace with no server used to leave 5 runs
+    Failed (4 x 503; one submitter stopped a server still booting and started a second)."""
+    import subprocess
+    import sys
+
+    from tfsubmit.api import Run
+    from tfsubmit.service.server import stop_server
+    from tfsubmit.store.layout import Workspace
+
+    workspace = Workspace(tmp_path / "ws")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source_directory: {JOBS}\nentry_script: sleeper.py\nscript_params: ['1']\n"
+                   "experiment: load-cold\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    try:
+        submitters = [subprocess.Popen(
+            [sys.executable, "-m", "tfsubmit.cli", "--workspace", str(workspace.root), "submit",
+             str(job), "--detach"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env) for _ in range(30)]
+        ids = []
+        for submitter in submitters:
+            out, err = submitter.communicate(timeout=600)
+            assert submitter.returncode == 0, err
+            ids.append(out.split("Submitted run ")[1].split()[0])
+        details = _all_completed([Run(i, workspace=workspace.root) for i in ids], timeout=900)
+        failed = {d["id"]: d.get("error") for d in details if d["status"] != "Completed"}
+        assert not failed, failed
+        assert sorted(_listed(workspace.root, "load-cold")) == sorted(ids)
+        started = workspace.server_log.read_text().count("Check out the dashboard at")
+        assert started == 1, f"{started} servers started"
+    finally:
+        stop_server(workspace)
+
+
+# -- 6: the outcome never depends on Prefect being up ------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["kill -9", "tfsubmit server stop"])
+def test_6_losing_the_server_mid_run_keeps_the_outcome(tmp_path, how):
+    """Losing the Prefect server mid-run used to turn a job whose processes exited 0 into
+    Failed ("Connection refused") after ~70 s of hanging, exit_code and outputs missing,
+    and Prefect kept the flow run Running forever."""
+    from conftest import wait_for_line
+
+    from tfsubmit import Experiment, TensorFlow
+    from tfsubmit.service.prefect_api import PrefectAPI
+    from tfsubmit.service.server import ensure_server, server_status, stop_server
+    from tfsubmit.store.layout import Workspace, read_json
+
+    workspace = Workspace(tmp_path / "ws")
+    job = TensorFlow(source_directory=str(JOBS), entry_script="finishes.py",
+                     script_params=["6"])
+    try:
+        run = Experiment("server-lost", workspace=workspace.root).submit(job)
+        wait_for_line(run, "ready: working")
+        flow_run_id = run.get_details()["flow_run_id"]
+        if how == "kill -9":
+            os.kill(read_json(workspace.server_state)["pid"], signal.SIGKILL)
+        else:
+            assert _cli("server", "stop", workspace=workspace.root).returncode == 0
+        assert not server_status(workspace).running
+        wait_for_line(run, "finished")
+        ended_by = time.monotonic() + 60  # the job is done: its run ends without the API
+        while run.get_status() not in ("Completed", "Failed", "Canceled"):
+            assert time.monotonic() < ended_by, run.paths.output_log.read_text()
+            time.sleep(0.2)
+        details = run.get_details()
+        assert details["status"] == "Completed", details.get("error")
+        assert details["exit_code"] == 0
+        assert details["outputs"] == ["outputs/result.txt"]
+        assert "the Prefect API stopped answering" in run.paths.output_log.read_text()
+        # The API is back: the flow run's state catches up with the run's.
+        api = PrefectAPI(ensure_server(workspace).api_url)
+        deadline = time.monotonic() + 120
+        while api.flow_run(flow_run_id)["state"]["type"] != "COMPLETED":
+            run.get_details()  # a reader reports what the API missed
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert not run.record.read().get("prefect_pending")
+    finally:
+        stop_server(workspace)
+
+
+def test_10_the_server_on_postgresql_holds_the_load(tmp_path):
+    """`tfsubmit server start --database postgresql://...`: the team's server keeps its data
+    in a real PostgreSQL and holds 30 concurrent submissions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from postgres import Postgres
+
+    from tfsubmit import Experiment
+    from tfsubmit.service.server import stop_server
+    from tfsubmit.store.layout import Workspace
+
+    database = Postgres().start()
+    workspace = Workspace(tmp_path / "ws")
+    try:
+        started = _cli("server", "start", "--database", database.url, workspace=workspace.root)
+        assert started.returncode == 0, started.stderr
+        assert oct(workspace.server_database.stat().st_mode & 0o777) == "0o600"
+        experiment = Experiment("load-postgres", workspace=workspace.root)
+        with ThreadPoolExecutor(30) as pool:
+            runs = list(pool.map(lambda _: experiment.submit(_quick_job(1)), range(30)))
+        details = _all_completed(runs, timeout=900)
+        failed = {d["id"]: d.get("error") for d in details if d["status"] != "Completed"}
+        assert not failed, failed
+        assert sorted(_listed(workspace.root, "load-postgres")) == sorted(r.id for r in runs)
+        names = database.query("select name from flow_run").split()
+        assert sorted(set(names) & {r.id for r in runs}) == sorted(r.id for r in runs)
+    finally:
+        stop_server(workspace)
+        database.stop()

@@ -233,7 +233,7 @@ def _server(args: argparse.Namespace) -> int:
 
     workspace = Workspace(args.workspace)
     if args.action == "start":
-        info = server.ensure_server(workspace, port=args.port)
+        info = server.ensure_server(workspace, port=args.port, database=args.database)
         print(f"Prefect API {info.api_url} (pid {info.pid}); UI {info.ui_url}")
     elif args.action == "stop":
         stopped = server.stop_server(workspace)
@@ -295,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv = commands.add_parser("server", help="the embedded Prefect server")
     srv.add_argument("action", choices=("start", "stop", "status"))
     srv.add_argument("--port", type=int, help="port for `start` (default: a free one)")
+    srv.add_argument("--database", metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
+                     help="for `start`: keep the server's data in PostgreSQL instead of its "
+                     "own SQLite file (remembered for later starts; the URL is kept 0600)")
     srv.set_defaults(func=_server)
     return parser
 

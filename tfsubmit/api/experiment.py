@@ -12,9 +12,10 @@ from pathlib import Path
 
 from tfsubmit.api.runs import BaseRun, DeploymentRun, Run, SweepRun, block_finder
 from tfsubmit.errors import TfsubmitError
+from tfsubmit.service import forkserver
 from tfsubmit.service.forkserver import start_runner
 from tfsubmit.service.prefect_api import PrefectAPI
-from tfsubmit.service.server import api_url
+from tfsubmit.service.server import api_url, ensure_server
 from tfsubmit.spec.job import TrainingJob, validate_experiment_name
 from tfsubmit.spec.sweep import Sweep
 from tfsubmit.store.layout import Workspace
@@ -85,6 +86,10 @@ def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str]) 
     values), then let go of the lock; a runner that cannot be started ends the run Failed,
     saying why."""
     try:
+        if not forkserver.is_current(workspace):
+            # Start the server and the fork server here, under their lock, so that many
+            # submitters at once start one of each and every runner is forked, not spawned.
+            ensure_server(workspace)
         start_runner(workspace, record.paths, record.lock_fd, secrets)
     except BaseException as exc:
         record.failed(f"its runner could not be started: {exc}")

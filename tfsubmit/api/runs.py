@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
-from tfsubmit.pipeline.reap import reap
+from tfsubmit.pipeline.reap import catch_up, reap
 from tfsubmit.runtime.metrics import read_metrics
 from tfsubmit.service.forkserver import start_runner
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, status_of
@@ -106,7 +106,11 @@ class Run(BaseRun):
     def get_details(self) -> dict[str, Any]:
         """The run record: status, error, exit codes, timings, hashes, Prefect flow run id."""
         record = self.record.read()
-        if record.get("status") in TERMINAL_STATUSES or self._runner_alive():
+        if record.get("status") in TERMINAL_STATUSES:
+            if record.get("prefect_pending") and catch_up(self.paths):
+                record = self.record.read()  # Prefect missed its end (the API was down)
+            return record
+        if self._runner_alive():
             return record
         # Nobody is responsible for the run: its runner died. The reaper ends it (and stops
         # what is left of it); should a runner have just ended it, the record says so.

@@ -9,7 +9,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from prefect import flow
+import httpx
+from prefect import Task, flow
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import State
@@ -30,6 +31,7 @@ from tfsubmit.tasks import (
     resolve_environment,
     snapshot_source,
 )
+from tfsubmit.tasks._kept import MISSING, forget, result_of
 from tfsubmit.tasks.blocks import load_block_target
 from tfsubmit.tasks.progress import RunArtifacts
 
@@ -50,6 +52,48 @@ def _watch_prefect_cancel(sub: Submission, flow_run_id: str, done: threading.Eve
         if state in ("CANCELLING", "CANCELLED"):
             request_cancel(sub.paths, "canceled from Prefect (the UI or the API)")
             return
+
+
+class Reporting:
+    """The run's link to the Prefect API. Each step runs as a Prefect task while the API
+    answers; once a call fails (the server died, or stays overloaded past the client's
+    retries) the run goes on without it, each step's body called directly, so a job whose
+    processes finished is recorded from their exit codes, not failed for want of a server.
+    The runner brings the flow run's state up to date when the API answers again."""
+
+    def __init__(self, sub: Submission) -> None:
+        self.sub = sub
+        self.lost: str | None = None
+
+    def call(self, report: Callable[..., Any], *args: Any) -> None:
+        """A report that the run can do without."""
+        if self.lost is None:
+            try:
+                report(*args)
+            except Exception as exc:  # noqa: BLE001 (any failure of the API means the same)
+                self._lose(exc)
+
+    def step(self, task: Task, *args: Any) -> Any:
+        if self.lost is not None:
+            return task.fn(*args)
+        try:
+            return task(*args)
+        except Exception as exc:
+            if not isinstance(exc, httpx.HTTPError):
+                raise
+            self._lose(exc)
+            started, value = result_of(self.sub.run_id, task.name)
+            if value is not MISSING:
+                return value  # it ran; only its report to Prefect was lost
+            if started:
+                raise  # the body itself failed, and so did the report of it
+            return task.fn(*args)
+
+    def _lose(self, exc: Exception) -> None:
+        self.lost = f"{type(exc).__name__}: {exc}"
+        self.sub.record.note(prefect_pending=True)
+        self.sub.log.event(f"the Prefect API stopped answering ({self.lost}); the run goes on "
+                           "and reports to it again once it answers")
 
 
 def _timed(sub: Submission, steps: dict[str, float], name: str, step: Callable[[], T]) -> T:
@@ -83,7 +127,8 @@ def submit_training(
         workspace: the workspace folder (default: TFSUBMIT_WORKSPACE or ~/.tfsubmit).
     """
     sub = open_submission(job, experiment, run_id, workspace)
-    label_flow_run(sub.run_id, sub.experiment)
+    reporting = Reporting(sub)
+    reporting.call(label_flow_run, sub.run_id, sub.experiment)
     artifacts = RunArtifacts(sub.run_id)
     sub.record.preparing(
         flow_run_id=str(flow_run.id),
@@ -101,12 +146,14 @@ def submit_training(
     steps: dict[str, float] = {}
     try:
         target = _target_of(sub)
-        snapshot = _timed(sub, steps, "snapshot_source", lambda: snapshot_source(sub))
-        env = _timed(sub, steps, "resolve_environment", lambda: resolve_environment(sub, target))
+        step = reporting.step
+        snapshot = _timed(sub, steps, "snapshot_source", lambda: step(snapshot_source, sub))
+        env = _timed(sub, steps, "resolve_environment",
+                     lambda: step(resolve_environment, sub, target))
         nodes = _timed(sub, steps, "provision_nodes",
-                       lambda: provision_nodes(sub, target, snapshot, env))
+                       lambda: step(provision_nodes, sub, target, snapshot, env))
         outcome = _timed(sub, steps, "launch_topology",
-                         lambda: launch_topology(sub, target, nodes, env, artifacts))
+                         lambda: step(launch_topology, sub, target, nodes, env, artifacts))
     except RunCanceled as exc:
         outcome = Outcome("Canceled", str(exc))
     except TerminationSignal:
@@ -125,9 +172,10 @@ def submit_training(
         sub.log.event("internal error:\n" + traceback.format_exc())
         outcome = Outcome("Failed", f"internal error: {exc!r}")
     try:
-        record = collect_outputs(sub, target, nodes, outcome, artifacts)
+        record = reporting.step(collect_outputs, sub, target, nodes, outcome, artifacts)
     finally:
         done.set()
+        forget(sub.run_id)
         if target is not None:
             target.close()
     if not under_runner:  # e.g. a Prefect deployment's worker: nobody else ends the run

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.pipeline.collect import gather, output_files
 from tfsubmit.service.prefect_api import PrefectAPI
 from tfsubmit.service.processes import still_running
+from tfsubmit.service.server import api_url
 from tfsubmit.spec.process import Node
 from tfsubmit.store import runlock
 from tfsubmit.store.layout import RunPaths, Workspace
-from tfsubmit.store.record import CANCELED, TERMINAL_STATUSES, RunRecord
+from tfsubmit.store.record import CANCELED, COMPLETED, FAILED, TERMINAL_STATUSES, RunRecord
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.config import BlockLookup, get_target
 
@@ -101,14 +103,52 @@ def _stop_and_collect(workspace: Workspace, paths: RunPaths, facts: dict[str, An
 
 def _tell_prefect(record: dict[str, Any], message: str) -> None:
     """Its flow run ends too (CRASHED: its process died); a dead API is only noted."""
+    if not report_final_state(record, message, crashed=True):
+        RunRecord(RunPaths(Path(record["workspace"]) / "runs" / record["id"])).note(
+            prefect_pending=True)
+
+
+PREFECT_STATE = {COMPLETED: "COMPLETED", FAILED: "FAILED", CANCELED: "CANCELLED"}
+
+
+def report_final_state(record: dict[str, Any], message: str | None = None, *,
+                       crashed: bool = False) -> bool:
+    """Set the run's flow run to the state its record ended in; False when the API does
+    not take it (within API_SECONDS)."""
     url, flow_run_id = record.get("prefect_api_url"), record.get("flow_run_id")
-    if not url or not flow_run_id:
-        return
+    if not url or not flow_run_id or record.get("status") not in PREFECT_STATE:
+        return True  # nothing to report to
+    if record.get("workspace"):  # the embedded server may be back on another port
+        url = api_url(record["workspace"], start=False)
+        if url is None:
+            return False
+    state = "CRASHED" if crashed and record["status"] == FAILED else PREFECT_STATE[record["status"]]
     api = PrefectAPI(url, timeout=API_SECONDS)
     try:
-        state = "CANCELLED" if record.get("status") == CANCELED else "CRASHED"
-        api.set_state(flow_run_id, state, message[:500])
+        api.set_state(flow_run_id, state, (message or record.get("error") or "")[:500])
+        return True
     except TfsubmitError:
-        pass  # the run folder holds the truth; the API catches up on its next report
+        return False
     finally:
         api.close()
+
+
+def catch_up(paths: RunPaths, record: RunRecord | None = None) -> bool:
+    """Report an ended run's state to Prefect where the API missed it (it was down when the
+    run ended). With `record` (held by its runner) it writes through that; else it takes the
+    run's lock first (a reader, the runner being gone). True once Prefect has it."""
+    if record is None:
+        lock_fd = runlock.acquire(paths.runner_lock)
+        if lock_fd is None:
+            return False  # its runner is still at it
+        try:
+            return catch_up(paths, RunRecord(paths, lock_fd))
+        finally:
+            runlock.release(lock_fd)
+    facts = record.read()
+    if not facts.get("prefect_pending"):
+        return True
+    if not report_final_state(facts):
+        return False
+    record.note(prefect_pending=False)
+    return True

@@ -125,7 +125,8 @@ def processes_of_run(run_id: str, *, keeper: int | None = None) -> list[int]:
     parents = _parents()
     children = _children(parents)
     markers = {pid: _markers(pid) for pid in parents}
-    keepers = {pid for pid, m in markers.items() if m.get(KEEPER_MARKER) == run_id}
+    keepers = {pid for pid, m in markers.items()
+               if m.get(KEEPER_MARKER) == run_id and RUN_MARKER not in m}
     if keeper is not None:
         keepers.add(keeper)
     roots = [pid for pid, m in markers.items() if m.get(RUN_MARKER) == run_id]

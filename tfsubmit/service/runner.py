@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from tfsubmit.service import forkserver
@@ -74,15 +76,21 @@ def main(argv: list[str] | None = None) -> int:
             run_flow, spec = run_sweep, {"sweep": read_json(paths.job)}
         else:
             run_flow, spec = flows.submit_training, {"job": read_json(paths.job)}
-        state = run_flow(
-            **spec,
-            experiment=facts["experiment"],
-            run_id=facts["id"],
-            workspace=facts["workspace"],
-            return_state=True,
-        )
-        record.end()  # the flow run has ended: now the run does
-        return 0 if state.is_completed() else 1
+        try:
+            _start_flow(record, lambda: run_flow(
+                **spec, experiment=facts["experiment"], run_id=facts["id"],
+                workspace=facts["workspace"], return_state=True))
+        except Exception as exc:
+            if not record.read().get("outcome"):
+                raise
+            # The run's outcome is settled; only the report of the flow run's end was lost.
+            record.note(prefect_pending=True)
+            _log(paths, f"the Prefect API did not take the flow run's end ({exc}); the run's "
+                        "status is its own")
+        final = record.end()  # the flow run has ended: now the run does
+        if final.get("prefect_pending"):
+            _catch_up(paths, record)
+        return 0 if final.get("status") == "Completed" else 1
     except BaseException as exc:  # the record must never stay "Running" after we are gone
         reason = f"the run's runner failed: {exc}"
         if record.read().get("status") not in TERMINAL_STATUSES:
@@ -92,6 +100,43 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, Exception):
             return 1
         raise
+
+
+# How long a runner keeps trying to report its run's end to an API that does not answer;
+# after that, whoever next reads the run reports it.
+CATCH_UP_SECONDS = 60.0
+
+
+# Tries to start the flow run while the API refuses (overloaded: 503 after the client's own
+# retries) before the flow's body has begun.
+START_TRIES = 4
+
+
+def _start_flow(record: RunRecord, run: Callable[[], object]) -> None:
+    import httpx
+
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            run()
+            return
+        except httpx.HTTPError:
+            if record.read().get("flow_run_id") or attempt == START_TRIES:
+                raise  # the flow had begun (or it is the last try): not a start to retry
+            time.sleep(2.0 * attempt)
+
+
+def _catch_up(paths: RunPaths, record: RunRecord) -> None:
+    from tfsubmit.pipeline.reap import catch_up
+
+    delay, deadline = 1.0, time.monotonic() + CATCH_UP_SECONDS
+    while not catch_up(paths, record) and time.monotonic() < deadline:
+        time.sleep(delay)
+        delay = min(delay * 2, 15.0)
+
+
+def _log(paths: RunPaths, text: str) -> None:
+    with paths.output_log.open("a") as log:
+        log.write(f"[tfsubmit] {text}\n")
 
 
 def forked_main(argv: list[str]) -> int:

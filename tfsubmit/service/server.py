@@ -44,13 +44,39 @@ class ServerInfo:
         return self.api_url.removesuffix("/api")
 
 
+# Client retries of a busy server's 503 (SQLite locked) and of a lost connection: back-off
+# 2, 4, 8 s. The run's outcome never waits on them (see flows/submit.py).
+CLIENT_RETRIES = "3"
+
+
 def prefect_env(workspace: Workspace) -> dict[str, str]:
     """Settings every Prefect process of this workspace shares."""
     return {
         "PREFECT_HOME": str(workspace.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_CLIENT_MAX_RETRIES": CLIENT_RETRIES,
     }
+
+
+def database_url(workspace: Workspace) -> str | None:
+    """The embedded server's database when it is not its own SQLite file."""
+    try:
+        return workspace.server_database.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _set_database(workspace: Workspace, url: str | None) -> None:
+    if url is None:
+        workspace.server_database.unlink(missing_ok=True)
+        return
+    if not url.startswith(("postgresql://", "postgresql+asyncpg://")):
+        raise ServerError(f"--database {url!r}: give a PostgreSQL URL, "
+                          "postgresql://USER:PASSWORD@HOST:PORT/DATABASE")
+    fd = os.open(workspace.server_database, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:  # it may hold a password: this user's alone
+        out.write(url)
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -83,9 +109,14 @@ def _prefect_cli() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "prefect"]
 
 
-def ensure_server(workspace: Workspace, *, port: int | None = None) -> ServerInfo:
-    """The API to use: PREFECT_API_URL, or the embedded server, started if needed."""
+def ensure_server(workspace: Workspace, *, port: int | None = None,
+                  database: str | None = None) -> ServerInfo:
+    """The API to use: PREFECT_API_URL, or the embedded server, started if needed (on
+    `database`, a PostgreSQL URL, when given: kept for later starts too)."""
     info = server_status(workspace)
+    if database is not None and database != database_url(workspace) and info.running:
+        raise ServerError("the embedded server is running on another database; stop it "
+                          "first (`tfsubmit server stop`)")
     if info.running and info.embedded and forkserver.is_current(workspace):
         return info
     if not info.embedded and not info.running:
@@ -96,11 +127,30 @@ def ensure_server(workspace: Workspace, *, port: int | None = None) -> ServerInf
     workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with workspace.server_lock.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find it running
+        if database is not None:
+            _set_database(workspace, database)
         info = server_status(workspace)
         if info.embedded and not info.running:
-            info = _start(workspace, port or _free_port())
+            info = _await_started(workspace) or _start(workspace, port or _free_port())
         forkserver.ensure(workspace)
         return info
+
+
+def _await_started(workspace: Workspace) -> ServerInfo | None:
+    """A server whose process lives but does not answer yet (booting, or slow on a busy
+    machine) is waited for, never replaced by a second one; None when there is none."""
+    state = read_json(workspace.server_state)
+    if not state or not pid_alive(state["pid"]):
+        return None
+    deadline = time.monotonic() + START_TIMEOUT
+    while pid_alive(state["pid"]) and time.monotonic() < deadline:
+        if healthy(state["api_url"], timeout=5.0):
+            return ServerInfo(state["pid"], state["port"], state["api_url"], True, True)
+        time.sleep(0.25)
+    if pid_alive(state["pid"]):
+        raise ServerError(f"the embedded Prefect server (pid {state['pid']}) runs but has not "
+                          f"answered for {START_TIMEOUT:.0f} s; see {workspace.server_log}")
+    return None
 
 
 def _start(workspace: Workspace, port: int) -> ServerInfo:
@@ -114,6 +164,10 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
     }
     env.pop("PREFECT_API_URL", None)
     env[SERVICE_MARKER] = "prefect-server"  # not a job's: leftover checks pass it by
+    database = database_url(workspace)
+    if database:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database.replace(
+            "postgresql://", "postgresql+asyncpg://", 1)
     log_path = workspace.server_log
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -171,6 +171,11 @@ class Workspace:
         return self.prefect_home / "server.json"
 
     @property
+    def server_database(self) -> Path:
+        """The database URL the embedded server uses when not its own SQLite (0600)."""
+        return self.prefect_home / "database.url"
+
+    @property
     def server_lock(self) -> Path:
         return self.prefect_home / "server.lock"
 

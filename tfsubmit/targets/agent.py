@@ -115,6 +115,7 @@ def run_process() -> int:
     become_subreaper()
     request = json.loads(sys.stdin.readline())
     env = {**os.environ, **request["env"]}
+    env.pop("TFSUBMIT_KEEPER_OF", None)  # the agent's own mark (service.processes), not the task's
     if request.get("path"):
         env["PATH"] = request["path"] + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     sys.stdout.flush()

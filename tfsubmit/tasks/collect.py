@@ -11,11 +11,13 @@ from tfsubmit.runtime.metrics import read_metrics
 from tfsubmit.service.prefect_api import artifact_key
 from tfsubmit.spec.process import Node
 from tfsubmit.targets.base import Target
+from tfsubmit.tasks._kept import kept
 from tfsubmit.tasks._logging import forwarded
 from tfsubmit.tasks.progress import RunArtifacts
 
 
 @task(name="collect_outputs", cache_policy=NO_CACHE)
+@kept("collect_outputs")
 def collect_outputs(sub: Submission, target: Target | None, nodes: list[Node],
                     outcome: Outcome, artifacts: RunArtifacts) -> dict:
     """Bring outputs, logs and metrics into the run folder, and publish Prefect artifacts.
@@ -38,19 +40,29 @@ def collect_outputs(sub: Submission, target: Target | None, nodes: list[Node],
         metrics = read_metrics([sub.paths.metrics])
         final = final_facts(sub, outcome)
         log.event(f"collected {len(final['outputs'])} output file(s) into {sub.paths.outputs}")
-        # Artifacts before the record: whoever sees the final status sees everything.
-        artifacts.publish(metrics, final=True)
-        create_markdown_artifact(
-            key=artifact_key(sub.run_id, "summary"),
-            markdown=summary_markdown({**sub.record.read(), **final, "status": outcome.status},
-                                      metrics),
-            description=f"Summary of run {sub.run_id}",
-        )
-        create_link_artifact(
-            key=artifact_key(sub.run_id, "outputs"),
-            link=sub.paths.outputs.resolve().as_uri(),
-            link_text=f"{len(final['outputs'])} output file(s) in {sub.paths.outputs}",
-            description=f"Outputs of run {sub.run_id} (on the machine that ran its flow)",
-        )
+        # The outcome is settled before anything is reported to Prefect, which may be gone;
+        # the status follows when the run ends, after the artifacts.
+        record = sub.record.settle(outcome.status, **final)
+        try:
+            _publish(sub, artifacts, metrics, final, outcome)
+        except Exception as exc:  # noqa: BLE001 (the API is down or refuses: say so, go on)
+            log.event(f"could not publish the run's artifacts to Prefect: {exc}")
         log.event(f"run {sub.run_id} {outcome.describe()}")
-        return sub.record.settle(outcome.status, **final)
+        return record
+
+
+def _publish(sub: Submission, artifacts: RunArtifacts, metrics: dict, final: dict,
+             outcome: Outcome) -> None:
+    artifacts.publish(metrics, final=True)
+    create_markdown_artifact(
+        key=artifact_key(sub.run_id, "summary"),
+        markdown=summary_markdown({**sub.record.read(), **final, "status": outcome.status},
+                                  metrics),
+        description=f"Summary of run {sub.run_id}",
+    )
+    create_link_artifact(
+        key=artifact_key(sub.run_id, "outputs"),
+        link=sub.paths.outputs.resolve().as_uri(),
+        link_text=f"{len(final['outputs'])} output file(s) in {sub.paths.outputs}",
+        description=f"Outputs of run {sub.run_id} (on the machine that ran its flow)",
+    )

@@ -7,10 +7,12 @@ from tfsubmit.pipeline import environment
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.spec.environment import Environment
 from tfsubmit.targets.base import Target
+from tfsubmit.tasks._kept import kept
 from tfsubmit.tasks._logging import forwarded
 
 
 @task(name="resolve_environment", cache_policy=NO_CACHE)
+@kept("resolve_environment")
 def resolve_environment(sub: Submission, target: Target) -> Environment:
     """Find or build the job's Python environment (TensorFlow plus pip_packages).
 

@@ -9,11 +9,13 @@ from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.spec.environment import Environment
 from tfsubmit.spec.process import Node
 from tfsubmit.targets.base import Target
+from tfsubmit.tasks._kept import kept
 from tfsubmit.tasks._logging import forwarded
 from tfsubmit.tasks.progress import RunArtifacts
 
 
 @task(name="launch_topology", cache_policy=NO_CACHE)
+@kept("launch_topology")
 def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Environment,
                     artifacts: RunArtifacts) -> Outcome:
     """Plan the job's processes, run them on the nodes, and stream every line.

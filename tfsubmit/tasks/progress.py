@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -36,6 +37,10 @@ def metrics_table(metrics: dict[str, list[float]]) -> list[dict]:
     ]
 
 
+# Seconds live artifact updates pause after the API failed to take one.
+QUIET_SECONDS = 30.0
+
+
 class RunArtifacts:
     """The run's live artifacts; create once, then update in place (one artifact each)."""
 
@@ -45,13 +50,25 @@ class RunArtifacts:
         self.progress_id: UUID | None = None
         self._published: dict[str, list[float]] = {}
         self._lock = threading.Lock()
+        self._quiet_until = 0.0
 
     def publish(self, metrics: dict[str, list[float]], *, final: bool = False) -> None:
+        """Create or update the artifacts. Live updates are best effort: while the API does
+        not answer they pause (for QUIET_SECONDS), and the job never waits on them; the
+        final publication raises, for the caller to report."""
         with self._lock:
             if not metrics or (metrics == self._published and not final):
                 return
-            self._publish_metrics(metrics)
-            self._publish_progress(metrics, final)
+            if not final and time.monotonic() < self._quiet_until:
+                return
+            try:
+                self._publish_metrics(metrics)
+                self._publish_progress(metrics, final)
+            except Exception:
+                self._quiet_until = time.monotonic() + QUIET_SECONDS
+                if final:
+                    raise
+                return
             self._published = {name: list(values) for name, values in metrics.items()}
 
     def _publish_metrics(self, metrics: dict[str, list[float]]) -> None:

@@ -9,10 +9,12 @@ from tfsubmit.spec.environment import Environment
 from tfsubmit.spec.process import Node
 from tfsubmit.store.snapshots import Snapshot
 from tfsubmit.targets.base import Target
+from tfsubmit.tasks._kept import kept
 from tfsubmit.tasks._logging import forwarded
 
 
 @task(name="provision_nodes", cache_policy=NO_CACHE)
+@kept("provision_nodes")
 def provision_nodes(sub: Submission, target: Target, snapshot: Snapshot,
                     env: Environment) -> list[Node]:
     """Prepare the target's nodes: connected, pre-flight checked, snapshot staged.

@@ -771,7 +771,9 @@ def test_6_losing_the_server_mid_run_keeps_the_outcome(tmp_path, how):
         assert details["status"] == "Completed", details.get("error")
         assert details["exit_code"] == 0
         assert details["outputs"] == ["outputs/result.txt"]
-        assert "the Prefect API stopped answering" in run.paths.output_log.read_text()
+        log = run.paths.output_log.read_text()
+        assert ("the Prefect API stopped answering" in log
+                or "the Prefect API did not take the flow run's end" in log)
         # The API is back: the flow run's state catches up with the run's.
         api = PrefectAPI(ensure_server(workspace).api_url)
         deadline = time.monotonic() + 120

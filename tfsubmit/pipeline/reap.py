@@ -133,21 +133,14 @@ def report_final_state(record: dict[str, Any], message: str | None = None, *,
         api.close()
 
 
-def catch_up(paths: RunPaths, record: RunRecord | None = None) -> bool:
+def catch_up(paths: RunPaths) -> bool:
     """Report an ended run's state to Prefect where the API missed it (it was down when the
-    run ended). With `record` (held by its runner) it writes through that; else it takes the
-    run's lock first (a reader, the runner being gone). True once Prefect has it."""
-    if record is None:
-        lock_fd = runlock.acquire(paths.runner_lock)
-        if lock_fd is None:
-            return False  # its runner is still at it
-        try:
-            return catch_up(paths, RunRecord(paths, lock_fd))
-        finally:
-            runlock.release(lock_fd)
+    run ended); anyone may, any number of times (the state is set, not added). True once
+    Prefect has it."""
+    record = RunRecord(paths)
     facts = record.read()
-    if not facts.get("prefect_pending"):
-        return True
+    if not facts.get("prefect_pending") or facts.get("status") not in TERMINAL_STATUSES:
+        return not facts.get("prefect_pending")
     if not report_final_state(facts):
         return False
     record.note(prefect_pending=False)

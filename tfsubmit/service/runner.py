@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                         "status is its own")
         final = record.end()  # the flow run has ended: now the run does
         if final.get("prefect_pending"):
-            _catch_up(paths, record)
+            _catch_up(paths)
         return 0 if final.get("status") == "Completed" else 1
     except BaseException as exc:  # the record must never stay "Running" after we are gone
         reason = f"the run's runner failed: {exc}"
@@ -125,11 +125,11 @@ def _start_flow(record: RunRecord, run: Callable[[], object]) -> None:
             time.sleep(2.0 * attempt)
 
 
-def _catch_up(paths: RunPaths, record: RunRecord) -> None:
+def _catch_up(paths: RunPaths) -> None:
     from tfsubmit.pipeline.reap import catch_up
 
     delay, deadline = 1.0, time.monotonic() + CATCH_UP_SECONDS
-    while not catch_up(paths, record) and time.monotonic() < deadline:
+    while not catch_up(paths) and time.monotonic() < deadline:
         time.sleep(delay)
         delay = min(delay * 2, 15.0)
 

@@ -7,6 +7,8 @@ import json
 import math
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -815,3 +817,75 @@ def test_10_the_server_on_postgresql_holds_the_load(tmp_path):
     finally:
         stop_server(workspace)
         database.stop()
+
+
+# -- 11: a full disk ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path, workspace, monkeypatch):
+    """A 24 MiB file system (tmpfs) for a workspace whose Prefect API is the session's."""
+    import subprocess
+
+    from tfsubmit.service.server import server_status, stop_server
+    from tfsubmit.store.layout import Workspace
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)],
+                   check=True)
+    monkeypatch.setenv("PREFECT_API_URL", server_status(workspace).api_url)
+    small = Workspace(mount / "ws")
+    try:
+        yield small
+    finally:
+        stop_server(small)
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(folder: Path) -> Path:
+    filler = folder / "filler.bin"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(bytes(1 << 16))
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def _no_tmp_files(root: Path) -> None:
+    assert [p for p in root.rglob("*.tmp")] == []
+
+
+def test_11_a_full_disk_at_submit_is_a_clear_error(small_disk, tmp_path):
+    """A full disk used to give tracebacks and leave a half-made run folder and .tmp files."""
+    small_disk.root.mkdir(parents=True)
+    job = tmp_path / "job.yaml"
+    job.write_text(f"source_directory: {JOBS}\nentry_script: sleeper.py\nscript_params: ['1']\n")
+    _fill(small_disk.root)
+    done = subprocess.run(
+        [sys.executable, "-m", "tfsubmit.cli", "--workspace", str(small_disk.root), "submit",
+         str(job), "--detach"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "no space left on the device holding" in done.stderr
+    assert str(small_disk.runs) in done.stderr
+    assert not small_disk.runs.exists() or list(small_disk.runs.iterdir()) == []
+    _no_tmp_files(small_disk.root)
+
+
+def test_11_a_disk_filling_up_mid_run_ends_the_run_truly(small_disk):
+    from tfsubmit import Experiment, TensorFlow
+
+    job = TensorFlow(source_directory=str(JOBS), entry_script="fill.py")
+    run = Experiment("disk-full", workspace=small_disk.root).submit(job)
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["error"] == "worker:0@local failed with exit code 1"
+    assert details["exit_code"] == 1
+    _no_tmp_files(small_disk.root)
+    (run.paths.outputs / "fill.bin").unlink()  # space again: everything reads as it should
+    shown = _cli("show", run.id, workspace=small_disk.root)
+    assert shown.returncode == 0 and '"status": "Failed"' in shown.stdout, shown.stderr

@@ -27,6 +27,11 @@ class NotSupportedError(TfsubmitError):
     """The spec is valid, but this version of tfsubmit cannot run it yet."""
 
 
+class StorageError(TfsubmitError, OSError):
+    """The disk is full (or will not take a write): the message names where, and what to
+    free."""
+
+
 class RunNotFoundError(TfsubmitError, LookupError):
     """No run with that id exists in the workspace."""
 

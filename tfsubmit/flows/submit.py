@@ -21,7 +21,7 @@ from tfsubmit.pipeline.context import RunCanceled, Submission, open_submission
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.service.prefect_api import PrefectAPI
 from tfsubmit.store.cancel import request_cancel
-from tfsubmit.store.layout import RUNNER_ENV
+from tfsubmit.store.layout import RUNNER_ENV, disk_full, is_disk_full
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
 from tfsubmit.tasks import (
@@ -168,9 +168,14 @@ def submit_training(
         else:
             sub.log.event(f"error: {exc}")
             outcome = Outcome("Failed", str(exc))
-    except Exception as exc:  # a bug of ours: keep the traceback with the run
-        sub.log.event("internal error:\n" + traceback.format_exc())
-        outcome = Outcome("Failed", f"internal error: {exc!r}")
+    except Exception as exc:
+        if is_disk_full(exc):
+            full = disk_full(sub.paths.root, exc)
+            sub.log.event(f"error: {full}")
+            outcome = Outcome("Failed", str(full))
+        else:  # a bug of ours: keep the traceback with the run
+            sub.log.event("internal error:\n" + traceback.format_exc())
+            outcome = Outcome("Failed", f"internal error: {exc!r}")
     try:
         record = reporting.step(collect_outputs, sub, target, nodes, outcome, artifacts)
     finally:

@@ -23,7 +23,15 @@ from tfsubmit.service import forkserver
 from tfsubmit.service.processes import become_subreaper
 from tfsubmit.service.server import ensure_server, prefect_env
 from tfsubmit.store import runlock
-from tfsubmit.store.layout import RUNNER_ENV, SECRETS_ENV, RunPaths, Workspace, read_json
+from tfsubmit.store.layout import (
+    RUNNER_ENV,
+    SECRETS_ENV,
+    RunPaths,
+    Workspace,
+    disk_full,
+    is_disk_full,
+    read_json,
+)
 from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
 
 # A runner that finds its run taken by another, or already ended, exits with this.
@@ -93,9 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if final.get("status") == "Completed" else 1
     except BaseException as exc:  # the record must never stay "Running" after we are gone
         reason = f"the run's runner failed: {exc}"
-        if record.read().get("status") not in TERMINAL_STATUSES:
-            with paths.output_log.open("a") as log:
-                log.write(f"[tfsubmit] {reason}\n{traceback.format_exc()}")
+        if is_disk_full(exc):
+            reason = str(disk_full(paths.root, exc))
+        try:
+            if record.read().get("status") not in TERMINAL_STATUSES:
+                _log(paths, f"{reason}\n{traceback.format_exc()}")
+        except OSError:
+            pass  # the log cannot take it (a full disk): the record still says why
         record.failed(reason)
         if isinstance(exc, Exception):
             return 1

@@ -15,17 +15,19 @@ default `~/.cache/tfsubmit/envs`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tfsubmit.errors import RunNotFoundError, TfsubmitError
+from tfsubmit.errors import RunNotFoundError, StorageError, TfsubmitError
 from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
 
 # The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
@@ -87,6 +89,12 @@ class RunPaths:
     def runner_pid(self) -> Path:
         """The pid of the process executing the run's flow (runner, worker or sweep)."""
         return self.root / "runner.pid"
+
+    @property
+    def reserve(self) -> Path:
+        """Space set aside when the run is made, given up so that its record can still be
+        written when the disk fills up (see store.record)."""
+        return self.root / ".reserve"
 
     @property
     def runner_lock(self) -> Path:
@@ -256,6 +264,24 @@ class Workspace:
                 if record and (experiment is None or record.get("experiment") == experiment):
                     records.append(record)
         return sorted(records, key=lambda r: r.get("created", 0), reverse=True)
+
+
+def disk_full(path: Path, exc: OSError | None = None) -> StorageError:
+    """The error for a write that found no space, naming where and what to free."""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+        there = f"{free // 1024} KiB free there"
+    except OSError:
+        there = "its free space unknown"
+    runs = default_workspace() / "runs"
+    return StorageError(
+        f"no space left on the device holding {path} ({there}): free space on it (old "
+        f"runs' folders, e.g. under {runs}; job environments no run needs, under "
+        f"{default_env_cache()}) and try again" + (f" [{exc.strerror}]" if exc else ""))
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class UnreadableRecordError(TfsubmitError):

@@ -13,18 +13,37 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from tfsubmit.errors import TfsubmitError
 from tfsubmit.store import runlock
-from tfsubmit.store.layout import RunPaths, Workspace, read_record, write_json
+from tfsubmit.store.layout import (
+    RunPaths,
+    Workspace,
+    disk_full,
+    is_disk_full,
+    read_record,
+    write_json,
+)
 
 QUEUED, PREPARING, RUNNING = "Queued", "Preparing", "Running"
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
 STATUSES = (QUEUED, PREPARING, RUNNING, *TERMINAL_STATUSES)
 RUNNER_DIED = "the run's runner process died; see runner.log in the run folder"
+
+
+# Bytes set aside in each run folder for the last writes of its record on a full disk.
+RESERVE_BYTES = 64 * 1024
+
+
+def _cannot(path, exc: OSError) -> TfsubmitError:
+    if is_disk_full(exc):
+        return disk_full(path, exc)
+    return TfsubmitError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 class RunRecord:
@@ -42,23 +61,33 @@ class RunRecord:
         its runner lock held by the returned record (`lock_fd`) before anything else is
         written: hand it to the run's runner, or `release_lock()` when the run is over."""
         paths = workspace.paths_of(run_id)
-        for folder in (workspace.root, workspace.runs):  # this user's alone
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        paths.root.mkdir(mode=0o700)
-        lock_fd = runlock.acquire(paths.runner_lock)
-        paths.logs.mkdir(mode=0o700)
-        paths.outputs.mkdir(mode=0o700)
-        write_json(paths.job, job)
-        paths.output_log.touch(mode=0o600)
-        write_json(paths.record, {
-            "id": run_id,
-            "experiment": experiment,
-            "status": QUEUED,
-            "created": time.time(),
-            "workspace": str(workspace.root),
-            "compute_target": job.get("compute_target", "local"),
-            **facts,
-        })
+        lock_fd = None
+        try:
+            for folder in (workspace.root, workspace.runs):  # this user's alone
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            paths.root.mkdir(mode=0o700)
+        except OSError as exc:
+            raise _cannot(paths.root, exc) from None
+        try:
+            lock_fd = runlock.acquire(paths.runner_lock)
+            paths.reserve.write_bytes(bytes(RESERVE_BYTES))
+            paths.logs.mkdir(mode=0o700)
+            paths.outputs.mkdir(mode=0o700)
+            write_json(paths.job, job)
+            paths.output_log.touch(mode=0o600)
+            write_json(paths.record, {
+                "id": run_id,
+                "experiment": experiment,
+                "status": QUEUED,
+                "created": time.time(),
+                "workspace": str(workspace.root),
+                "compute_target": job.get("compute_target", "local"),
+                **facts,
+            })
+        except OSError as exc:  # nothing half-made is left behind
+            runlock.release(lock_fd)
+            shutil.rmtree(paths.root, ignore_errors=True)
+            raise _cannot(paths.root, exc) from None
         return cls(paths, lock_fd)
 
     def release_lock(self) -> None:
@@ -157,4 +186,11 @@ class RunRecord:
             fcntl.flock(lock, fcntl.LOCK_EX)
             record = self.read()
             yield record
-            write_json(self.paths.record, record)
+            try:
+                write_json(self.paths.record, record)
+            except OSError as exc:
+                if not is_disk_full(exc) or not self.paths.reserve.exists():
+                    raise _cannot(self.paths.record, exc) from None
+                # The disk is full: give up the run's reserve, so its status is written.
+                self.paths.reserve.unlink()
+                write_json(self.paths.record, record)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ class RunLog:
         self.forward = forward
         self._lock = threading.Lock()
         self._file = path.open("a", buffering=1)
+        self.lost: OSError | None = None  # why lines could not be written (disk full)
 
     def event(self, message: str) -> None:
         """A line from tfsubmit itself (pipeline progress, errors)."""
@@ -29,9 +31,17 @@ class RunLog:
 
     def write(self, line: str) -> None:
         with self._lock:
-            self._file.write(line + "\n")
+            try:
+                self._file.write(line + "\n")
+            except OSError as exc:  # a full disk: the job goes on, its record says why
+                if self.lost is None:
+                    self.lost = exc
+                    self._file = open(os.devnull, "w")  # noqa: SIM115
         if self.forward is not None:
             self.forward(line)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass

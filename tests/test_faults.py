@@ -365,6 +365,26 @@ def test_4_a_killed_runner_is_reaped_by_the_next_reader(workspace, prefect_api):
     assert cancel.returncode == 0 and processes_of_run(run.id) == []
 
 
+def test_4_the_next_submission_reaps_a_run_nobody_reads(workspace):
+    """Nobody reads a run whose runner was killed: the next run's runner reaps it, so what
+    is left of it does not run on until someone looks."""
+    from conftest import wait_for_line
+
+    from tfsubmit import Experiment
+    from tfsubmit.service.processes import processes_of_run
+
+    experiment = Experiment("runner-killed-unread", workspace=workspace.root)
+    abandoned = experiment.submit(_quick_job(300))
+    wait_for_line(abandoned, "ready: sleeping")
+    _kill_runner(abandoned)
+    experiment.submit(_quick_job(0.1)).wait_for_completion(timeout=300)
+    deadline = time.monotonic() + 120
+    while abandoned.record.read()["status"] != "Failed":  # its record, not a reader's view
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert processes_of_run(abandoned.id) == []
+
+
 def test_4_a_killed_runner_leaves_nothing_on_ssh_hosts(workspace, hosts, job_dir):
     from conftest import wait_for_line
     from test_ssh import add_target

@@ -21,7 +21,7 @@ from tfsubmit.service.processes import still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.spec.process import Node
 from tfsubmit.store import runlock
-from tfsubmit.store.layout import RunPaths, Workspace
+from tfsubmit.store.layout import RunPaths, Workspace, read_record
 from tfsubmit.store.record import CANCELED, COMPLETED, FAILED, TERMINAL_STATUSES, RunRecord
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.config import BlockLookup, get_target
@@ -145,3 +145,29 @@ def catch_up(paths: RunPaths) -> bool:
         return False
     record.note(prefect_pending=False)
     return True
+
+
+def reap_abandoned(workspace: Workspace, *, skip: str = "",
+                   find_block: BlockLookup | None = None) -> list[str]:
+    """Reap every unfinished run of the workspace that nobody is responsible for (its
+    runner died while nobody looked): the ids reaped. Runs being made hold their lock from
+    birth, so none is taken for dead."""
+    reaped = []
+    if not workspace.runs.is_dir():
+        return reaped
+    for folder in workspace.runs.iterdir():
+        if folder.name == skip:
+            continue
+        paths = RunPaths(folder)
+        try:
+            status = read_record(paths.record).get("status")
+        except TfsubmitError:
+            continue  # unreadable: listed as such, never touched
+        if status in TERMINAL_STATUSES or status is None or runlock.held(paths.runner_lock):
+            continue
+        try:
+            if reap(workspace, paths, find_block=find_block):
+                reaped.append(folder.name)
+        except Exception:  # noqa: BLE001 (one run's trouble must not stop the others)
+            continue
+    return reaped

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from tfsubmit.pipeline.context import hold_secrets
 
         hold_secrets(secrets)
+        _reap_abandoned_runs(workspace, facts["id"])
         if facts.get("kind") == "sweep":
             from tfsubmit.flows.sweep import run_sweep  # Optuna loads only for sweeps
 
@@ -135,6 +136,22 @@ def _start_flow(record: RunRecord, run: Callable[[], object]) -> None:
             if record.read().get("flow_run_id") or attempt == START_TRIES:
                 raise  # the flow had begun (or it is the last try): not a start to retry
             time.sleep(2.0 * attempt)
+
+
+def _reap_abandoned_runs(workspace: Workspace, own_id: str) -> None:
+    """Each new run looks, in the background, for runs whose runner died while nobody read
+    them, and reaps them (what is left of them would otherwise keep running)."""
+    import threading
+
+    from tfsubmit.pipeline.reap import reap_abandoned
+    from tfsubmit.tasks.blocks import load_block_target
+
+    def find_block(name: str):
+        return load_block_target(name, os.environ.get("PREFECT_API_URL"))
+
+    threading.Thread(target=reap_abandoned, args=(workspace,),
+                     kwargs={"skip": own_id, "find_block": find_block},
+                     daemon=True, name="reap-abandoned").start()
 
 
 def _catch_up(paths: RunPaths) -> None:

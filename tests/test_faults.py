@@ -668,7 +668,8 @@ def test_2_a_planted_runtime_never_runs(hosts, tmp_path):
         target.close()
     assert not witness.exists()
     assert "planted-code-ran" not in agent.read_text()
-    assert all(report.get("replaced_runtime") for report in reports.values())
+    # Both test hosts share the workdir: the first to look replaces it for both.
+    assert any(report.get("replaced_runtime") for report in reports.values())
 
 
 def test_2_a_changed_object_is_refused_and_removed(tmp_path):

@@ -5,7 +5,9 @@
     SweepRun       a sweep: a Run whose trials are runs of the same experiment
     DeploymentRun  a flow run a Prefect deployment's worker executes, read through the API
 
-Readers never write a run's record: a run whose runner died is shown Failed (derived).
+Reading a run changes nothing while a process is responsible for it (its runner lock is
+held). A run nobody holds and that has not ended lost its runner: the reader hands it to the
+reaper (pipeline/reap.py), which takes the lock, stops what is left of it and ends it Failed.
 """
 
 from __future__ import annotations

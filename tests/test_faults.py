@@ -910,3 +910,43 @@ def test_11_a_disk_filling_up_mid_run_ends_the_run_truly(small_disk):
     (run.paths.outputs / "fill.bin").unlink()  # space again: everything reads as it should
     shown = _cli("show", run.id, workspace=small_disk.root)
     assert shown.returncode == 0 and '"status": "Failed"' in shown.stdout, shown.stderr
+
+
+def test_10_tfsubmits_own_api_client_rides_out_a_busy_server():
+    """`tfsubmit submit --deployment` used to fail on one 503 (a SQLite server locked for a
+    moment under load); a server that does not answer still fails at once."""
+    import http.server
+    import threading
+
+    from tfsubmit.errors import ServerError
+    from tfsubmit.service.prefect_api import PrefectAPI
+
+    answers = [503, 503, 200]
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (the stdlib's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            code = answers.pop(0)
+            body = b'{"id": "x"}' if code == 200 else b'{"exception_message": "busy"}'
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = PrefectAPI(f"http://127.0.0.1:{server.server_port}/api", timeout=10)
+        assert api.call("POST", "/flow_runs/", {}) == {"id": "x"}
+        assert answers == []
+    finally:
+        server.shutdown()
+        server.server_close()
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="does not answer"):
+        PrefectAPI(f"http://127.0.0.1:{server.server_port}/api", timeout=10).call("GET", "/x")
+    assert time.monotonic() - started < 3

@@ -7,6 +7,7 @@ reach the API. A leaf: it starts nothing (service.server.api_url finds or starts
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -27,6 +28,11 @@ STATUS_OF_STATE = {
 }
 
 
+# A busy server's answers that mean "try again", and the pauses before each new try.
+BUSY = (429, 502, 503)
+BUSY_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
+
+
 class PrefectAPI:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
@@ -40,11 +46,18 @@ class PrefectAPI:
         return flow_run_link(self.url, flow_run_id)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            response = self._http.request(method, path, json=body)
-        except httpx.HTTPError as exc:
-            raise ServerError(f"the Prefect API at {self.url} does not answer ({exc}); start it "
-                              "or set PREFECT_API_URL") from None
+        """One request. A busy server's "try again" (429, 502, 503: its SQLite database
+        locked, say; the request was rolled back) is retried after 0.5, 1, 2 and 4 s; a
+        server that does not answer at all fails at once."""
+        for delay in (*BUSY_RETRY_SECONDS, None):
+            try:
+                response = self._http.request(method, path, json=body)
+            except httpx.HTTPError as exc:
+                raise ServerError(f"the Prefect API at {self.url} does not answer ({exc}); "
+                                  "start it or set PREFECT_API_URL") from None
+            if response.status_code not in BUSY or delay is None:
+                break
+            time.sleep(delay)
         if response.status_code == 404:
             raise RunNotFoundError(f"not found in the Prefect API at {self.url}: {path}")
         if response.status_code >= 400:

@@ -67,7 +67,7 @@ def fan_out(config: SSHTargetConfig, workdir: str) -> float:
 def submit_to_started(workspace: Workspace, source: Path, target: str, hosts: int) -> float:
     job = TensorFlow(source_directory=str(source), entry_script="serve.py",
                      compute_target=target, node_count=hosts, distributed_backend="ps",
-                     worker_count=hosts, parameter_server_count=1)
+                     worker_count=hosts, parameter_server_count=1, chief=True)
     started = time.time()
     run = Experiment("fanout", workspace=workspace.root).submit(job)
     details = run.wait_for_completion(timeout=600)

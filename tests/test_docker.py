@@ -101,7 +101,7 @@ def test_exit_code_3_keeps_logs_and_cancel_removes_the_container(workspace, dock
     assert details["status"] == "Failed" and details["exit_code"] == 3
     assert "about to fail with exit code 3" in failing.paths.output_log.read_text()
     assert (failing.paths.outputs / "partial.txt").exists()
-    assert failing.get_metrics()["loss"] == [1.5]
+    assert failing.get_metrics()["loss"] == 1.5
     assert of_run(docker_engine, failing.id) == []
 
     sleeping = experiment.submit(TensorFlow(source_directory=str(job_dir),
@@ -119,7 +119,7 @@ def test_ps_topology_of_four_containers(workspace, docker_engine):
     job = TensorFlow(source_directory=str(PS_EXAMPLE), entry_script="train.py",
                      script_params={"--epochs": 2, "--steps-per-epoch": 12},
                      distributed_backend="ps", worker_count=2, parameter_server_count=1,
-                     compute_target="docker-test")
+                     chief=True, compute_target="docker-test")
     run = Experiment("docker-ps").submit(job)
     seen: dict[str, str] = {}
     tf_configs = []

@@ -96,7 +96,7 @@ def test_a_dead_rank_stops_the_job_and_is_named(workspace):
     details = run.wait_for_completion(timeout=120, raise_on_error=False)
     assert time.monotonic() - killed_at < 30
     assert details["status"] == "Failed"
-    assert details["error"].startswith("rank 1@local failed")
+    assert details["reason"].startswith("rank 1@local failed")
     assert (run.paths.logs / "mpirun-0.log").is_file()
     assert processes_of_run(run.id) == []
 
@@ -109,7 +109,7 @@ def test_more_ranks_than_gpus_is_refused_naming_the_host(workspace, hosts):
     run = Experiment("hvd-gpus", workspace=workspace.root).submit(job)
     details = run.wait_for_completion(timeout=300, raise_on_error=False)
     assert details["status"] == "Failed"
-    assert details["error"].startswith("process_count_per_node: 1 ranks on host 127.0.0.2, "
+    assert details["reason"].startswith("process_count_per_node: 1 ranks on host 127.0.0.2, "
                                        "which has 0 GPU(s)")
 
 
@@ -127,7 +127,7 @@ def test_preflight_names_the_host_mpi_cannot_reach(workspace, job_dir, tmp_path)
         hosts.cut(1)  # tfsubmit got in; mpirun's own ssh to the second host will not
         details = run.wait_for_completion(timeout=300, raise_on_error=False)
         assert details["status"] == "Failed"
-        assert details["error"].startswith(
+        assert details["reason"].startswith(
             f"MPI pre-flight failed: {hosts.addresses[1]} cannot join an allreduce with "
             f"{hosts.addresses[0]}")
         assert "rank 0 of size" not in run.paths.output_log.read_text()  # no training began

@@ -133,13 +133,13 @@ def test_exit_code_3_fails_and_keeps_logs_and_outputs(workspace, prefect_api, jo
         run.wait_for_completion(timeout=300)
     details = run.get_details()
     assert details["status"] == "Failed" and details["exit_code"] == 3
-    assert details["error"] == "worker:0@local failed with exit code 3"
+    assert details["reason"] == "worker:0@local failed with exit code 3"
     log = run.paths.output_log.read_text()
     assert "[worker:0@local] about to fail with exit code 3" in log
     assert "[worker:0@local] this goes to stderr" in log
     assert (run.paths.logs / "worker-0.log").is_file()
     assert (run.paths.outputs / "partial.txt").read_text() == "written before the failure\n"
-    assert run.get_metrics() == {"loss": [1.5]}
+    assert run.get_metrics() == {"loss": 1.5}
     assert prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"] == "FAILED"
 
 
@@ -184,7 +184,7 @@ def test_max_run_duration_stops_the_run(workspace, job_dir):
     run = Experiment("e2e-timeout", workspace=workspace.root).submit(job)
     details = run.wait_for_completion(timeout=300, raise_on_error=False)
     assert details["status"] == "Failed"
-    assert details["error"] == "exceeded max_run_duration_seconds=3"
+    assert details["reason"] == "exceeded max_run_duration_seconds=3"
     assert details["duration"] < 20
     assert "ready: sleeping" in run.paths.output_log.read_text()
     assert processes_of_run(run.id) == []

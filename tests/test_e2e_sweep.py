@@ -98,7 +98,7 @@ def test_a_clearly_worse_trial_is_stopped_early(workspace):
     bad_run = next(r for r in run.get_children() if r.id == bad["run_id"])
     details = bad_run.get_details()
     assert details["status"] == "Canceled" and details["early_terminated"]
-    assert "early-terminated: median stopping" in details["error"]
+    assert "early-terminated: median stopping" in details["reason"]
     assert len(bad_run.get_metrics()["val_loss"]) < 40  # stopped well before its end
     assert processes_of_run(bad["run_id"]) == []
     assert len(run.get_best_run().get_metrics()["val_loss"]) == 40

@@ -22,7 +22,7 @@ def _ps_job(**changes) -> TensorFlow:
     return TensorFlow(**{"source_directory": str(PS_EXAMPLE), "entry_script": "train.py",
                          "script_params": {"--epochs": 2, "--steps-per-epoch": 12},
                          "distributed_backend": "ps", "worker_count": 2,
-                         "parameter_server_count": 1, **changes})
+                         "parameter_server_count": 1, "chief": True, **changes})
 
 
 def _assert_ps_trained(run, details):
@@ -131,7 +131,7 @@ def test_exhausted_restarts_fail_with_the_last_error_and_keep_checkpoints(worksp
     os.kill(_pid_of(run.id, "ps", 0), signal.SIGKILL)
     details = run.wait_for_completion(timeout=300, raise_on_error=False)
     assert details["status"] == "Failed"
-    assert details["error"] == "ps:0@local failed with signal 9"
+    assert details["reason"] == "ps:0@local failed with signal 9"
     assert (run.paths.outputs / "checkpoints" / "checkpoint").is_file()
     assert (run.paths.logs / "ps-0.log").is_file() and (run.paths.logs / "chief-0.log").is_file()
     assert processes_of_run(run.id) == []
@@ -149,8 +149,8 @@ def test_frozen_worker_trips_the_watchdog(workspace):
     finally:
         os.kill(frozen, signal.SIGCONT) if frozen in processes_of_run(run.id) else None
     assert details["status"] == "Failed"
-    assert details["error"].startswith("hung: no log line and no metric for 8 s")
-    assert "silent tasks: chief:0@local" in details["error"]
+    assert details["reason"].startswith("hung: no log line and no metric for 8 s")
+    assert "silent tasks: chief:0@local" in details["reason"]
     assert processes_of_run(run.id) == []
 
 

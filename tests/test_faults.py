@@ -293,7 +293,7 @@ def test_7_a_reader_never_sees_a_new_run_die(workspace):
         while (status := run.get_status()) not in ("Completed", "Failed", "Canceled"):
             seen.append(status)
             assert time.monotonic() < deadline
-        assert status == "Completed", run.get_details().get("error")
+        assert status == "Completed", run.get_details().get("reason")
         assert set(seen) <= {"Queued", "Preparing", "Running"}
 
 
@@ -319,7 +319,7 @@ def test_5_a_late_fork_server_does_not_run_the_job_twice(workspace, prefect_api,
         assert time.monotonic() < wait, run.paths.runner_log.read_text()
         time.sleep(0.2)
     assert len(_flow_runs_named(prefect_api, run.id)) == 1
-    assert run.get_metrics()["ready"] == [1.0]  # not doubled
+    assert run.get_metrics()["ready"] == 1.0  # not doubled
     assert run.get_status() == "Completed"
 
 
@@ -354,10 +354,10 @@ def test_4_a_killed_runner_is_reaped_by_the_next_reader(workspace, prefect_api):
     assert " Failed " in row, listed.stdout
     details = run.get_details()
     assert details["status"] == "Failed"
-    assert "runner process died" in details["error"]
-    assert "stopped 3 leftover process(es)" in details["error"]
+    assert "runner process died" in details["reason"]
+    assert "stopped 3 leftover process(es)" in details["reason"]
     assert processes_of_run(run.id) == []
-    assert run.get_metrics()["ready"] == [1.0]  # collected from the node's folder
+    assert run.get_metrics()["ready"] == 1.0  # collected from the node's folder
     assert "reaped:" in run.paths.output_log.read_text()
     flow_run = prefect_api(f"/flow_runs/{details['flow_run_id']}")
     assert flow_run["state"]["type"] == "CRASHED"
@@ -405,9 +405,9 @@ def test_4_a_killed_runner_leaves_nothing_on_ssh_hosts(workspace, hosts, job_dir
         run.cancel()  # its first look finds the runner dead: the run is reaped, Failed
         details = run.get_details()
         assert details["status"] == "Failed"
-        assert "runner process died" in details["error"]
+        assert "runner process died" in details["reason"]
         # Both test hosts are this machine: each one's `ps` shows the same 3 processes.
-        assert "stopped 6 leftover process(es)" in details["error"]
+        assert "stopped 6 leftover process(es)" in details["reason"]
         assert target.processes(run.id) == {}
         assert (run.paths.logs / "worker-0.log").is_file()
     finally:
@@ -462,7 +462,7 @@ def test_8_a_cancel_from_prefect_stops_a_submitted_run(workspace, prefect_api):
                 {"state": {"type": "CANCELLING"}, "force": True})
     details = run.wait_for_completion(timeout=120, raise_on_error=False)
     assert details["status"] == "Canceled"
-    assert details["error"] == "canceled from Prefect (the UI or the API)"
+    assert details["reason"] == "canceled from Prefect (the UI or the API)"
     assert processes_of_run(run.id) == []
     assert "ready: sleeping" in run.paths.output_log.read_text()
     deadline = time.monotonic() + 60
@@ -500,7 +500,7 @@ def test_8_a_cancel_during_the_environment_build_is_canceled(workspace, tmp_path
         time.sleep(0.1)
     run.cancel()
     details = run.get_details()
-    assert details["status"] == "Canceled", details.get("error")
+    assert details["status"] == "Canceled", details.get("reason")
     assert _working_in(package) == []
 
 
@@ -717,7 +717,7 @@ def test_10_forty_threads_submitting_at_once(workspace):
     with ThreadPoolExecutor(40) as pool:
         runs = list(pool.map(lambda _: experiment.submit(_quick_job(1)), range(40)))
     details = _all_completed(runs, timeout=900)
-    failed = {d["id"]: d.get("error") for d in details if d["status"] != "Completed"}
+    failed = {d["id"]: d.get("reason") for d in details if d["status"] != "Completed"}
     assert not failed, failed
     listed = _listed(workspace.root, "load-threads")
     assert sorted(listed) == sorted(run.id for run in runs)  # none missing, none twice
@@ -749,7 +749,7 @@ def test_10_thirty_processes_and_no_server_yet(tmp_path):
             assert submitter.returncode == 0, err
             ids.append(out.split("Submitted run ")[1].split()[0])
         details = _all_completed([Run(i, workspace=workspace.root) for i in ids], timeout=900)
-        failed = {d["id"]: d.get("error") for d in details if d["status"] != "Completed"}
+        failed = {d["id"]: d.get("reason") for d in details if d["status"] != "Completed"}
         assert not failed, failed
         assert sorted(_listed(workspace.root, "load-cold")) == sorted(ids)
         started = workspace.server_log.read_text().count("Check out the dashboard at")
@@ -791,7 +791,7 @@ def test_6_losing_the_server_mid_run_keeps_the_outcome(tmp_path, how):
             assert time.monotonic() < ended_by, run.paths.output_log.read_text()
             time.sleep(0.2)
         details = run.get_details()
-        assert details["status"] == "Completed", details.get("error")
+        assert details["status"] == "Completed", details.get("reason")
         assert details["exit_code"] == 0
         assert details["outputs"] == ["outputs/result.txt"]
         log = run.paths.output_log.read_text()
@@ -830,7 +830,7 @@ def test_10_the_server_on_postgresql_holds_the_load(tmp_path):
         with ThreadPoolExecutor(30) as pool:
             runs = list(pool.map(lambda _: experiment.submit(_quick_job(1)), range(30)))
         details = _all_completed(runs, timeout=900)
-        failed = {d["id"]: d.get("error") for d in details if d["status"] != "Completed"}
+        failed = {d["id"]: d.get("reason") for d in details if d["status"] != "Completed"}
         assert not failed, failed
         assert sorted(_listed(workspace.root, "load-postgres")) == sorted(r.id for r in runs)
         names = database.query("select name from flow_run").split()
@@ -904,7 +904,7 @@ def test_11_a_disk_filling_up_mid_run_ends_the_run_truly(small_disk):
     run = Experiment("disk-full", workspace=small_disk.root).submit(job)
     details = run.wait_for_completion(timeout=300, raise_on_error=False)
     assert details["status"] == "Failed"
-    assert details["error"] == "worker:0@local failed with exit code 1"
+    assert details["reason"] == "worker:0@local failed with exit code 1"
     assert details["exit_code"] == 1
     _no_tmp_files(small_disk.root)
     (run.paths.outputs / "fill.bin").unlink()  # space again: everything reads as it should

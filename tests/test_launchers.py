@@ -66,8 +66,9 @@ def _tf_configs(specs):
 
 def test_parameter_server_specs_are_exact():
     job = TensorFlow(source_directory=str(JOBS), entry_script="echo_args.py", node_count=2,
-                     distributed_backend="ps", worker_count=2, parameter_server_count=1)
-    specs = plan_parameter_server(job, _nodes(2), run_id="r1")
+                     distributed_backend="ps", worker_count=2, parameter_server_count=1,
+                     chief=True)
+    specs = plan_parameter_server(job, _nodes(2), run_id="r1", chief=True)
     port = base_port("r1")
     assert [(s.role, s.index, s.host) for s in specs] == [
         ("chief", 0, "10.0.0.11"), ("worker", 0, "10.0.0.12"),

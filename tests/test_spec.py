@@ -76,7 +76,7 @@ def test_every_param_becomes_one_flag_and_one_literal_value(params):
         ({"distributed_backend": "ps"}, "parameter_server_count", "at least 1"),
         ({"worker_count": 3}, "worker_count", "only used with distributed_backend='ps'"),
         ({"compute_target": "bad name!"}, "compute_target", "not a target name"),
-        ({"chief": False}, "chief", "only used with distributed_backend='ps'"),
+        ({"chief": True}, "chief", "only used with distributed_backend='ps'"),
         ({"distributed_backend": "mpi", "framework_version": "2.21"}, "framework_version",
          "Horovod (distributed_backend='mpi') builds against TensorFlow 2.12 .. 2.18"),
         ({"max_restarts": -1}, "max_restarts", "0 .. 1000"),
@@ -147,8 +147,10 @@ def test_topology_in_words(src):
         return TensorFlow(source_directory=str(src), entry_script="train.py", **fields).topology
 
     assert topology() == "single process"
+    assert topology(distributed_backend="ps", worker_count=2, parameter_server_count=1,
+                    chief=True) == "ps: 1 chief, 2 worker(s), 1 parameter server(s) on 1 node(s)"
     assert topology(distributed_backend="ps", worker_count=2, parameter_server_count=1) == \
-        "ps: 1 chief, 2 worker(s), 1 parameter server(s) on 1 node(s)"
+        "ps: 2 worker(s), 1 parameter server(s) on 1 node(s)"
     assert topology(distributed_backend="multiworker", node_count=2, process_count_per_node=2) \
         == "multiworker: 4 worker(s) on 2 node(s)"
     assert topology(distributed_backend="mpi", node_count=2, process_count_per_node=3) == \

@@ -254,7 +254,7 @@ def test_run_fails_fast_naming_the_host_cut_off_mid_run(workspace, job_dir, tmp_
             time.sleep(0.2)
         details = run.get_details()
         assert details["status"] == "Failed"
-        assert f"host root@{hosts.addresses[0]}:2222 lost" in details["error"]
+        assert f"host root@{hosts.addresses[0]}:2222 lost" in details["reason"]
         assert time.monotonic() - cut_at < 15
         assert "unreachable, its outputs stay on the host" in run.paths.output_log.read_text()
     finally:

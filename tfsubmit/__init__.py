@@ -41,6 +41,25 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Run":
+        return _run_class()
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tfsubmit' has no attribute {name!r}")
+
+
+def _run_class() -> Any:
+    """`Run`: inside a job, the in-script run (Azure ML v1's `Run.get_context()`), which
+    needs nothing but the standard library; elsewhere the submitting side's Run (which has
+    the same `get_context`). A job's environment lacks tfsubmit's own dependencies, so the
+    submitting side's Run may not import there."""
+    import os
+
+    from tfsubmit.runtime.context import Run as InJobRun
+
+    if os.environ.get("TFSUBMIT_RUN_ID"):
+        return InJobRun
+    try:
+        return import_module("tfsubmit.api").Run
+    except ImportError:
+        return InJobRun

@@ -4,13 +4,16 @@
                     [--deployment FLOW/DEPLOYMENT]
     tfsubmit resume SWEEP
     tfsubmit image bootstrap [--target NAME]
-    tfsubmit runs [--experiment NAME]
+    tfsubmit runs [--experiment NAME] [--limit N]
     tfsubmit show RUN
-    tfsubmit logs RUN [--follow]
+    tfsubmit logs RUN [--follow] [--task ROLE:INDEX] [--grep REGEX]
     tfsubmit cancel RUN
     tfsubmit server start|stop|status
+    tfsubmit --version
 
-Exit codes: 0 success, 1 the run Failed or was Canceled, 2 bad input or a tfsubmit error.
+RUN is a run id, a unique start of one, or `latest`.
+Exit codes: 0 success, 1 the run Failed or was Canceled (submit, resume, logs --follow),
+2 bad input or a tfsubmit error.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def _submit(args: argparse.Namespace) -> int:
     else:
         print(f"Submitted run {run.id} (workspace {run.workspace.root})", flush=True)
     if args.detach:
+        print(f"Follow it with `tfsubmit logs {run.id} --follow`; see it with "
+              f"`tfsubmit show {run.id}`; stop it with `tfsubmit cancel {run.id}`", flush=True)
         return 0
     return _follow(run)
 
@@ -68,6 +73,10 @@ def _follow(run) -> int:
         _print_trials(run)
     else:
         _print_metrics(run.get_metrics())
+        tasks = run.get_metric_tasks()
+        if len(tasks) > 1:
+            print(f"  (metrics of {tasks[0]}; the other tasks': `tfsubmit show {run.id} "
+                  f"--task TASK`, one of {', '.join(tasks[1:])})")
     where = (f"outputs in {run.paths.outputs}" if hasattr(run, "paths")
              else f"see {details['prefect_ui']}")
     print(f"Run {run.id} {details['status']} in {details.get('duration', 0):.1f} s; {where}")
@@ -115,15 +124,24 @@ def _image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metrics(metrics: dict[str, list[float]]) -> None:
+def _print_metrics(metrics: dict) -> None:
     from tfsubmit.runtime.metrics import TOTAL_EPOCHS
 
     for name, values in sorted(metrics.items()):
         if name == TOTAL_EPOCHS:
             continue
-        shown = ", ".join(f"{v:.4g}" for v in values[-5:])
-        more = "..., " if len(values) > 5 else ""
-        print(f"  {name}: [{more}{shown}]")
+        if isinstance(values, list):
+            shown = ", ".join(_number(v) for v in values[-5:])
+            print(f"  {name}: [{'..., ' if len(values) > 5 else ''}{shown}]")
+        elif isinstance(values, dict):  # a table: its columns
+            print(f"  {name}: table of {', '.join(values)} "
+                  f"({max((len(c) for c in values.values()), default=0)} rows)")
+        else:
+            print(f"  {name}: {_number(values)}")
+
+
+def _number(value) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else str(value)
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -151,7 +169,8 @@ def _runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet" + (f" in experiment {args.experiment}" if args.experiment else ""))
         return 0
-    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'CREATED':20} {'DURATION':9} FLOW RUN")
+    print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'SUBMITTED':20} {'DURATION':9} "
+          "FLOW RUN")
     for created, run_id, experiment, status, duration, flow_run, problem in sorted(
             rows, reverse=True)[: args.limit]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
@@ -172,7 +191,7 @@ def _runs_elsewhere(args: argparse.Namespace, url: str, known: set[str]) -> list
     try:
         flow_runs = api.flow_runs(flow_names=["submit-training", "sweep"],
                                   tags=[args.experiment] if args.experiment else None,
-                                  limit=min(args.limit, 200))  # the API's own maximum
+                                  limit=args.limit)  # read page by page past the API's 200
     except TfsubmitError as exc:
         print(f"(the Prefect API did not answer: {exc}; runs that workers ran elsewhere are "
               "not listed)", file=sys.stderr)
@@ -199,7 +218,8 @@ def _show(args: argparse.Namespace) -> int:
 
     run = open_run(args.run, workspace=args.workspace)
     details = run.get_details()
-    details["metrics"] = {name: values[-1] for name, values in run.get_metrics().items()}
+    details["metrics"] = run.get_metrics(task=args.task)
+    details["metric_tasks"] = run.get_metric_tasks()
     if hasattr(run, "paths"):
         details["run_folder"] = str(run.paths.root)
     if details.get("prefect_api_url") and details.get("flow_run_id"):
@@ -211,11 +231,34 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    import re
+
     from tfsubmit.api import open_run
 
-    for line in open_run(args.run, workspace=args.workspace).stream_logs(follow=args.follow):
+    try:
+        pattern = re.compile(args.grep) if args.grep else None
+    except re.error as exc:
+        raise TfsubmitError(f"--grep: {args.grep!r} is not a regular expression: {exc}") from None
+    task = args.task and (args.task if ":" in args.task or args.task == "tfsubmit"
+                          else f"{args.task}:0")
+    run = open_run(args.run, workspace=args.workspace)
+    for line in run.stream_logs(follow=args.follow):
+        if task and not _of_task(line, task):
+            continue
+        if pattern and not pattern.search(line):
+            continue
         print(line, flush=True)
-    return 0
+    if not args.follow:
+        return 0
+    status = run.get_status()  # followed to its end: say how it ended, as submit does
+    return 0 if status == "Completed" else 1
+
+
+def _of_task(line: str, task: str) -> bool:
+    """Whether a merged-log line is task's: `[worker:1@host] ...`, or `[tfsubmit] ...`."""
+    if task == "tfsubmit":
+        return line.startswith("[tfsubmit]")
+    return line.startswith((f"[{task}@", f"[{task}]"))
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -248,7 +291,13 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfsubmit", description=__doc__.split("\n")[0])
+    from tfsubmit import __version__
+
+    parser = argparse.ArgumentParser(prog="tfsubmit", description=__doc__.split("\n")[0],
+                                     epilog="RUN: a run id, a unique start of one, or `latest`."
+                                     " Exit codes: 0 success, 1 the run Failed or was Canceled,"
+                                     " 2 bad input or a tfsubmit error.")
+    parser.add_argument("--version", action="version", version=f"tfsubmit {__version__}")
     parser.add_argument("--workspace", help="workspace folder (default: $TFSUBMIT_WORKSPACE "
                         "or ~/.tfsubmit)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -257,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("job", help="path of the job YAML, or of a sweep YAML")
     submit.add_argument("--experiment", help="experiment name (default: the YAML's, or "
                         "'default')")
-    submit.add_argument("--detach", action="store_true", help="return once submitted")
+    submit.add_argument("--detach", action="store_true",
+                        help="return once submitted (prints how to follow the run)")
     submit.add_argument("--deployment", metavar="FLOW/DEPLOYMENT",
                         help="run it as a flow run of this Prefect deployment (e.g. "
                         "submit-training/default), executed by the deployment's worker")
@@ -275,17 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
     image.set_defaults(func=_image)
 
     runs = commands.add_parser("runs", help="list runs, newest first")
-    runs.add_argument("--experiment")
-    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--experiment", help="only this experiment's runs")
+    runs.add_argument("--limit", type=_positive, default=50,
+                      help="at most this many runs, newest first (default 50)")
     runs.set_defaults(func=_runs)
 
     show = commands.add_parser("show", help="a run's details as JSON")
     show.add_argument("run", help="run id, a unique start of one, or `latest`")
+    show.add_argument("--task", metavar="ROLE:INDEX",
+                      help="metrics of this task (e.g. worker:1) instead of the chief's "
+                      "(else worker 0's, else rank 0's)")
     show.set_defaults(func=_show)
 
     logs = commands.add_parser("logs", help="print a run's merged log")
     logs.add_argument("run", help="run id, a unique start of one, or `latest`")
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing until it ends; then exit 0 if it Completed, else 1")
+    logs.add_argument("--task", metavar="ROLE:INDEX",
+                      help="only this task's lines, e.g. worker:1, ps:0, rank:2 (a bare role "
+                      "means index 0), or `tfsubmit` for tfsubmit's own")
+    logs.add_argument("--grep", metavar="REGEX", help="only lines this regular expression "
+                      "matches (Python syntax)")
     logs.set_defaults(func=_logs)
 
     cancel = commands.add_parser("cancel", help="stop a run and all its processes")
@@ -293,13 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.set_defaults(func=_cancel)
 
     srv = commands.add_parser("server", help="the embedded Prefect server")
-    srv.add_argument("action", choices=("start", "stop", "status"))
+    srv.add_argument("action", choices=("start", "stop", "status"),
+                     help="start it (if not running), stop it, or say whether it runs")
     srv.add_argument("--port", type=int, help="port for `start` (default: a free one)")
     srv.add_argument("--database", metavar="postgresql://USER:PASSWORD@HOST:PORT/DB",
                      help="for `start`: keep the server's data in PostgreSQL instead of its "
                      "own SQLite file (remembered for later starts; the URL is kept 0600)")
     srv.set_defaults(func=_server)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,21 +15,31 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import urllib.parse
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
 from tfsubmit.pipeline.reap import catch_up, reap
-from tfsubmit.runtime.metrics import read_metrics
+from tfsubmit.runtime.context import Run as InJobRun
+from tfsubmit.runtime.metrics import (
+    IMAGES_DIR,
+    KIND_PROPERTY,
+    KIND_TAG,
+    azure_metrics,
+    labels,
+    read_records,
+    tasks_of,
+)
 from tfsubmit.service.forkserver import start_runner
-from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, status_of
+from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, flow_run_link, status_of
 from tfsubmit.service.processes import kill_pids, pid_alive, still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.store import runlock
 from tfsubmit.store.cancel import request_cancel, withdraw_cancel
-from tfsubmit.store.layout import RunPaths, Workspace, read_json
+from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
 
 POLL_SECONDS = 0.2
@@ -41,15 +51,31 @@ LOG_WINDOW_SECONDS = 30.0
 
 
 class BaseRun:
-    """What every kind of run offers; subclasses read their state from somewhere."""
+    """What every kind of run offers, with Azure ML v1's names and meanings; subclasses
+    read their state from somewhere (`_record`, `_metric_records`, `_files`)."""
 
     id: str
 
-    def get_details(self) -> dict[str, Any]:
+    # Inside a job, Azure ML v1's `Run.get_context()`: the run's in-script context.
+    get_context = staticmethod(InJobRun.get_context)
+
+    # -- what subclasses provide -----------------------------------------------------------------
+
+    def _record(self) -> dict[str, Any]:
+        """tfsubmit's own facts of the run (status, error as a sentence, times as epochs)."""
         raise NotImplementedError
 
-    def get_status(self) -> str:
-        return self.get_details().get("status", "Queued")
+    def _metric_records(self) -> list[dict[str, Any]]:
+        """The lines the job's processes logged (runtime.metrics.read_records)."""
+        raise NotImplementedError
+
+    def _folder(self) -> Path:
+        """The run's folder on this machine (its files), or a TfsubmitError saying where."""
+        raise NotImplementedError
+
+    def get_portal_url(self) -> str | None:
+        """The run's page in the Prefect UI, from the server answering now (None: no server)."""
+        raise NotImplementedError
 
     def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
         raise NotImplementedError
@@ -57,6 +83,124 @@ class BaseRun:
     def where(self) -> str:
         """Where the run's logs and outputs are kept, for error messages."""
         raise NotImplementedError
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def get_status(self) -> str:
+        return self._record().get("status", "Queued")
+
+    def get_details(self) -> dict[str, Any]:
+        """Azure ML v1's details (runId, target, status, startTimeUtc, endTimeUtc in ISO 8601,
+        properties, tags, logFiles, error: {"error": {code, message, task, exception...}}),
+        beside tfsubmit's own facts (reason: the error as a sentence; exit codes, timings,
+        hashes, the Prefect flow run id)."""
+        return azure_details(self._record(), portal=self.get_portal_url,
+                             log_files=self._log_files, tags=self.get_tags,
+                             properties=self.get_properties)
+
+    def _log_files(self) -> dict[str, str]:
+        try:
+            folder = self._folder()
+        except TfsubmitError:
+            return {}
+        return {name: str(folder / name) for name in self.get_file_names()
+                if name == "output.log" or name.startswith("logs/")}
+
+    # -- metrics, tags, properties ---------------------------------------------------------------
+
+    def get_metrics(self, name: str | None = None, *, task: str | None = None) -> dict[str, Any]:
+        """Metrics as Azure ML v1 gives them: a metric logged once is its value, logged
+        repeatedly (or by log_list) the list of values; rows and tables {column: [values]};
+        an image the name of its file. A distributed run's are its chief's (else worker 0's,
+        else rank 0's); `task="worker:1"` gives another task's; `name` just that metric."""
+        metrics = azure_metrics(self._metric_records(), task)
+        if name is not None:
+            return {name: metrics[name]} if name in metrics else {}
+        return metrics
+
+    def get_metric_tasks(self) -> list[str]:
+        """The tasks that logged metrics, the one get_metrics() reads first."""
+        return tasks_of(self._metric_records())
+
+    def get_tags(self) -> dict[str, str]:
+        """Tags set by the job (run.tag inside it) and by callers (tag() here); later wins."""
+        return {**labels(self._metric_records(), KIND_TAG), **self._own_labels("tags")}
+
+    def get_properties(self) -> dict[str, str]:
+        """Properties set by the job (add_properties inside it) and by callers."""
+        return {**labels(self._metric_records(), KIND_PROPERTY),
+                **self._own_labels("properties")}
+
+    def tag(self, key: str, value: Any = None) -> None:
+        """Tag the run (value None: a tag without a value)."""
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._set_own_labels("tags", {k: "" if v is None else str(v) for k, v in tags.items()})
+
+    def add_properties(self, properties: dict[str, Any]) -> None:
+        """Add properties; as in Azure ML, a property once set cannot change."""
+        have = self.get_properties()
+        for key, value in properties.items():
+            if key in have and have[key] != str(value):
+                raise TfsubmitError(f"property {key!r} of run {self.id} is already "
+                                    f"{have[key]!r}; properties cannot change (use a tag)")
+        self._set_own_labels("properties", {k: str(v) for k, v in properties.items()})
+
+    def _own_labels(self, kind: str) -> dict[str, str]:
+        try:
+            return read_json(self._folder() / f"{kind}.json") or {}
+        except TfsubmitError:
+            return {}
+
+    def _set_own_labels(self, kind: str, values: dict[str, str]) -> None:
+        path = self._folder() / f"{kind}.json"
+        write_json(path, {**(read_json(path) or {}), **values})
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def get_file_names(self) -> list[str]:
+        """Files of the run, relative to its folder: outputs/..., logs/..., images/...,
+        output.log, metrics.jsonl."""
+        folder = self._folder()
+        names = []
+        for sub in FILE_FOLDERS:
+            names += [str(p.relative_to(folder)) for p in (folder / sub).rglob("*")
+                      if p.is_file()]
+        names += [name for name in FILES if (folder / name).is_file()]
+        return sorted(names)
+
+    def download_file(self, name: str, output_file_path: str | Path | None = None) -> Path:
+        """Copy one file of the run (a name get_file_names() gives) to output_file_path
+        (default: its base name here; a folder: into it)."""
+        if name not in self.get_file_names():
+            raise TfsubmitError(f"run {self.id} has no file {name!r}; see get_file_names()")
+        target = Path(output_file_path or Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self._folder() / name, target)
+        return target
+
+    def download_files(self, prefix: str | None = None, output_directory: str | Path = ".",
+                       *, output_paths: list[str] | None = None) -> list[Path]:
+        """Copy the run's files (all by default; those whose names start with `prefix`),
+        keeping their relative paths under output_directory."""
+        copied = []
+        for name in self.get_file_names():
+            if prefix and not name.startswith(prefix):
+                continue
+            target = Path(output_directory) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(self._folder() / name, target)
+            copied.append(target)
+        return copied
+
+    def get_children(self) -> list[BaseRun]:
+        """Child runs (a sweep's trials); a single run has none."""
+        return []
+
+    # -- waiting ----------------------------------------------------------------------------------
 
     def wait_for_completion(
         self,
@@ -66,6 +210,7 @@ class BaseRun:
         raise_on_error: bool = True,
     ) -> dict[str, Any]:
         """Block until the run ends; with show_output, print its tagged log lines live.
+        Returns get_details().
 
         Raises RunFailedError for a Failed or Canceled run unless raise_on_error is False,
         and TimeoutError when `timeout` seconds pass first (the run keeps going).
@@ -83,12 +228,65 @@ class BaseRun:
         details = self.get_details()
         if raise_on_error and details["status"] != "Completed":
             raise RunFailedError(
-                f"run {self.id} {details['status']}: {details.get('error') or 'no reason given'}"
+                f"run {self.id} {details['status']}: {details.get('reason') or 'no reason given'}"
                 f" (logs kept in {self.where()})",
                 run_id=self.id,
                 status=details["status"],
             )
         return details
+
+
+# The run folder's files get_file_names() lists: these folders' and these files.
+FILE_FOLDERS = ("outputs", "logs", IMAGES_DIR)
+FILES = ("output.log", "metrics.jsonl")
+
+
+def _iso(stamp: Any) -> str | None:
+    """An epoch (or Prefect's ISO text) as ISO 8601 UTC, as Azure ML writes times."""
+    if stamp in (None, ""):
+        return None
+    if isinstance(stamp, str):
+        try:
+            stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return stamp
+    return datetime.fromtimestamp(float(stamp), UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def azure_details(record: dict[str, Any], *, portal, log_files, tags, properties
+                  ) -> dict[str, Any]:
+    """tfsubmit's record with Azure ML v1's keys added; `error` becomes Azure's shape and
+    the sentence moves to `reason`."""
+    details = dict(record)
+    reason = details.pop("error", None)
+    raised = details.get("script_error")
+    status = details.get("status", "Queued")
+    error = None
+    if reason and status in ("Failed", "Canceled"):
+        inner: dict[str, Any] = {
+            "code": "UserError" if raised or " failed with " in reason else "SystemError",
+            "message": reason,
+        }
+        if raised:
+            inner.update(task=raised["task"], exceptionType=raised["type"],
+                         exceptionMessage=raised["message"], traceback=raised["traceback"])
+        error = {"error": inner, "time": _iso(details.get("finished"))}
+    details.update(
+        runId=details.get("id"),
+        target=details.get("compute_target"),
+        status=status,
+        startTimeUtc=_iso(details.get("started")),
+        endTimeUtc=_iso(details.get("finished")) if status in TERMINAL_STATUSES else None,
+        submittedTimeUtc=_iso(details.get("created")),
+        properties=properties(),
+        tags=tags(),
+        logFiles=log_files(),
+        portalUrl=portal(),
+        reason=reason,
+        error=error,
+    )
+    return details
 
 
 class Run(BaseRun):
@@ -105,8 +303,8 @@ class Run(BaseRun):
 
     # -- state ----------------------------------------------------------------------------------
 
-    def get_details(self) -> dict[str, Any]:
-        """The run record: status, error, exit codes, timings, hashes, Prefect flow run id."""
+    def _record(self) -> dict[str, Any]:
+        """The run record; a run whose runner died is reaped here."""
         record = self.record.read()
         if record.get("status") in TERMINAL_STATUSES:
             if record.get("prefect_pending") and catch_up(self.paths):
@@ -119,12 +317,37 @@ class Run(BaseRun):
         reaped = reap(self.workspace, self.paths, find_block=block_finder(self.workspace))
         return reaped.record if reaped else self.record.read()
 
+    def _metric_records(self) -> list[dict[str, Any]]:
+        return read_records(self.paths.metric_files())
+
+    def _folder(self) -> Path:
+        return self.paths.root
+
     def where(self) -> str:
         return str(self.paths.root)
 
+    def get_portal_url(self) -> str | None:
+        flow_run = self.record.read().get("flow_run_id")
+        if not flow_run:
+            return None
+        url = api_url(self.workspace, start=False)
+        return flow_run_link(url, flow_run) if url else None
+
+    def get_artifacts(self) -> list[dict[str, Any]]:
+        """The run's Prefect artifacts (metrics, progress, summary, outputs, images)."""
+        flow_run = self.record.read().get("flow_run_id")
+        url = api_url(self.workspace, start=False)
+        if not (flow_run and url):
+            return []
+        api = PrefectAPI(url)
+        try:
+            return api.artifacts(flow_run_id=flow_run)
+        finally:
+            api.close()
+
     @property
     def experiment(self) -> str:
-        return self.get_details().get("experiment", "default")
+        return self.record.read().get("experiment", "default")
 
     @property
     def job(self) -> dict[str, Any]:
@@ -133,10 +356,6 @@ class Run(BaseRun):
     @property
     def script_params(self) -> Any:
         return self.job.get("script_params")
-
-    def get_metrics(self) -> dict[str, list[float]]:
-        """Every metric the job logged: {name: [values in order]}; live while it runs."""
-        return read_metrics(self.paths.metric_files())
 
     def _runner_pid(self) -> int | None:
         try:
@@ -194,40 +413,6 @@ class Run(BaseRun):
             shown = ", ".join(f"{pid}@{host}" for host, pid in reaped.survivors)
             raise TfsubmitError(f"run {self.id}: processes {shown} survived SIGKILL")
 
-    # -- files ----------------------------------------------------------------------------------
-
-    def get_file_names(self) -> list[str]:
-        """Files of the run, relative to its folder: outputs/..., logs/..., output.log."""
-        names = []
-        for folder in (self.paths.outputs, self.paths.logs):
-            names += [str(p.relative_to(self.paths.root)) for p in folder.rglob("*") if p.is_file()]
-        names.append(self.paths.output_log.name)
-        return sorted(names)
-
-    def download_file(self, name: str, output_file_path: str | Path | None = None) -> Path:
-        source = self.paths.root / name
-        if name not in self.get_file_names():
-            raise TfsubmitError(f"run {self.id} has no file {name!r}; see get_file_names()")
-        target = Path(output_file_path or Path(name).name)
-        if target.is_dir():
-            target = target / Path(name).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-        return target
-
-    def download_files(
-        self, prefix: str = "outputs/", output_directory: str | Path = "."
-    ) -> list[Path]:
-        """Copy every file whose name starts with `prefix`, keeping the relative paths."""
-        copied = []
-        for name in self.get_file_names():
-            if name.startswith(prefix):
-                target = Path(output_directory) / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(self.paths.root / name, target)
-                copied.append(target)
-        return copied
-
 
 class SweepRun(Run):
     """A hyperparameter sweep: its trials are runs of the same experiment."""
@@ -235,7 +420,7 @@ class SweepRun(Run):
     def get_trials(self) -> list[dict[str, Any]]:
         """Every trial so far, best first: trial, run_id, params, status, value, error,
         duration. Status is Completed, EarlyTerminated, Failed, Canceled or Running."""
-        return self.get_details().get("trials", [])
+        return self._record().get("trials", [])
 
     def get_children(self) -> list[Run]:
         """The trials' runs, in trial order."""
@@ -244,13 +429,13 @@ class SweepRun(Run):
 
     def get_best_run(self) -> Run | None:
         """The completed trial with the best primary metric (None if none completed)."""
-        best = self.get_details().get("best_trial")
+        best = self._record().get("best_trial")
         return Run(best, workspace=self.workspace.root) if best else None
 
     def resume(self) -> SweepRun:
         """Continue an interrupted (Failed or Canceled) sweep: trials already done are kept,
         trials cut off are run again, and new ones are drawn up to the total."""
-        details = self.get_details()
+        details = self._record()
         if details["status"] not in ("Failed", "Canceled"):
             raise TfsubmitError(f"sweep {self.id} is {details['status']}; only a Failed or "
                                 "Canceled sweep can be resumed")
@@ -292,18 +477,20 @@ class DeploymentRun(BaseRun):
 
     # -- state ----------------------------------------------------------------------------------
 
-    def get_details(self) -> dict[str, Any]:
+    def _record(self) -> dict[str, Any]:
         flow_run = self.api.flow_run(self.flow_run_id)
         state = flow_run.get("state") or {}
         status = status_of(flow_run)
         parameters = flow_run.get("parameters") or {}
+        job = parameters.get("job") if isinstance(parameters.get("job"), dict) else {}
         return {
             "id": self.id,
             "status": status,
             "state": state.get("name"),
             "error": state.get("message") if status in ("Failed", "Canceled") else None,
             "experiment": parameters.get("experiment"),
-            "tags": flow_run.get("tags", []),
+            "compute_target": job.get("compute_target"),
+            "prefect_tags": flow_run.get("tags", []),
             "flow_run_id": self.flow_run_id,
             "deployment_id": flow_run.get("deployment_id"),
             "prefect_api_url": self.api.url,
@@ -314,9 +501,44 @@ class DeploymentRun(BaseRun):
             "duration": flow_run.get("total_run_time") or 0.0,
         }
 
+    def get_portal_url(self) -> str | None:
+        return self.api.flow_run_link(self.flow_run_id)
+
+    def _folder(self) -> Path:
+        """The run folder on the machine that ran its flow (named by its `outputs` link
+        artifact); readable when that is this machine."""
+        found = self.api.artifacts(flow_run_id=self.flow_run_id,
+                                   key=artifact_key(self.id, "outputs"))
+        if not found:
+            raise TfsubmitError(f"run {self.id} has no files yet: its outputs are collected "
+                                "when it ends")
+        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(found[0]["data"]).path)).parent
+        if not (folder / "run.json").is_file():
+            raise TfsubmitError(f"run {self.id}'s files are on the machine that ran its flow, "
+                                f"in {folder}; read them there (tfsubmit show {self.id})")
+        return folder
+
+    def _metric_records(self) -> list[dict[str, Any]]:
+        """From the run folder once it ended on this machine; else from the run's `metrics`
+        table artifact (kept current while the job runs on a local target)."""
+        try:
+            folder = self._folder()
+        except TfsubmitError:
+            folder = None
+        if folder is not None and (folder / "metrics.jsonl").is_file():
+            return read_records([folder / "metrics.jsonl"])
+        found = self.api.artifacts(flow_run_id=self.flow_run_id,
+                                   key=artifact_key(self.id, "metrics"))
+        if not found:
+            return []
+        rows = found[0]["data"]
+        rows = json.loads(rows) if isinstance(rows, str) else rows
+        return [{"name": row["metric"], "value": value, "task": row.get("task", "worker:0")}
+                for row in rows for value in row["values"]]
+
     @property
     def experiment(self) -> str:
-        return self.get_details().get("experiment") or "default"
+        return self._record().get("experiment") or "default"
 
     @property
     def job(self) -> dict[str, Any] | str:
@@ -326,17 +548,6 @@ class DeploymentRun(BaseRun):
     def script_params(self) -> Any:
         job = self.job
         return job.get("script_params") if isinstance(job, dict) else None
-
-    def get_metrics(self) -> dict[str, list[float]]:
-        """Every metric the job logged, from the run's `metrics` table artifact (kept
-        current while the job runs on a local target; SSH targets' come at the end)."""
-        found = self.api.artifacts(flow_run_id=self.flow_run_id,
-                                   key=artifact_key(self.id, "metrics"))
-        if not found:
-            return {}
-        rows = found[0]["data"]
-        rows = json.loads(rows) if isinstance(rows, str) else rows
-        return {row["metric"]: [float(v) for v in row["values"]] for row in rows}
 
     def get_artifacts(self) -> list[dict[str, Any]]:
         """The flow run's artifacts (metrics, progress, summary, outputs link), newest first."""

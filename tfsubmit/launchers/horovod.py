@@ -90,6 +90,9 @@ def plan_horovod(
     ranks = [node for node in used for _ in range(per_node)]
     names = [node.address or node.host for node in used]
     hosts = ["localhost" if n == "127.0.0.1" and len(used) == 1 else n for n in names]
+    slots = [per_node] * len(hosts)
+    if len(used) > 1 and set(names) == {"127.0.0.1"}:  # nodes emulated on this machine
+        hosts, slots = ["localhost"], [len(ranks)]
     env = job_env(job, run_id=run_id, node=used[0], role="rank", index=0)
     # Unbuffered output reaches mpirun in pieces, and `--tag-output` then tags (and mixes)
     # pieces of lines; ranks use line buffering instead (see tfsubmit.runtime.rank).
@@ -107,7 +110,7 @@ def plan_horovod(
     if options.as_root:
         argv.append("--allow-run-as-root")
     argv += ["-np", str(len(ranks)),
-             "-H", ",".join(f"{host}:{per_node}" for host in hosts),
+             "-H", ",".join(f"{host}:{count}" for host, count in zip(hosts, slots, strict=True)),
              "--bind-to", "none", "--map-by", "slot", "--tag-output"]
     if options.remote_shell is not None:
         argv += ["--mca", "plm_rsh_agent", ssh_agent(options.remote_shell)]
@@ -123,7 +126,7 @@ def plan_horovod(
         cwd=used[0].workdir, role="mpirun", index=0,
         rank_hosts=tuple(node.host for node in ranks),
     )
-    hostfile = "".join(f"{host} slots={per_node}\n" for host in hosts)
+    hostfile = "".join(f"{host} slots={count}\n" for host, count in zip(hosts, slots, strict=True))
     return MPIPlan(hostfile, spec)
 
 

@@ -1,4 +1,8 @@
-"""distributed_backend="ps": a chief (coordinator), workers and parameter servers."""
+"""distributed_backend="ps": workers and parameter servers, and with chief=True a chief.
+
+Without a chief (the default, Azure ML v1's TF_CONFIG: `ps` and `worker` only), worker 0
+is the chief and the job is done when every worker exits 0. With chief=True (TF2's
+ParameterServerStrategy + ClusterCoordinator) the chief coordinates and decides."""
 
 from __future__ import annotations
 

@@ -3,12 +3,15 @@ run's final facts. Runs for failed and canceled runs too: nothing the job wrote 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from tfsubmit.pipeline.context import Submission
+from tfsubmit.pipeline.failure import explain, with_exception
 from tfsubmit.pipeline.supervise import Outcome
+from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR
 from tfsubmit.spec.process import Node
 from tfsubmit.store.layout import RunPaths
 from tfsubmit.targets.base import Target
@@ -27,7 +30,21 @@ def gather(paths: RunPaths, target: Target | None, nodes: list[Node]) -> list[st
     with paths.metrics.open("a") as merged:
         for path in paths.metric_files():
             merged.write(path.read_text())
+    gather_images(paths)
     return problems
+
+
+def gather_images(paths: RunPaths) -> None:
+    """Images the job logged, every node's, into the run folder's images/ (their names
+    hold the task that logged them, so they never clash)."""
+    for folder in [paths.root / METRICS_DIR / IMAGES_DIR,
+                   *paths.root.glob(f"hosts/*/{METRICS_DIR}/{IMAGES_DIR}")]:
+        if not folder.is_dir():
+            continue
+        paths.images.mkdir(exist_ok=True)
+        for image in folder.iterdir():
+            os.replace(image, paths.images / image.name)
+        folder.rmdir()
 
 
 def output_files(paths: RunPaths) -> list[str]:
@@ -39,8 +56,10 @@ def final_facts(sub: Submission, outcome: Outcome) -> dict[str, Any]:
     """What the record holds once the run is over (its outcome becomes the status when the
     run ends). Outputs are listed before: whoever sees the final status sees them all."""
     outputs = output_files(sub.paths)
+    raised = explain(outcome)
     return {
-        "error": outcome.reason,
+        "error": with_exception(outcome.reason, raised),
+        "script_error": raised,
         "exit_code": outcome.results[0].exit_code if outcome.results else None,
         "exit_codes": {f"{r.role}:{r.index}@{r.host}": r.exit_code for r in outcome.results},
         "finished": time.time(),

@@ -7,10 +7,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from tfsubmit.runtime.metrics import read_metrics
+from tfsubmit.runtime.metrics import read_records
 
 INTERVAL_SECONDS = 1.0
-Metrics = dict[str, list[float]]
+# The metric files' lines, every task's (runtime.metrics.read_records).
+Metrics = list[dict]
 
 
 class MetricsWatcher:
@@ -42,7 +43,7 @@ class MetricsWatcher:
         warned = False
         while not self._stop.wait(INTERVAL_SECONDS):
             try:
-                self.publish(read_metrics(sorted(self.files())))
+                self.publish(read_records(sorted(self.files())))
             except Exception as exc:  # a view missing an update must never fail the job
                 if not warned:
                     self.warn(f"could not update the progress artifacts: {exc!r}")

@@ -28,7 +28,9 @@ _CHUNK = 1 << 20
 def snapshot_source(sub: Submission, log: RunLog) -> Snapshot:
     """Snapshot the job's source directory into the object store; record its manifest."""
     sub.check_canceled()
-    snap = take_snapshot(sub.job.source_directory, sub.store, entry_script=sub.job.entry_script)
+    snap = take_snapshot(sub.job.source_directory, sub.store, entry_script=sub.job.entry_script,
+                         inputs={sub.job.input_path(name, where): where
+                                 for name, where in sub.job.inputs.items()})
     write_json(sub.paths.manifest, snap.manifest())
     log.event(
         f"snapshot {snap.hash[:12]}: {len(snap.files)} files, {snap.total_bytes} bytes "
@@ -100,8 +102,25 @@ def _walk(
                         yield rel, path
 
 
-def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str) -> Snapshot:
-    """Snapshot `source` into `store`; the entry script must be part of it."""
+def _input_files(inputs: dict[str, str], skipped: dict[str, str]
+                 ) -> Iterator[tuple[str, Path]]:
+    """(path in the snapshot, real path) of every file of the job's inputs."""
+    plain = pathspec.GitIgnoreSpec.from_lines(DEFAULT_IGNORES)
+    for rel, where in inputs.items():
+        path = Path(where)
+        if path.is_file():
+            yield rel, path
+        elif path.is_dir():
+            for inner, real in _walk(path, plain, skipped):
+                yield f"{rel}/{inner}", real
+        else:
+            raise SourceError(f"inputs: {where} no longer exists")
+
+
+def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
+                  inputs: dict[str, str] | None = None) -> Snapshot:
+    """Snapshot `source` into `store`; the entry script must be part of it. `inputs` maps a
+    path in the snapshot to a local file or folder shipped there too (the job's inputs)."""
     root = Path(source)
     if not root.is_dir():
         raise SourceError(f"source_directory {root} does not exist or is not a folder")
@@ -109,7 +128,7 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str) 
     files: dict[str, FileEntry] = {}
     skipped: dict[str, str] = {}
     new_files = new_bytes = 0
-    for rel, path in _walk(root, spec, skipped):
+    for rel, path in [*_walk(root, spec, skipped), *_input_files(inputs or {}, skipped)]:
         info = path.stat()
         digest = hash_file(path)
         if store.add(path, digest):

@@ -1,13 +1,18 @@
-"""The in-job runtime: what a training script uses to log metrics.
+"""The in-job runtime: what a training script uses to log metrics, tags and images.
 
 It runs inside the job's environment, which has TensorFlow but not Prefect: it imports only
-the standard library (Keras is imported when a callback is asked for). Outside a tfsubmit
-run, metrics are kept in memory, so the same script also runs as plain `python train.py`.
+the standard library (Keras is imported when a callback is asked for, matplotlib when a
+figure is logged). Outside a tfsubmit run the context is offline: it prints what is logged
+and keeps it in memory, so the same script also runs as plain `python train.py`.
 
-    from tfsubmit import run_context
+    from tfsubmit import run_context             # tfsubmit's own name
     ctx = run_context()
     ctx.log("loss", 0.3)
     model.fit(..., callbacks=[ctx.keras_callback()])
+
+    from tfsubmit import Run                     # Azure ML v1's names, same object
+    run = Run.get_context()
+    run.log("final_acc", 0.91); run.log_list("losses", [0.5, 0.3]); run.tag("team", "vision")
 """
 
 from __future__ import annotations
@@ -15,26 +20,50 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from tfsubmit.runtime.metrics import TOTAL_EPOCHS
+from tfsubmit.runtime.metrics import (
+    IMAGES_DIR,
+    KIND_IMAGE,
+    KIND_LIST,
+    KIND_PROPERTY,
+    KIND_ROW,
+    KIND_TABLE,
+    KIND_TAG,
+    METRICS_DIR,
+    TOTAL_EPOCHS,
+)
+
+_IMAGE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 class RunContext:
-    """Metric logging for the current process of a run."""
+    """Logging for the current process of a run (Azure ML v1's in-script `Run`)."""
 
     def __init__(self, metrics_file: str | None, run_id: str | None, role: str, index: int):
         self.run_id = run_id
+        self.id = run_id or f"OfflineRun_{os.getpid()}"
         self.role = role
         self.index = index
+        self.task = f"{role}:{index}"
         self.offline = metrics_file is None
-        self.history: dict[str, list[float]] = {}
+        self.history: dict[str, list[Any]] = {}
+        self._tags: dict[str, str] = {}
+        self._properties: dict[str, str] = {}
         self._file = None
         if metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
             self._file = open(metrics_file, "a", buffering=1)  # noqa: SIM115 (lives with the run)
+
+    def __repr__(self) -> str:
+        where = "offline" if self.offline else f"task {self.task}"
+        return f"Run(id={self.id!r}, {where})"
+
+    # -- folders ------------------------------------------------------------------------------
 
     @property
     def outputs_dir(self) -> Path:
@@ -43,21 +72,107 @@ class RunContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def log(self, name: str, value: float, step: int | None = None) -> None:
-        """Record one value of a metric; appears live in the run's metrics."""
-        number = float(value)
-        self.history.setdefault(name, []).append(number)
-        if self._file is not None:
-            record: dict[str, Any] = {"name": name, "value": number, "time": time.time()}
-            if step is not None:
-                record["step"] = int(step)
-            if not math.isfinite(number):
-                record["value"] = str(number)
-            self._file.write(json.dumps(record) + "\n")
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Where to save checkpoints: kept across the run's restarts (a restarted process
+        finds the checkpoints its previous attempt wrote), collected with the run."""
+        path = Path(os.environ.get("TFSUBMIT_CHECKPOINTS")
+                    or self.outputs_dir.parent / "checkpoints")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- metrics ------------------------------------------------------------------------------
+
+    def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
+        """Record one value of a metric (a number or a string). Logged once, `get_metrics()`
+        gives the value; logged again, the list of values in order."""
+        if isinstance(value, bool | int | float):
+            value = float(value) if isinstance(value, bool) else value
+        elif not isinstance(value, str):
+            try:
+                value = float(value)  # numpy and TensorFlow scalars
+            except (TypeError, ValueError):
+                raise TypeError(f"log({name!r}): {type(value).__name__} is not a number or a "
+                                "string; use log_list, log_row or log_table") from None
+        self.history.setdefault(name, []).append(value)
+        self._write(name, value, step=step)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         for name, value in metrics.items():
             self.log(name, value, step=step)
+
+    def log_list(self, name: str, value: list[Any], description: str = "") -> None:
+        """Record a list of values at once; `get_metrics()` gives the list."""
+        values = [_plain(item) for item in value]
+        self.history.setdefault(name, []).extend(values)
+        self._write(name, values, kind=KIND_LIST)
+
+    def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
+        """Add a row to the table `name`; `get_metrics()` gives {column: [values]}."""
+        row = {key: _plain(value) for key, value in kwargs.items()}
+        self._write(name, row, kind=KIND_ROW)
+
+    def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
+        """Record a table as {column: [values]}; `get_metrics()` gives it back so."""
+        table = {key: [_plain(item) for item in column] for key, column in value.items()}
+        self._write(name, table, kind=KIND_TABLE)
+
+    def log_image(self, name: str, path: str | os.PathLike | None = None, plot: Any = None,
+                  description: str = "") -> None:
+        """Keep an image with the run: a file (`path`) or a matplotlib figure or pyplot
+        (`plot`). It is collected into the run folder's `images/` and shown as a Prefect
+        artifact; `get_metrics()[name]` names its file."""
+        if (path is None) == (plot is None):
+            raise ValueError(f"log_image({name!r}): give exactly one of path= or plot=")
+        if self.offline:  # nothing to keep it with: say so, keep what was given
+            value = str(path) if path is not None else f"<{type(plot).__name__}, not saved>"
+            self.history.setdefault(name, []).append(value)
+            self._write(name, value, kind=KIND_IMAGE)
+            return
+        suffix = Path(path).suffix if path is not None else ".png"
+        file_name = f"{_IMAGE_NAME.sub('_', name)}-{self.role}-{self.index}" \
+                    f"-{len(self.history.get(name, []))}{suffix or '.png'}"
+        folder = self.outputs_dir.parent / METRICS_DIR / IMAGES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / file_name
+        if path is not None:
+            shutil.copyfile(path, target)
+        else:
+            figure = plot.gcf() if hasattr(plot, "gcf") else plot
+            figure.savefig(target, format="png")
+        relative = f"{IMAGES_DIR}/{file_name}"
+        self.history.setdefault(name, []).append(relative)
+        self._write(name, relative, kind=KIND_IMAGE)
+
+    # -- tags and properties ------------------------------------------------------------------
+
+    def tag(self, key: str, value: Any = None) -> None:
+        """Tag the run (`value` None: a tag without a value, as Azure ML's); later wins."""
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            text = "" if value is None else str(value)
+            self._tags[str(key)] = text
+            self._write(str(key), text, kind=KIND_TAG)
+
+    def get_tags(self) -> dict[str, str]:
+        return dict(self._tags)
+
+    def add_properties(self, properties: dict[str, Any]) -> None:
+        """Add properties; as in Azure ML, a property once set cannot change."""
+        for key, value in properties.items():
+            text = str(value)
+            if self._properties.get(str(key), text) != text:
+                raise ValueError(f"property {key!r} is already {self._properties[key]!r}; "
+                                 "properties cannot change (use a tag)")
+            self._properties[str(key)] = text
+            self._write(str(key), text, kind=KIND_PROPERTY)
+
+    def get_properties(self) -> dict[str, str]:
+        return dict(self._properties)
+
+    # -- Keras --------------------------------------------------------------------------------
 
     def keras_callback(self):
         """A Keras callback logging `epoch` and every metric Keras reports, each epoch
@@ -81,6 +196,41 @@ class RunContext:
 
         return TfsubmitMetrics()
 
+    def _write(self, name: str, value: Any, *, kind: str | None = None,
+               step: int | None = None) -> None:
+        if self._file is None:
+            shown = f" ({kind})" if kind else ""
+            print(f"[offline run] {name}{shown}: {value}", flush=True)
+            return
+        record: dict[str, Any] = {"name": name, "value": _json_safe(value),
+                                  "time": time.time(), "task": self.task}
+        if kind:
+            record["kind"] = kind
+        if step is not None:
+            record["step"] = int(step)
+        self._file.write(json.dumps(record) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON can hold: numbers (numpy's too) and strings as they are."""
+    if isinstance(value, str | bool | int | float) or value is None:
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity as strings ("nan", "inf"): JSON has no words for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    return value
+
 
 _context: RunContext | None = None
 
@@ -96,3 +246,16 @@ def run_context() -> RunContext:
             index=int(os.environ.get("TFSUBMIT_INDEX", "0")),
         )
     return _context
+
+
+class Run:
+    """Inside a job: Azure ML v1's `Run.get_context()`, for scripts ported by changing their
+    import (`from tfsubmit import Run`). Outside a job, `tfsubmit.Run` is the submitting
+    side's run (tfsubmit.api.runs.Run), which has the same `get_context`."""
+
+    @staticmethod
+    def get_context(allow_offline: bool = True) -> RunContext:
+        context = run_context()
+        if context.offline and not allow_offline:
+            raise RuntimeError("not inside a tfsubmit run (allow_offline=False)")
+        return context

@@ -33,6 +33,10 @@ BUSY = (429, 502, 503)
 BUSY_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
 
 
+# The most rows the Prefect API returns for one filter call.
+PAGE = 200
+
+
 class PrefectAPI:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
@@ -89,9 +93,23 @@ class PrefectAPI:
         return self.call("GET", f"/flow_runs/{flow_run_id}")
 
     def flow_runs(self, *, flow_names: list[str] | None = None, tags: list[str] | None = None,
-                  name: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-        """Flow runs, newest first."""
-        body: dict[str, Any] = {"sort": "EXPECTED_START_TIME_DESC", "limit": limit}
+                  name: str | None = None, limit: int = 200, offset: int = 0
+                  ) -> list[dict[str, Any]]:
+        """Flow runs, newest first; the API answers at most PAGE (200) per call, so more
+        are read page by page."""
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            page = self._flow_runs_page(flow_names, tags, name, min(PAGE, limit - len(found)),
+                                        offset + len(found))
+            found += page
+            if len(page) < min(PAGE, limit - len(found) + len(page)):
+                break
+        return found
+
+    def _flow_runs_page(self, flow_names, tags, name, limit: int, offset: int
+                        ) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"sort": "EXPECTED_START_TIME_DESC", "limit": limit,
+                                "offset": offset}
         run_filter: dict[str, Any] = {}
         if tags:
             run_filter["tags"] = {"all_": tags}

@@ -48,6 +48,8 @@ _EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TF_PORTS_PER_JOB = 50
 MAX_PROCESSES_PER_NODE = 256
 MAX_NODES = 1024
+# The folder of the job's working directory that holds its shipped `inputs`.
+INPUTS_DIR = ".inputs"
 
 ScriptParamValue = str | int | float | bool | None | list[str | int | float]
 
@@ -67,6 +69,27 @@ class TrainingJob(BaseModel):
     pip_packages: list[str] = Field(default_factory=list, description="Extra pip requirements.")
     conda_packages: list[str] = Field(
         default_factory=list, description="Conda packages; needs conda, mamba or micromamba."
+    )
+    pip_requirements_file: str | None = Field(
+        default=None,
+        description="A requirements.txt (relative to source_directory, or absolute) whose "
+        "requirements join pip_packages at submit.",
+    )
+    conda_dependencies_file: str | None = Field(
+        default=None,
+        description="A conda environment YAML (relative to source_directory, or absolute): "
+        "its `dependencies` join conda_packages, its `pip:` list joins pip_packages.",
+    )
+    hyperparameters: dict[str, ScriptParamValue] = Field(
+        default_factory=dict,
+        description="SageMaker's name: each {name: value} becomes `--name value` after "
+        "script_params.",
+    )
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Local files or folders shipped with the run, each passed to the script "
+        "as an argument: {'--data-folder': '~/data/mnist'} gives `--data-folder "
+        ".inputs/data-folder` (a path relative to the script's working folder).",
     )
     use_gpu: bool = Field(default=False, description="Install `tensorflow` (GPU) instead of CPU.")
     custom_docker_image: str | None = Field(
@@ -114,7 +137,11 @@ class TrainingJob(BaseModel):
         default=0, description="Parameter servers, for distributed_backend='ps'."
     )
     chief: bool = Field(
-        default=True, description="Run a chief (the coordinator), for distributed_backend='ps'."
+        default=False,
+        description="distributed_backend='ps': also run a chief, TF2's coordinator "
+        "(ParameterServerStrategy + ClusterCoordinator); the job is then done when the chief "
+        "is. Default, as Azure ML v1: TF_CONFIG holds `ps` and `worker` only, worker 0 is the "
+        "chief, and the job is done when every worker exits 0.",
     )
 
     def __init__(self, **data: Any) -> None:
@@ -131,6 +158,33 @@ class TrainingJob(BaseModel):
         if isinstance(data, dict) and data.get("distributed_backend") == "mpi" \
                 and data.get("framework_version") is None:
             return {**data, "framework_version": MPI_FRAMEWORK_VERSION}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dependency_files(cls, data: Any) -> Any:
+        """Requirements and conda files are read at submit: their entries join pip_packages
+        and conda_packages (the job carries them from then on, not the file's name)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for field, read in (("pip_requirements_file", _read_requirements),
+                            ("conda_dependencies_file", _read_conda_file)):
+            name = data.get(field)
+            if name is None:
+                continue
+            if not isinstance(name, str) or not name.strip():
+                raise JobSpecError(f"{field}: must be a file name (got {name!r})")
+            path = _beside_source(data.get("source_directory"), name)
+            if not path.is_file():
+                raise JobSpecError(f"{field}: {name!r} is not a file (looked for {path})")
+            pip, conda = read(path, field)
+            for key, extra in (("pip_packages", pip), ("conda_packages", conda)):
+                have = list(data.get(key) or [])
+                if not isinstance(have, list):
+                    continue  # the field's own check names it
+                data[key] = have + [item for item in extra if item not in have]
+            data[field] = None
         return data
 
     @model_validator(mode="before")
@@ -187,6 +241,29 @@ class TrainingJob(BaseModel):
             except InvalidRequirement as exc:
                 raise ValueError(f"{item!r} is not a pip requirement: {exc}") from None
         return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_exist(cls, value: dict[str, str]) -> dict[str, str]:
+        resolved = {}
+        slugs: dict[str, str] = {}
+        for name, where in value.items():
+            slug = _input_slug(name)
+            if not slug:
+                raise ValueError(f"{name!r} is not an argument name like '--data-folder'")
+            if slug in slugs:
+                raise ValueError(f"{name!r} and {slugs[slug]!r} would share the folder "
+                                 f".inputs/{slug}; rename one")
+            slugs[slug] = name
+            try:
+                path = Path(where).expanduser().resolve()
+            except (RuntimeError, OSError):
+                path = None
+            if path is None or not path.exists():
+                raise ValueError(f"{name}: {where!r} does not exist; give a local file or "
+                                 "folder to ship with the run")
+            resolved[name] = str(path)
+        return resolved
 
     @field_validator("framework_version")
     @classmethod
@@ -259,6 +336,23 @@ class TrainingJob(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _hyperparameters_apart(self) -> TrainingJob:
+        given = set(self.script_params) if isinstance(self.script_params, dict) \
+            else {item for item in self.script_params if item.startswith("-")}
+        for name in self.hyperparameters:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+                raise JobSpecError(f"hyperparameters: {name!r} is not a name like "
+                                   "'learning-rate' (it becomes --learning-rate)")
+            if f"--{name}" in given:
+                raise JobSpecError(f"hyperparameters: --{name} is also in script_params; "
+                                   "give it once")
+        for name in self.inputs:
+            if name in given or name.lstrip("-") in self.hyperparameters:
+                raise JobSpecError(f"inputs: {name} is also in script_params or "
+                                   "hyperparameters; give it once")
+        return self
+
+    @model_validator(mode="after")
     def _secrets_apart(self) -> TrainingJob:
         both = set(self.environment_variables) & set(self.secret_environment_variables)
         if both:
@@ -301,7 +395,7 @@ class TrainingJob(BaseModel):
                     f"(backend is {self.distributed_backend!r}); use node_count and "
                     "process_count_per_node"
                 )
-        if self.distributed_backend != "ps" and not self.chief:
+        if self.distributed_backend != "ps" and self.chief:
             raise JobSpecError(
                 f"chief: only used with distributed_backend='ps' "
                 f"(backend is {self.distributed_backend!r})"
@@ -390,20 +484,20 @@ class TrainingJob(BaseModel):
                 f"rank(s)")
 
     def script_arguments(self) -> list[str]:
-        """The script's argv after the script name, every value a separate string."""
-        if isinstance(self.script_params, list):
-            return [str(item) for item in self.script_params]
-        argv: list[str] = []
-        for key, value in self.script_params.items():
-            if value is None or value is False:
-                continue
-            if value is True:
-                argv.append(key)
-            elif isinstance(value, list):
-                argv += [key, *(str(item) for item in value)]
-            else:
-                argv += [key, str(value)]
+        """The script's argv after the script name, every value a separate string:
+        script_params, then hyperparameters (`--name value`), then inputs (`--name PATH`)."""
+        argv = _arguments(self.script_params) if isinstance(self.script_params, dict) \
+            else [str(item) for item in self.script_params]
+        argv += _arguments({f"--{name}": value for name, value in self.hyperparameters.items()})
+        for name, where in self.inputs.items():
+            argv += [name, self.input_path(name, where)]
         return argv
+
+    @staticmethod
+    def input_path(name: str, where: str) -> str:
+        """Where input `name` is in the job's working folder (relative to it)."""
+        folder = f"{INPUTS_DIR}/{_input_slug(name)}"
+        return folder if Path(where).is_dir() else f"{folder}/{Path(where).name}"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -423,6 +517,73 @@ class TrainingJob(BaseModel):
 
 TensorFlow = TrainingJob
 """The estimator-style name users know: `TensorFlow(source_directory=..., entry_script=...)`."""
+
+
+def _arguments(params: dict[str, Any]) -> list[str]:
+    """{'--epochs': 3, '--fast': True, '--skip': False} -> ['--epochs', '3', '--fast']."""
+    argv: list[str] = []
+    for key, value in params.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(key)
+        elif isinstance(value, list):
+            argv += [key, *(str(item) for item in value)]
+        else:
+            argv += [key, str(value)]
+    return argv
+
+
+def _input_slug(name: str) -> str:
+    """'--data-folder' -> 'data-folder': the input's folder under .inputs/."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.lstrip("-")).strip("._")
+
+
+def _beside_source(source: Any, name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_absolute() or not isinstance(source, str):
+        return path
+    return Path(source).expanduser() / path
+
+
+def _read_requirements(path: Path, field: str) -> tuple[list[str], list[str]]:
+    """A requirements.txt's requirements (comments and blank lines skipped)."""
+    pip = []
+    for number, raw in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        line = raw.split(" #")[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            raise JobSpecError(f"{field}: {path} line {number}: pip options ({line.split()[0]})"
+                               " are not supported; list plain requirements")
+        try:
+            Requirement(line)
+        except InvalidRequirement as exc:
+            raise JobSpecError(f"{field}: {path} line {number}: {line!r} is not a pip "
+                               f"requirement: {exc}") from None
+        pip.append(line)
+    return pip, []
+
+
+def _read_conda_file(path: Path, field: str) -> tuple[list[str], list[str]]:
+    """A conda environment YAML's dependencies (conda's, and its `pip:` list). Python
+    itself is the job environment's own, so a `python` entry is left out."""
+    data = load_mapping(path, field, JobSpecError)
+    dependencies = data.get("dependencies") or []
+    if not isinstance(dependencies, list):
+        raise JobSpecError(f"{field}: {path}: `dependencies` must be a list")
+    pip: list[str] = []
+    conda: list[str] = []
+    for item in dependencies:
+        if isinstance(item, dict) and isinstance(item.get("pip"), list):
+            pip += [str(p) for p in item["pip"]]
+        elif isinstance(item, str) and item.strip():
+            if re.split(r"[=<>! ]", item.strip())[0] not in ("python", "pip"):
+                conda.append(item.strip())
+        else:
+            raise JobSpecError(f"{field}: {path}: dependency {item!r} is neither a conda "
+                               "package nor a `pip:` list")
+    return pip, conda
 
 
 def _holds_nul(value: Any) -> bool:

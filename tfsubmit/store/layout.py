@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import RunNotFoundError, StorageError, TfsubmitError
-from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
+from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR, METRICS_GLOB
 
 # The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
 # finds its own run id there leaves the run's final status to the runner.
@@ -124,6 +124,11 @@ class RunPaths:
         return self.root / "metrics.jsonl"
 
     @property
+    def images(self) -> Path:
+        """Images the job logged (log_image), every node's, once collected."""
+        return self.root / IMAGES_DIR
+
+    @property
     def work(self) -> Path:
         """The local node's working directory (snapshot, outputs/, logs/ while running)."""
         return self.root / "work"
@@ -137,6 +142,7 @@ class RunPaths:
         while the job runs; after collection, the run folder's and each other host's. Read
         together they hold all the run's metrics, live, in the order metrics.jsonl has them."""
         return sorted([*(self.work / METRICS_DIR).glob(METRICS_GLOB),
+                       *self.root.glob(f"hosts/*/work/{METRICS_DIR}/{METRICS_GLOB}"),
                        *(self.root / METRICS_DIR).glob(METRICS_GLOB),
                        *self.root.glob(f"hosts/*/{METRICS_DIR}/{METRICS_GLOB}")])
 

@@ -27,7 +27,6 @@ from tfsubmit.store.snapshots import materialize
 from tfsubmit.targets.base import (
     Provisioned,
     ProvisionRequest,
-    check_node_count,
     refuse_custom_image,
 )
 from tfsubmit.targets.envbuild import MARKER, resolve_environment
@@ -101,9 +100,9 @@ def start_local(spec: ProcessSpec) -> LocalProcess:
     return LocalProcess(spec, popen)
 
 
-def stage_locally(request: ProvisionRequest) -> Path:
+def stage_locally(request: ProvisionRequest, workdir: Path | None = None) -> Path:
     """The run's working folder on this machine, with the snapshot, outputs/ and logs/."""
-    workdir = request.run_dir / "work"
+    workdir = workdir or request.run_dir / "work"
     for name in NODE_FOLDERS:
         (workdir / name).mkdir(parents=True, exist_ok=True)
     materialize(request.snapshot, request.store, workdir)
@@ -161,8 +160,7 @@ class LocalTarget(LocalFolders):
                      address="127.0.0.1")]
 
     def admit(self, job: TrainingJob) -> None:
-        refuse_custom_image(job, self.name)
-        check_node_count(job, self.name, 1)  # one machine; no GPU probe at submit
+        refuse_custom_image(job, self.name)  # node_count > 1: emulated; no GPU probe here
 
     def prepare_environment(self, job: TrainingJob, spec: EnvironmentSpec, *, cache: Path,
                             log: RunLog, cancel: CancelFlag) -> Environment:
@@ -175,12 +173,21 @@ class LocalTarget(LocalFolders):
         return env
 
     def provision(self, request: ProvisionRequest) -> Provisioned:
-        """A per-run working directory with the snapshot, outputs/ and logs/ for the job."""
-        workdir = stage_locally(request)
-        node = Node(host=self.host, workdir=str(workdir), slots=os.cpu_count() or 1,
-                    gpus=self._gpus, python=request.environment.python,
-                    runtime=str(request.runtime), address="127.0.0.1")
-        return Provisioned([node], {node.host: request.environment})
+        """A per-run working directory with the snapshot, outputs/ and logs/ for the job.
+
+        node_count > 1 emulates that many nodes on this machine, so a cluster job runs
+        unchanged here first: nodes `local-0`, `local-1`, ..., each with its own working
+        folder (the first the run's `work/`, the others `hosts/local-N/work/`)."""
+        count = request.job.node_count
+        nodes = []
+        for i in range(count):
+            host = self.host if count == 1 else f"{self.host}-{i}"
+            folder = None if i == 0 else request.run_dir / "hosts" / host / "work"
+            workdir = stage_locally(request, folder)
+            nodes.append(Node(host=host, workdir=str(workdir), slots=os.cpu_count() or 1,
+                              gpus=self._gpus, python=request.environment.python,
+                              runtime=str(request.runtime), address="127.0.0.1"))
+        return Provisioned(nodes, dict.fromkeys((n.host for n in nodes), request.environment))
 
     def launch_options(self) -> LaunchOptions:
         return LaunchOptions(as_root=os.geteuid() == 0)  # one machine: no remote shell

@@ -23,7 +23,7 @@ from pathlib import Path
 import paramiko
 
 from tfsubmit.errors import TargetError
-from tfsubmit.runtime.metrics import METRICS_DIR, is_metrics_file
+from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR, is_metrics_file
 from tfsubmit.service.processes import KEEPER_MARKER, RUN_MARKER
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
@@ -531,7 +531,7 @@ class SSHTarget:
         if conn is None or conn.lost:
             return [f"{node.host}: unreachable, its outputs stay on the host in {node.workdir}"]
         problems = []
-        for sub in ("outputs", "logs"):
+        for sub in ("outputs", "logs", posixpath.join(METRICS_DIR, IMAGES_DIR)):
             try:
                 _sftp_download_tree(conn.sftp, posixpath.join(node.workdir, sub), dest / sub)
             except (OSError, paramiko.SSHException) as exc:

@@ -7,13 +7,13 @@ from prefect.cache_policies import NO_CACHE
 from tfsubmit.pipeline.collect import final_facts, gather, summary_markdown
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.pipeline.supervise import Outcome
-from tfsubmit.runtime.metrics import read_metrics
+from tfsubmit.runtime.metrics import read_records, series
 from tfsubmit.service.prefect_api import artifact_key
 from tfsubmit.spec.process import Node
 from tfsubmit.targets.base import Target
 from tfsubmit.tasks._kept import kept
 from tfsubmit.tasks._logging import forwarded
-from tfsubmit.tasks.progress import RunArtifacts
+from tfsubmit.tasks.progress import RunArtifacts, publish_images
 
 
 @task(name="collect_outputs", cache_policy=NO_CACHE)
@@ -37,7 +37,7 @@ def collect_outputs(sub: Submission, target: Target | None, nodes: list[Node],
     with forwarded(sub.log) as log:
         for problem in gather(sub.paths, target, nodes):
             log.event(f"collecting: {problem}")
-        metrics = read_metrics([sub.paths.metrics])
+        metrics = read_records([sub.paths.metrics])
         final = final_facts(sub, outcome)
         log.event(f"collected {len(final['outputs'])} output file(s) into {sub.paths.outputs}")
         # The outcome is settled before anything is reported to Prefect, which may be gone;
@@ -47,17 +47,19 @@ def collect_outputs(sub: Submission, target: Target | None, nodes: list[Node],
             _publish(sub, artifacts, metrics, final, outcome)
         except Exception as exc:  # noqa: BLE001 (the API is down or refuses: say so, go on)
             log.event(f"could not publish the run's artifacts to Prefect: {exc}")
-        log.event(f"run {sub.run_id} {outcome.describe()}")
+        log.event(f"run {sub.run_id} {outcome.status}"
+                  + (f": {final['error']}" if final["error"] else ""))
         return record
 
 
-def _publish(sub: Submission, artifacts: RunArtifacts, metrics: dict, final: dict,
+def _publish(sub: Submission, artifacts: RunArtifacts, metrics: list[dict], final: dict,
              outcome: Outcome) -> None:
     artifacts.publish(metrics, final=True)
+    publish_images(sub.run_id, sub.paths.root, metrics)
     create_markdown_artifact(
         key=artifact_key(sub.run_id, "summary"),
         markdown=summary_markdown({**sub.record.read(), **final, "status": outcome.status},
-                                  metrics),
+                                  series(metrics)),
         description=f"Summary of run {sub.run_id}",
     )
     create_link_artifact(

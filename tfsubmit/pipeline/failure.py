@@ -1,0 +1,75 @@
+"""A failed run's own words: the exception its script raised, read from the failing
+process's log, so the run's error names `FileNotFoundError: dataset not found` rather than
+only an exit code."""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from tfsubmit.pipeline.supervise import Outcome, ProcessResult
+
+TRACEBACK = "Traceback (most recent call last):"
+TRACEBACK_LINES = 12  # the last lines of a traceback kept with the error
+TAIL_LINES = 400  # how much of a process's log is searched for its traceback
+# mpirun --tag-output's prefix of each rank's line: "[1,0]<stderr>:".
+_MPI_TAG = re.compile(r"^\[\d+,\d+\]<std(?:out|err)>:")
+_EXCEPTION = re.compile(r"^([A-Za-z_][\w.]*)(?::\s?(.*))?$")
+
+
+def script_exception(lines: list[str]) -> dict[str, Any] | None:
+    """The last exception a Python traceback in `lines` shows: type, message and the
+    traceback's last lines; None when there is none."""
+    lines = [_MPI_TAG.sub("", line) for line in lines]
+    starts = [i for i, line in enumerate(lines) if line.strip() == TRACEBACK]
+    if not starts:
+        return None
+    block = lines[starts[-1]:]
+    for i, line in enumerate(block[1:], start=1):
+        if line and not line[0].isspace():
+            match = _EXCEPTION.match(line.strip())
+            if not match:
+                return None
+            frames = block[: i + 1]
+            return {"type": match[1], "message": (match[2] or "").strip(),
+                    "traceback": [frames[0], *frames[1:][-TRACEBACK_LINES:]]}
+    return None
+
+
+def failing_process(outcome: Outcome) -> ProcessResult | None:
+    """The process whose exit failed the run: the one its reason names, else the first
+    that exited non-zero."""
+    failed = [r for r in outcome.results if r.exit_code not in (0, None)]
+    reason = outcome.reason or ""
+    for result in failed:
+        if reason.startswith((f"{result.role}:{result.index}@", f"{result.role} {result.index}@")):
+            return result
+    return failed[0] if failed else None
+
+
+def explain(outcome: Outcome) -> dict[str, Any] | None:
+    """The failed run's script exception, with the task it came from, or None."""
+    if outcome.status != "Failed":
+        return None
+    result = failing_process(outcome)
+    if result is None:
+        return None
+    try:
+        with Path(result.log_file).open(errors="replace") as handle:
+            tail = [line.rstrip("\n") for line in deque(handle, maxlen=TAIL_LINES)]
+    except OSError:
+        return None
+    found = script_exception(tail)
+    if found is None:
+        return None
+    return {"task": f"{result.role}:{result.index}@{result.host}", **found}
+
+
+def with_exception(reason: str | None, found: dict[str, Any] | None) -> str | None:
+    """The reason, ending with the script's exception when one was found."""
+    if not found:
+        return reason
+    raised = found["type"] + (f": {found['message']}" if found["message"] else "")
+    return f"{reason}: {raised}" if reason else f"{found['task']} raised {raised}"

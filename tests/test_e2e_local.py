@@ -147,7 +147,10 @@ def test_cli_reports_failure_with_exit_code_1(workspace, job_dir):
     (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: fail.py\n")
     result = run_cli("submit", str(job_dir / "job.yaml"))
     assert result.returncode == 1
-    assert "Failed: worker:0@local failed with exit code 3" in result.stderr
+    assert "Failed: worker:0@local failed with exit code 3" in result.stdout
+    # Said once: the run's last log line; the closing line only points at the logs.
+    assert (result.stdout + result.stderr).count("failed with exit code 3") == 1
+    assert f"Failed; logs kept in {workspace.root}" in result.stderr
 
 
 def test_cancel_mid_training_leaves_no_process(workspace, prefect_api):

@@ -63,7 +63,11 @@ def _follow(run) -> int:
     try:
         details = run.wait_for_completion(show_output=True)
     except RunFailedError as exc:
-        print(f"tfsubmit: {exc}", file=sys.stderr)
+        reason = run.get_details().get("reason") or ""
+        tail = list(run.stream_logs(follow=False))[-5:]
+        said = reason and any(reason in line for line in tail)  # it ended the log: not again
+        print(f"tfsubmit: run {run.id} {exc.status}" + ("" if said else f": {reason}")
+              + f"; logs kept in {run.where()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\nStill running; follow with `tfsubmit logs {run.id} --follow` or stop it with "

@@ -8,6 +8,7 @@ that deployment's worker; the `DeploymentRun` returned reads everything through 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tfsubmit.api.runs import BaseRun, DeploymentRun, Run, SweepRun, block_finder
@@ -81,6 +82,11 @@ class Experiment:
         ]
 
 
+def _say(text: str) -> None:
+    """A line for whoever submits, beside the run's own (stderr: stdout stays the run's)."""
+    print(f"tfsubmit: {text}", file=sys.stderr, flush=True)
+
+
 def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str]) -> None:
     """Start the run's runner with the runner lock `record` holds (and the job's secret
     values), then let go of the lock; a runner that cannot be started ends the run Failed,
@@ -89,7 +95,7 @@ def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str]) 
         if not forkserver.is_current(workspace):
             # Start the server and the fork server here, under their lock, so that many
             # submitters at once start one of each and every runner is forked, not spawned.
-            ensure_server(workspace)
+            ensure_server(workspace, say=_say)
         start_runner(workspace, record.paths, record.lock_fd, secrets)
     except BaseException as exc:
         record.failed(f"its runner could not be started: {exc}")

@@ -165,13 +165,11 @@ def submit_training(
         if sub.cancel.is_set():  # a step stopped by the cancel (an environment build, say)
             sub.log.event(f"canceled while {exc}")
             outcome = Outcome("Canceled", sub.cancel.reason())
-        else:
-            sub.log.event(f"error: {exc}")
+        else:  # said once, when the run ends ("run ... Failed: <reason>")
             outcome = Outcome("Failed", str(exc))
     except Exception as exc:
         if is_disk_full(exc):
             full = disk_full(sub.paths.root, exc)
-            sub.log.event(f"error: {full}")
             outcome = Outcome("Failed", str(full))
         else:  # a bug of ours: keep the traceback with the run
             sub.log.event("internal error:\n" + traceback.format_exc())

@@ -67,6 +67,11 @@ class Launcher:
         return reason
 
 
+# TF_CPP_MIN_LOG_LEVEL of a job that sets none: errors only. A job sets its own (e.g. "0")
+# in environment_variables to see TensorFlow's INFO lines again.
+QUIET_TF_LOG_LEVEL = "2"
+
+
 def job_env(job: TrainingJob, *, run_id: str, node: Node, role: str, index: int) -> dict[str, str]:
     """Variables every process of a job gets; the user's own come last but cannot clash."""
     return {
@@ -76,6 +81,8 @@ def job_env(job: TrainingJob, *, run_id: str, node: Node, role: str, index: int)
         "TFSUBMIT_INDEX": str(index),
         "TFSUBMIT_METRICS_FILE": metrics_file(node.workdir, role, index),
         "TFSUBMIT_OUTPUTS": f"{node.workdir}/outputs",
+        # TensorFlow's C++ start-up noise (INFO and WARNING) off unless the job sets it.
+        "TF_CPP_MIN_LOG_LEVEL": QUIET_TF_LOG_LEVEL,
         **job.environment_variables,
         **job.secret_values(),  # only ever in the child's environment
     }

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,11 @@ def _prefect_cli() -> list[str]:
 
 
 def ensure_server(workspace: Workspace, *, port: int | None = None,
-                  database: str | None = None) -> ServerInfo:
+                  database: str | None = None,
+                  say: Callable[[str], None] = lambda text: None) -> ServerInfo:
     """The API to use: PREFECT_API_URL, or the embedded server, started if needed (on
-    `database`, a PostgreSQL URL, when given: kept for later starts too)."""
+    `database`, a PostgreSQL URL, when given: kept for later starts too). `say` hears a
+    line when a start begins and when the server is ready, with its time."""
     info = server_status(workspace)
     if database is not None and database != database_url(workspace) and info.running:
         raise ServerError("the embedded server is running on another database; stop it "
@@ -131,7 +134,11 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
             _set_database(workspace, database)
         info = server_status(workspace)
         if info.embedded and not info.running:
+            began = time.monotonic()
+            say(f"starting the embedded Prefect server of workspace {workspace.root} "
+                "(first use, or it was stopped); this takes 10-40 s, once")
             info = _await_started(workspace) or _start(workspace, port or _free_port())
+            say(f"Prefect server ready in {time.monotonic() - began:.1f} s: UI {info.ui_url}")
         forkserver.ensure(workspace)
         return info
 

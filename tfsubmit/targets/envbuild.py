@@ -111,8 +111,10 @@ def _build(
     else:
         install = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     special = ("horovod==", "tf-keras==")
-    run_logged([*install, *(r for r in spec.requirements if not r.startswith(special))],
-               on_line, cancel)
+    plain = [r for r in spec.requirements if not r.startswith(special)]
+    run_logged([*install, *plain], on_line, cancel,
+               what=f"installing {len(plain)} requirement(s): downloading, unpacking, "
+               "compiling bytecode")
     for requirement in spec.requirements:
         if requirement.startswith("tf-keras=="):  # --no-deps: it would pull another TF
             run_logged([*install, "--no-deps", requirement], on_line, cancel)
@@ -178,11 +180,19 @@ def _freeze(python: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
+# An install step that prints nothing for this long (downloading, compiling bytecode)
+# gets a line saying it is still at work.
+HEARTBEAT_SECONDS = 5.0
+
+
 def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | None,
                extra_env: dict[str, str] | None = None, *,
-               advice: str = "check the package names and versions") -> list[str]:
-    """Run an install step, streaming its output line by line; stop it on cancel.
+               advice: str = "check the package names and versions",
+               what: str = "") -> list[str]:
+    """Run an install step, streaming its output line by line (and a line saying it is
+    still at work after every HEARTBEAT_SECONDS of silence); stop it on cancel.
     Returns the lines it printed."""
+    what = what or f"still running {Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''}"
     process = subprocess.Popen(
         argv,
         stdout=subprocess.PIPE,
@@ -194,6 +204,16 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
              **(extra_env or {})},
     )
     lines: list[str] = []
+    heard = [time.monotonic()]
+    began = time.monotonic()
+
+    def heartbeat() -> None:  # a line at least every HEARTBEAT_SECONDS: never a silent wait
+        while process.poll() is None:
+            time.sleep(0.5)
+            if time.monotonic() - heard[0] >= HEARTBEAT_SECONDS and process.poll() is None:
+                heard[0] = time.monotonic()
+                on_line(f"... {what} ({time.monotonic() - began:.0f} s so far)")
+    threading.Thread(target=heartbeat, daemon=True).start()
     watcher = None
     if cancel is not None:
         def watch() -> None:
@@ -208,14 +228,26 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
     for line in process.stdout:
         line = line.rstrip("\n")
         lines.append(line)
+        heard[0] = time.monotonic()
         on_line(line)
     code = process.wait()
     if cancel is not None and cancel.is_set():
         raise EnvironmentBuildError("environment build canceled")
-    if code != 0:
-        details = "\n".join(lines[-20:])
+    if code != 0:  # its lines were streamed already: name the error, not the whole tail
         raise EnvironmentBuildError(
-            f"`{' '.join(argv[:3])} ...` failed with exit code {code}; {advice}. "
-            f"Last lines:\n{details}"
+            f"`{' '.join(argv[:3])} ...` failed with exit code {code}: "
+            f"{_error_of(lines)}; {advice}"
         )
     return lines
+
+
+def _error_of(lines: list[str]) -> str:
+    """The installer's own error in a line: uv's `× ...`/`error: ...` (and the reason
+    under it), pip's `ERROR: ...`; else its last line."""
+    text = [line.strip() for line in lines if line.strip()]
+    for i, line in enumerate(text):
+        if line.startswith(("×", "error:", "ERROR:")):
+            detail = [part.lstrip("╰─▶ ").strip() for part in text[i + 1:i + 3]
+                      if part.startswith(("╰─▶", "│"))]
+            return " ".join([line.lstrip("× "), *detail])[:500]
+    return (text[-1] if text else "no output")[:500]

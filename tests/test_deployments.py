@@ -267,6 +267,10 @@ def test_submit_to_a_deployment_returns_at_once_then_streams(deployed, monkeypat
     metrics = run.get_metrics()
     assert len(metrics["val_loss"]) == 2 and metrics["epoch"] == [1.0, 2.0]
     assert run.script_params == {"--epochs": 2, "--samples": 500}
+    # The one run API: its files (the worker ran it on this machine), Azure ML's details.
+    assert {"output.log", "outputs/model.keras"} <= set(run.get_file_names())
+    assert run.get_details()["runId"] == run.id and run.get_details()["endTimeUtc"]
+    assert run.get_portal_url().endswith(f"/runs/flow-run/{run.flow_run_id}")
     flow_run = deployed.call("GET", f"/flow_runs/{run.flow_run_id}")
     assert flow_run["name"] == run.id and "dep-api" in flow_run["tags"]
 

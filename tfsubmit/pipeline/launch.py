@@ -45,7 +45,7 @@ def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Env
                                           lambda: sub.paths.output_log.read_text().splitlines())
     if outcome.status == "Canceled":
         outcome.reason = sub.cancel.reason()
-    log.event(f"processes ended: {outcome.describe()}")
+    log.event(f"processes ended: {outcome.status}")  # the reason ends the run's log, once
     if outcome.restarts:
         sub.record.note(restarts=outcome.restarts)
     return outcome

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -180,6 +181,8 @@ def _freeze(python: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
+# uv's " + name==version" lines: one per installed package, kept in the freeze file instead.
+_PACKAGE_LINE = re.compile(r"^ [+-] [A-Za-z0-9_.-]+(==| @ )")
 # An install step that prints nothing for this long (downloading, compiling bytecode)
 # gets a line saying it is still at work.
 HEARTBEAT_SECONDS = 5.0
@@ -229,7 +232,8 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
         line = line.rstrip("\n")
         lines.append(line)
         heard[0] = time.monotonic()
-        on_line(line)
+        if not _PACKAGE_LINE.match(line):  # the package list is the run's freeze file
+            on_line(line)
     code = process.wait()
     if cancel is not None and cancel.is_set():
         raise EnvironmentBuildError("environment build canceled")

@@ -32,6 +32,28 @@ _STARTUP_NOISE = re.compile(
 )
 
 
+# What TensorFlow prints while it starts, below an error: kept out of the merged log (it
+# stays in each process's own log file) while the job's TF_CPP_MIN_LOG_LEVEL is 2 or 3,
+# which it is unless the job sets it (launchers.base.QUIET_TF_LOG_LEVEL). TensorFlow
+# prints some of it before that variable is read (absl's pre-init lines, oneDNN's notice).
+_QUIET_NOISE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IW] "
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+\s"
+    r"|WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|To enable the following instructions: .*rebuild TensorFlow"
+    r"|This TensorFlow binary is optimized to use available CPU instructions)"
+)
+
+
+def quiets_tensorflow(spec: ProcessSpec) -> bool:
+    """Whether the process runs with TensorFlow's start-up lines quieted."""
+    level = spec.env.get("TF_CPP_MIN_LOG_LEVEL")
+    for i, arg in enumerate(spec.argv[:-1]):  # mpirun passes it on with -x NAME=VALUE
+        if arg == "-x" and spec.argv[i + 1].startswith("TF_CPP_MIN_LOG_LEVEL="):
+            level = spec.argv[i + 1].split("=", 1)[1]
+    return level in ("2", "3")
+
+
 def is_progress(line: str) -> bool:
     """Whether a job's line shows it has got past start-up (anything but library noise)."""
     return not _STARTUP_NOISE.match(line)
@@ -144,6 +166,8 @@ class _Run:
         self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
         log_dir.mkdir(parents=True, exist_ok=True)
         self.files = [(log_dir / spec.log_name).open("a", buffering=1) for spec in specs]
+        self.quiet = [quiets_tensorflow(spec) for spec in specs]
+        self.quieted = 0  # lines kept out of the merged log
         self.handles: list[Handle] = []
         self.readers: list[threading.Thread] = []
         self.last_line = time.monotonic()
@@ -235,7 +259,15 @@ class _Run:
             if not self.progressed and is_progress(line):
                 self.progressed = True
             self.files[i].write(line + "\n")
-            self.log.line(*_tagged(self.specs[i], line))
+            tag, text = _tagged(self.specs[i], line)
+            if self.quiet[i] and _QUIET_NOISE.match(text):
+                if not self.quieted:
+                    self.log.event("TensorFlow's start-up lines are kept in each process's "
+                                   "log (logs/), not here; environment_variables "
+                                   "{TF_CPP_MIN_LOG_LEVEL: '0'} shows them")
+                self.quieted += 1
+                continue
+            self.log.line(tag, text)
             deadline = time.monotonic()  # got something: empty the rest without waiting
 
     def watch(self, started, max_seconds, decides, policy, hang_seconds, startup_seconds,

@@ -74,10 +74,10 @@ class RunContext:
 
     @property
     def checkpoints_dir(self) -> Path:
-        """Where to save checkpoints: kept across the run's restarts (a restarted process
-        finds the checkpoints its previous attempt wrote), collected with the run."""
-        path = Path(os.environ.get("TFSUBMIT_CHECKPOINTS")
-                    or self.outputs_dir.parent / "checkpoints")
+        """Where to save checkpoints (`outputs/checkpoints`): kept across the run's
+        restarts (a restarted process finds what its previous attempt wrote), collected
+        with the run's outputs."""
+        path = Path(os.environ.get("TFSUBMIT_CHECKPOINTS") or self.outputs_dir / "checkpoints")
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -37,6 +38,23 @@ TASKS = {"snapshot_source", "resolve_environment", "provision_nodes", "launch_to
          "collect_outputs"}
 
 
+def readme_commands() -> list[list[str]]:
+    """The `prefect` commands of README's deployment steps, in order, as argv lists."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Prefect deployments"):]
+    section = section[: section.index("\n## ", 10)]
+    return [[PREFECT, *shlex.split(line, comments=True)[1:]] for line in section.splitlines()
+            if line.startswith(".venv/bin/prefect ")]
+
+
+def readme_command(*words: str) -> list[str]:
+    """The README's command whose words after `prefect` start with `words`."""
+    found = [argv for argv in readme_commands() if argv[1: 1 + len(words)] == list(words)
+             or argv[2: 2 + len(words)] == list(words)]
+    assert found, f"README has no `prefect {' '.join(words)}` step"
+    return found[0]
+
+
 class Deployed:
     """The server, pool, deployments and worker of this module."""
 
@@ -57,8 +75,9 @@ class Deployed:
             "TFSUBMIT_WORKSPACE": str(self.workspace.root),
         }
         self.logs = root
-        self.server = self._start("server", [PREFECT, "server", "start", "--host", "127.0.0.1",
-                                             "--port", str(self.port)])
+        # README's `prefect server start`, on a free port instead of 4200.
+        self.server = self._start("server", [*readme_command("server", "start"), "--host",
+                                             "127.0.0.1", "--port", str(self.port)])
         deadline = time.monotonic() + 120
         while not self._healthy():
             assert self.server.poll() is None, (root / "server.log").read_text()
@@ -79,8 +98,7 @@ class Deployed:
             return False
 
     def start_worker(self) -> None:
-        self.worker = self._start("worker", [PREFECT, "worker", "start", "--pool",
-                                             "tfsubmit-process"])
+        self.worker = self._start("worker", readme_command("worker", "start"))
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         result = subprocess.run(list(args), env=self.env, cwd=ROOT, capture_output=True,
@@ -157,12 +175,11 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """Server, pool (`prefect work-pool create`), deployments (`prefect deploy --all`), worker."""
+    """Server, pool, deployments, worker: README's steps, as written there."""
     prefect = Deployed(tmp_path_factory.mktemp("deployments"))
     try:
-        prefect.cli(PREFECT, "work-pool", "create", "tfsubmit-process", "--type", "process")
-        prefect.cli(PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file",
-                    "deployments/prefect.yaml")
+        prefect.cli(*readme_command("work-pool", "create"))
+        prefect.cli(*readme_command("deploy"))
         prefect.start_worker()
         yield prefect
     finally:
@@ -171,10 +188,27 @@ def deployed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def example_run(deployed):
-    """`prefect deployment run 'submit-training/default' --param job=...`, run to its end."""
-    flow_run_id = deployed.run_deployment("submit-training/default",
-                                          "job=examples/keras-synthetic/job.yaml")
-    return deployed.wait(flow_run_id)
+    """README's `prefect deployment run 'submit-training/default' --param job=...`, run to
+    its end."""
+    out = deployed.cli(*readme_command("deployment", "run", "submit-training/default")).stdout
+    return deployed.wait(re.search(r"UUID: ([0-9a-f-]{36})", out)[1])
+
+
+def test_readme_turns_the_nightly_schedule_on(deployed):
+    """README's `schedule ls` shows the ID its `schedule resume` needs; then it is active."""
+    deployment = deployed.call("GET", "/deployments/name/retrain/default")
+    assert [s["active"] for s in deployment["schedules"]] == [False]
+    listed = deployed.cli(*readme_command("deployment", "schedule", "ls")).stdout
+    schedule_id = deployment["schedules"][0]["id"]
+    assert schedule_id in listed
+    resume = readme_command("deployment", "schedule", "resume")
+    assert resume[-1] == "SCHEDULE_ID"
+    try:
+        deployed.cli(*resume[:-1], schedule_id)
+        deployment = deployed.call("GET", "/deployments/name/retrain/default")
+        assert [s["active"] for s in deployment["schedules"]] == [True]
+    finally:  # no 03:00 run during the tests
+        deployed.cli(PREFECT, "deployment", "schedule", "pause", "retrain/default", schedule_id)
 
 
 def test_deployments_from_the_yaml(deployed):

@@ -13,6 +13,7 @@ reaper (pipeline/reap.py), which takes the lock, stops what is left of it and en
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import urllib.parse
@@ -512,7 +513,9 @@ class DeploymentRun(BaseRun):
         if not found:
             raise TfsubmitError(f"run {self.id} has no files yet: its outputs are collected "
                                 "when it ends")
-        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(found[0]["data"]).path)).parent
+        link = re.search(r"\]\(([^)]+)\)\s*$", found[0]["data"])  # "[text](file:///...)"
+        url = link[1] if link else found[0]["data"]
+        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).parent
         if not (folder / "run.json").is_file():
             raise TfsubmitError(f"run {self.id}'s files are on the machine that ran its flow, "
                                 f"in {folder}; read them there (tfsubmit show {self.id})")

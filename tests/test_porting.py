@@ -386,3 +386,29 @@ def test_8_readme_has_the_porting_tables():
     for name in ("Run.get_context()", "log_image", "get_details", "hyperparameters",
                  "pip_requirements_file", "inputs"):
         assert name in readme
+
+
+def test_1_log_image_takes_a_real_matplotlib_figure_or_pyplot(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tfsubmit.runtime.context import RunContext
+    from tfsubmit.runtime.metrics import azure_metrics, read_records
+
+    monkeypatch.setenv("TFSUBMIT_OUTPUTS", str(tmp_path / "work" / "outputs"))
+    metrics = tmp_path / "work" / ".tfsubmit" / "metrics-worker-0.jsonl"
+    context = RunContext(str(metrics), "r1", "worker", 0)
+    figure, axes = plt.subplots()
+    axes.plot([1, 2, 3], [0.5, 0.4, 0.3])
+    context.log_image("loss curve", plot=figure)
+    context.log_image("loss curve", plot=plt)  # pyplot itself: its current figure
+    plt.close("all")
+    logged = azure_metrics(read_records([metrics]))["loss curve"]
+    assert logged == ["images/loss_curve-worker-0-0.png", "images/loss_curve-worker-0-1.png"]
+    for name in logged:
+        image = tmp_path / "work" / ".tfsubmit" / name
+        assert image.read_bytes()[:4] == b"\x89PNG" and image.stat().st_size > 1000
+    with pytest.raises(ValueError, match="exactly one of path= or plot="):
+        context.log_image("none")

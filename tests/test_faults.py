@@ -106,8 +106,6 @@ BAD_JOBS = [
      "TensorFlow tasks, but a job has ports for at most 50"),
     ("entry_script: train.py\n", "appears twice"),
     ("1: x\n", "key 1 is not a string"),
-    ("distributed_backend: mpi\nnode_count: 2\n",
-     "node_count: 2 nodes asked, but target 'local' has 1 host"),
     ("custom_docker_image: debian:12\n", "custom_docker_image: only used with docker targets"),
 ]
 BAD_SOURCES = [

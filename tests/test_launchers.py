@@ -36,6 +36,7 @@ def test_single_node_spec_is_exact():
         "TFSUBMIT_INDEX": "0",
         "TFSUBMIT_METRICS_FILE": "/runs/r1/work/.tfsubmit/metrics-worker-0.jsonl",
         "TFSUBMIT_OUTPUTS": "/runs/r1/work/outputs",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
         "MY_SETTING": "on",
     }
     assert spec.tag == "[worker:0@local]"
@@ -159,7 +160,8 @@ def test_horovod_mpirun_argv_is_exact_for_ssh_hosts():
         "10.0.0.0/24",
         "-x", "TFSUBMIT_RUN_ID=r9", "-x", "TFSUBMIT_ROLE=rank", "-x", "TFSUBMIT_INDEX=0",
         "-x", "TFSUBMIT_METRICS_FILE=/wd/r/10.0.0.11/.tfsubmit/metrics-rank-0.jsonl",
-        "-x", "TFSUBMIT_OUTPUTS=/wd/r/10.0.0.11/outputs", "-x", "A=b c",
+        "-x", "TFSUBMIT_OUTPUTS=/wd/r/10.0.0.11/outputs", "-x", "TF_CPP_MIN_LOG_LEVEL=2",
+        "-x", "A=b c",
         "-x", "PYTHONPATH=/wd/rt", "-x", f"TFSUBMIT_RANK_DIRS={dirs}",
         "/e/python", "-m", "tfsubmit.runtime.rank", "echo_args.py", "--epochs", "1",
     ]

@@ -289,11 +289,15 @@ def test_6_a_failed_install_says_its_error_once():
     from tfsubmit.targets.envbuild import run_logged
 
     heard: list[str] = []
-    script = ("print('Resolved 3 packages'); print('  x No solution found'); "
-              "print('error: nosuchpkg was not found in the package registry'); exit(1)")
+    script = ("print('Resolved 3 packages'); print(' + six==1.16.0'); "
+              "print('error: No solution found when resolving dependencies'); "
+              "print('  cause: Because nosuchpkg was not found in the package registry'); "
+              "exit(1)")
     with pytest.raises(EnvironmentBuildError) as raised:
         run_logged([sys.executable, "-c", script], heard.append, None)
-    assert "error: nosuchpkg was not found in the package registry" in str(raised.value)
+    assert ("failed with exit code 1: error: No solution found when resolving dependencies: "
+            "Because nosuchpkg was not found in the package registry;") in str(raised.value)
+    assert " + six==1.16.0" not in heard  # the package list is the freeze file's
     message = str(raised.value).split("failed with exit code 1")[1]
     assert "Resolved 3 packages" not in message  # streamed already, not repeated
 

@@ -251,7 +251,7 @@ def _error_of(lines: list[str]) -> str:
     text = [line.strip() for line in lines if line.strip()]
     for i, line in enumerate(text):
         if line.startswith(("×", "error:", "ERROR:")):
-            detail = [part.lstrip("╰─▶ ").strip() for part in text[i + 1:i + 3]
-                      if part.startswith(("╰─▶", "│"))]
-            return " ".join([line.lstrip("× "), *detail])[:500]
+            detail = [re.sub(r"^(╰─▶|│|cause:)\s*", "", part) for part in text[i + 1:i + 3]
+                      if part.startswith(("╰─▶", "│", "cause:"))]
+            return ": ".join([line.lstrip("× ").rstrip(":"), *detail])[:500]
     return (text[-1] if text else "no output")[:500]

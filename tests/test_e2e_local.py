@@ -98,7 +98,7 @@ def test_same_spec_again_installs_nothing(workspace):
     assert details["environment_hash"] == first.get_details()["environment_hash"]
     log = second.paths.output_log.read_text()
     assert "[tfsubmit:env]" not in log  # no installer ran
-    assert "(0 new to the store, 0 bytes copied)" in log
+    assert "0 new to the store, 0 bytes copied)" in log
     # The job's interpreter has TensorFlow and tfsubmit's runtime, but not Prefect.
     marker = workspace.env_cache / details["environment_hash"] / ".tfsubmit-env.json"
     python = json.loads(marker.read_text())["python"]

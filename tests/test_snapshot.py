@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -128,3 +129,79 @@ def test_snapshot_hash_depends_only_on_content(tmp_path_factory, files):
         assert set(snap.files) == set(files)
         hashes.add(snap.hash)
     assert len(hashes) == 1
+
+
+# -- the stat cache (issue 16) ---------------------------------------------------------------
+
+
+def _snap(tree: Path, store: ObjectStore, cache: Path):
+    return take_snapshot(tree, store, entry_script="train.py", stat_cache=cache)
+
+
+def _age(tree: Path, seconds: float = 5.0) -> None:
+    """Make the tree's files look `seconds` old: mtime set back; ctime is what the kernel
+    says, so the racy-file rule is shortened instead (see test below for the real rule)."""
+    for path in tree.rglob("*"):
+        if path.is_file():
+            info = path.stat()
+            os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_an_unchanged_tree_is_recognised_without_reading_it(tree, store, tmp_path,
+                                                            monkeypatch):
+    from tfsubmit.pipeline import snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "RACY_SECONDS", 0.0)  # ctime cannot be set back
+    cache = tmp_path / "cache.json"
+    first = _snap(tree, store, cache)
+    assert first.read_files == len(first.files) == 4
+    again = _snap(tree, store, cache)
+    assert again.read_files == 0 and again.hash == first.hash and again.files == first.files
+    # An object gone from the store is read and stored again, whatever the cache says.
+    os.remove(store.path_for(first.files["train.py"].sha256))
+    assert _snap(tree, store, cache).read_files == 1
+    assert store.has(first.files["train.py"].sha256)
+
+
+def test_a_same_size_edit_with_its_mtime_put_back_is_seen(tree, store, tmp_path,
+                                                          monkeypatch):
+    """Size and mtime as before: the ctime (which no user can set) still differs."""
+    from tfsubmit.pipeline import snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "RACY_SECONDS", 0.0)
+    cache = tmp_path / "cache.json"
+    _age(tree)
+    first = _snap(tree, store, cache)
+    model = tree / "pkg" / "model.py"
+    before = model.stat()
+    model.write_text("X = 2\n")  # same size
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert model.stat().st_size == before.st_size and model.stat().st_mtime_ns == \
+        before.st_mtime_ns
+    again = _snap(tree, store, cache)
+    assert again.read_files == 1
+    assert again.files["pkg/model.py"].sha256 == hash_file(model) != \
+        first.files["pkg/model.py"].sha256
+
+
+def test_an_edit_within_the_same_timestamp_tick_is_seen(tree, store, tmp_path):
+    """The racy case git's index knows: a file changed right after the snapshot that saw
+    it, in the same size and possibly the same clock tick. Such files are never cached, so
+    the next snapshot reads them."""
+    cache = tmp_path / "cache.json"
+    first = _snap(tree, store, cache)
+    model = tree / "pkg" / "model.py"
+    before = model.stat()
+    model.write_text("X = 3\n")  # same size, at once: mtime and ctime may not move
+    os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = _snap(tree, store, cache)
+    assert again.files["pkg/model.py"].sha256 != first.files["pkg/model.py"].sha256
+    assert again.files["pkg/model.py"].sha256 == hash_file(model)
+
+
+def test_a_damaged_stat_cache_only_costs_a_full_read(tree, store, tmp_path):
+    cache = tmp_path / "cache.json"
+    cache.write_text("{not json")
+    snap = _snap(tree, store, cache)
+    assert snap.read_files == len(snap.files)
+    assert json.loads(cache.read_text())["entries"] == {}  # all files too new to trust yet

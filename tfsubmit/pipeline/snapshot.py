@@ -1,12 +1,22 @@
 """Step 1, snapshot: walk the source directory, filter it with gitignore rules, hash every
-file and add what is new to the workspace's object store (pathspec does the matching)."""
+file and add what is new to the workspace's object store (pathspec does the matching).
+
+A stat cache per source tree (as git's index: path -> size, mtime, ctime, inode, hash)
+lets an unchanged file be recognised without reading it. An entry is trusted only when all
+four match, and a file changed less than RACY_SECONDS before the snapshot that saw it is
+not cached at all (git's "racily clean" rule: an edit within one timestamp tick of the
+previous look would otherwise keep its size and times), so a changed file is always seen."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pathspec
@@ -30,11 +40,13 @@ def snapshot_source(sub: Submission, log: RunLog) -> Snapshot:
     sub.check_canceled()
     snap = take_snapshot(sub.job.source_directory, sub.store, entry_script=sub.job.entry_script,
                          inputs={sub.job.input_path(name, where): where
-                                 for name, where in sub.job.inputs.items()})
+                                 for name, where in sub.job.inputs.items()},
+                         stat_cache=sub.workspace.stat_cache(sub.job.source_directory))
     write_json(sub.paths.manifest, snap.manifest())
     log.event(
         f"snapshot {snap.hash[:12]}: {len(snap.files)} files, {snap.total_bytes} bytes "
-        f"({snap.new_files} new to the store, {snap.new_bytes} bytes copied)"
+        f"({snap.read_files} read, the others unchanged; {snap.new_files} new to the store, "
+        f"{snap.new_bytes} bytes copied)"
     )
     for path, reason in snap.skipped.items():
         log.event(f"snapshot skipped {path}: {reason}")
@@ -55,6 +67,69 @@ def load_ignore_spec(source: Path) -> tuple[pathspec.PathSpec, str | None]:
     return pathspec.GitIgnoreSpec.from_lines(lines), used
 
 
+# Files changed this close to a snapshot's start are not cached (see the module's doc).
+RACY_SECONDS = 1.0
+# Files up to this size are read once, to hash and to store; bigger ones are streamed.
+SMALL_FILE = 1 << 20
+# Threads storing a snapshot's new files.
+STORE_THREADS = 4
+
+
+class StatCache:
+    """What a source tree's files hashed to, by their stat (real path -> size, mtime,
+    ctime, inode, sha256); one JSON file per tree, rewritten whole after each snapshot."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.seen: dict[str, list] = {}
+        if path is not None:
+            try:
+                self.entries = json.loads(path.read_text()).get("entries", {})
+            except (OSError, ValueError, AttributeError):
+                self.entries = {}  # none yet, or damaged: hash everything once
+
+    @staticmethod
+    def _key(info: os.stat_result) -> list:
+        return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+
+    def lookup(self, path: str, info: os.stat_result) -> str | None:
+        entry = self.entries.get(path)
+        if entry is not None and entry[:4] == self._key(info):
+            self.seen[path] = entry
+            return entry[4]
+        return None
+
+    def remember(self, path: str, info: os.stat_result, digest: str) -> None:
+        self.seen[path] = [*self._key(info), digest]
+
+    def save(self, started_ns: int) -> None:
+        """Keep what this snapshot saw, less files changed too close to its start."""
+        if self.path is None:
+            return
+        racy = started_ns - int(RACY_SECONDS * 1e9)
+        kept = {path: entry for path, entry in self.seen.items()
+                if max(entry[1], entry[2]) < racy}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"entries": kept}, separators=(",", ":")))
+            os.replace(tmp, self.path)  # concurrent snapshots of a tree: the last one wins
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a cache: the next snapshot reads the files again
+
+
+def _hash_and_store(path: str, info: os.stat_result, store: ObjectStore) -> tuple[str, bool]:
+    """The file's sha256, and whether the store had to add it. A small file is read once."""
+    if info.st_size <= SMALL_FILE:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        digest = hashlib.sha256(data).hexdigest()
+        return digest, store.put(data, digest)
+    digest = hash_file(Path(path))
+    return digest, store.add(Path(path), digest)
+
+
 def hash_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -65,12 +140,13 @@ def hash_file(path: Path) -> str:
 
 def _walk(
     root: Path, spec: pathspec.PathSpec, skipped: dict[str, str]
-) -> Iterator[tuple[str, Path]]:
-    """Yield (relative posix path, real path) of every file to include.
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield (relative posix path, real path, its stat) of every file to include.
 
     Symlinks are followed only while they stay inside the source directory. A folder reached
     twice (`alias -> data` beside `data`) is shipped under both names; only a link back to a
-    folder on its own path (`data/up -> ..`) is a loop.
+    folder on its own path (`data/up -> ..`) is a loop. One stat per file: the kind of an
+    entry that is no link comes with the folder's listing.
     """
     real_root = root.resolve()
     stack: list[tuple[Path, str, frozenset[Path]]] = [(real_root, "", frozenset({real_root}))]
@@ -79,62 +155,84 @@ def _walk(
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 rel = f"{prefix}{entry.name}"
-                path = Path(entry.path)
-                if entry.is_symlink():
-                    target = path.resolve()
+                linked = entry.is_symlink()
+                if linked:
+                    target = Path(entry.path).resolve()
                     if not target.is_relative_to(real_root):
                         skipped[rel] = f"symlink leaves the source directory (-> {target})"
                         continue
                     if not target.exists():
                         skipped[rel] = "broken symlink"
                         continue
-                    path = target
-                if path.is_dir():
+                    path = str(target)
+                    is_dir, is_file = target.is_dir(), target.is_file()
+                else:
+                    path = entry.path
+                    is_dir, is_file = entry.is_dir(), entry.is_file()
+                if is_dir:
                     if spec.match_file(rel + "/"):
                         continue
-                    real = path.resolve()
+                    real = Path(path).resolve()
                     if real in ancestors:
                         skipped[rel] = f"symlink loop (-> {real})"
                         continue
                     stack.append((real, rel + "/", ancestors | {real}))
-                elif path.is_file():
+                elif is_file:
                     if not spec.match_file(rel):
-                        yield rel, path
+                        yield rel, path, os.stat(path) if linked else entry.stat()
 
 
 def _input_files(inputs: dict[str, str], skipped: dict[str, str]
-                 ) -> Iterator[tuple[str, Path]]:
+                 ) -> Iterator[tuple[str, str, os.stat_result]]:
     """(path in the snapshot, real path) of every file of the job's inputs."""
     plain = pathspec.GitIgnoreSpec.from_lines(DEFAULT_IGNORES)
     for rel, where in inputs.items():
         path = Path(where)
         if path.is_file():
-            yield rel, path
+            yield rel, str(path), path.stat()
         elif path.is_dir():
-            for inner, real in _walk(path, plain, skipped):
-                yield f"{rel}/{inner}", real
+            for inner, real, info in _walk(path, plain, skipped):
+                yield f"{rel}/{inner}", real, info
         else:
             raise SourceError(f"inputs: {where} no longer exists")
 
 
 def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
-                  inputs: dict[str, str] | None = None) -> Snapshot:
+                  inputs: dict[str, str] | None = None,
+                  stat_cache: Path | None = None) -> Snapshot:
     """Snapshot `source` into `store`; the entry script must be part of it. `inputs` maps a
-    path in the snapshot to a local file or folder shipped there too (the job's inputs)."""
+    path in the snapshot to a local file or folder shipped there too (the job's inputs).
+    With `stat_cache` (a file), unchanged files are known by their stat, not read."""
     root = Path(source)
     if not root.is_dir():
         raise SourceError(f"source_directory {root} does not exist or is not a folder")
+    started = time.time_ns()
+    cache = StatCache(stat_cache)
     spec, ignore_file = load_ignore_spec(root)
-    files: dict[str, FileEntry] = {}
     skipped: dict[str, str] = {}
+    walked = [*_walk(root, spec, skipped), *_input_files(inputs or {}, skipped)]
+    digests: dict[str, str] = {}
+    todo = []
+    for rel, path, info in walked:
+        digest = cache.lookup(path, info)
+        if digest is not None and store.has(digest):
+            digests[rel] = digest
+        else:
+            todo.append((rel, path, info))
     new_files = new_bytes = 0
-    for rel, path in [*_walk(root, spec, skipped), *_input_files(inputs or {}, skipped)]:
-        info = path.stat()
-        digest = hash_file(path)
-        if store.add(path, digest):
-            new_files += 1
-            new_bytes += info.st_size
-        files[rel] = FileEntry(digest, info.st_size, bool(info.st_mode & stat.S_IXUSR))
+    # Reading, hashing and writing new files overlap in threads (the system calls and
+    # hashlib release the GIL): a first snapshot costs about what a plain copy does.
+    with ThreadPoolExecutor(max_workers=STORE_THREADS) as pool:
+        stored = pool.map(lambda item: _hash_and_store(item[1], item[2], store), todo)
+        for (rel, path, info), (digest, added) in zip(todo, stored, strict=True):
+            if added:
+                new_files += 1
+                new_bytes += info.st_size
+            cache.remember(path, info, digest)
+            digests[rel] = digest
+    files = {rel: FileEntry(digests[rel], info.st_size, bool(info.st_mode & stat.S_IXUSR))
+             for rel, _, info in walked}
+    cache.save(started)
 
     if entry_script not in files:
         if entry_script in skipped:
@@ -158,6 +256,7 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
         ignore_file=ignore_file,
         new_files=new_files,
         new_bytes=new_bytes,
+        read_files=len(todo),
     )
 
 

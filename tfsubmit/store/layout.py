@@ -16,6 +16,7 @@ default `~/.cache/tfsubmit/envs`.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -214,6 +215,11 @@ class Workspace:
     def new_run_id(self, experiment: str) -> str:
         stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime())
         return f"{experiment}_{stamp}_{secrets.token_hex(3)}"
+
+    def stat_cache(self, source: str | Path) -> Path:
+        """The stat cache of one source tree (pipeline/snapshot.py: StatCache)."""
+        key = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:16]
+        return self.root / "statcache" / f"{key}.json"
 
     def paths_of(self, run_id: str) -> RunPaths:
         """The paths of run `run_id`, whether or not it exists yet. An id that could name

@@ -8,6 +8,7 @@ pre-flight (which objects a host lacks).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import posixpath
 import shutil
@@ -33,19 +34,56 @@ class ObjectStore:
         return [digest for digest in digests if not self.has(digest)]
 
     def has(self, digest: str) -> bool:
-        return self.path_for(digest).exists()
+        return os.path.exists(f"{self.root}/{digest[:2]}/{digest[2:]}")  # per file: no pathlib
 
     def add(self, source: Path, digest: str) -> bool:
-        """Copy `source` in unless the store has it already. Returns True when copied."""
+        """Copy `source` in unless the store has it already. Returns True when copied.
+        A copy-on-write clone (reflink) where the file system offers one, else a copy:
+        never a hard link, which a later in-place edit of the source would change."""
+        return self._write(digest, lambda tmp: _clone_or_copy(source, tmp))
+
+    def put(self, data: bytes, digest: str) -> bool:
+        """Store `data` (a small file read once, to hash and to keep) unless the store has
+        it already. Returns True when written."""
+        def write(tmp: Path) -> None:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+        return self._write(digest, write)
+
+    def _write(self, digest: str, fill) -> bool:
         target = self.path_for(digest)
         if target.exists():
             return False
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            shutil.copyfile(source, tmp)
+            try:
+                fill(tmp)
+            except FileNotFoundError:  # the first object of its folder
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fill(tmp)
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a full disk, say: no half-copied .tmp left
             raise
         return True
+
+
+def _clone_or_copy(source: Path, target: Path) -> None:
+    """A reflink (FICLONE: btrfs, XFS; shares blocks until either side changes), else a
+    plain copy."""
+    with source.open("rb") as src, open(target, "xb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+            return
+        except OSError:
+            pass  # ext4, tmpfs, overlayfs...: no clone
+    shutil.copyfile(source, target)
+
+
+# linux/fs.h: _IOW(0x94, 9, int)
+FICLONE = 0x40049409

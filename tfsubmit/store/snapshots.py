@@ -30,6 +30,7 @@ class Snapshot:
     ignore_file: str | None = None
     new_files: int = 0
     new_bytes: int = 0
+    read_files: int = 0  # files read and hashed; the others the stat cache knew
 
     @property
     def total_bytes(self) -> int:

@@ -141,6 +141,8 @@ def test_2_details_have_azure_keys_and_a_live_portal_url(ported, workspace):
     now = server_status(workspace)
     assert ported.get_portal_url() == flow_run_link(now.api_url, record["flow_run_id"])
     assert ported.get_portal_url().startswith(now.ui_url)
+    shown = json.loads(run_cli("show", ported.id).stdout)
+    assert shown["prefect_ui"] == shown["portalUrl"] == ported.get_portal_url()
     assert ported.get_children() == []
 
 

@@ -226,10 +226,9 @@ def _show(args: argparse.Namespace) -> int:
     details["metric_tasks"] = run.get_metric_tasks()
     if hasattr(run, "paths"):
         details["run_folder"] = str(run.paths.root)
-    if details.get("prefect_api_url") and details.get("flow_run_id"):
-        from tfsubmit.service.prefect_api import flow_run_link
-
-        details["prefect_ui"] = flow_run_link(details["prefect_api_url"], details["flow_run_id"])
+    # The UI of the server answering now (an embedded one may have come back on another
+    # port since the run was submitted).
+    details["prefect_ui"] = details.get("portalUrl") or details.get("prefect_ui")
     print(json.dumps(details, indent=2, sort_keys=True))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -157,8 +156,8 @@ def test_an_unchanged_tree_is_recognised_without_reading_it(tree, store, tmp_pat
     assert first.read_files == len(first.files) == 4
     again = _snap(tree, store, cache)
     assert again.read_files == 0 and again.hash == first.hash and again.files == first.files
-    # An object gone from the store is read and stored again, whatever the cache says.
-    os.remove(store.path_for(first.files["train.py"].sha256))
+    # An object taken out of the store is read and stored again, whatever the cache says.
+    store.remove(first.files["train.py"].sha256)
     assert _snap(tree, store, cache).read_files == 1
     assert store.has(first.files["train.py"].sha256)
 
@@ -204,4 +203,40 @@ def test_a_damaged_stat_cache_only_costs_a_full_read(tree, store, tmp_path):
     cache.write_text("{not json")
     snap = _snap(tree, store, cache)
     assert snap.read_files == len(snap.files)
-    assert json.loads(cache.read_text())["entries"] == {}  # all files too new to trust yet
+    assert _snap(tree, store, cache).files == snap.files
+
+
+def test_a_corrupt_object_taken_out_is_stored_again_next_time(tree, store, tmp_path,
+                                                              monkeypatch):
+    """The stat cache trusts the store to keep its objects; materialize taking a corrupt
+    one out says so, and the next snapshot stores it again."""
+    from tfsubmit.pipeline import snapshot as snapshot_module
+    from tfsubmit.store.snapshots import CorruptObjectError
+
+    monkeypatch.setattr(snapshot_module, "RACY_SECONDS", 0.0)
+    cache = tmp_path / "cache.json"
+    first = _snap(tree, store, cache)
+    assert _snap(tree, store, cache).read_files == 0
+    digest = first.files["pkg/model.py"].sha256
+    store.path_for(digest).write_text("tampered")
+    with pytest.raises(CorruptObjectError):
+        materialize(first, store, tmp_path / "dest")
+    assert not store.has(digest)
+    again = _snap(tree, store, cache)
+    assert again.read_files == 1 and store.has(digest)
+    materialize(again, store, tmp_path / "dest2")
+
+
+def test_a_new_or_removed_file_is_seen_through_the_listing_cache(tree, store, tmp_path,
+                                                                 monkeypatch):
+    from tfsubmit.pipeline import snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "RACY_SECONDS", 0.0)
+    cache = tmp_path / "cache.json"
+    _snap(tree, store, cache)
+    (tree / "pkg" / "extra.py").write_text("Y = 1\n")
+    (tree / "notes.log").unlink()
+    snap = _snap(tree, store, cache)
+    assert "pkg/extra.py" in snap.files and "notes.log" not in snap.files
+    (tree / ".tfsubmitignore").write_text("pkg/\n")  # a new rule: a new walk
+    assert "pkg/extra.py" not in _snap(tree, store, cache).files

@@ -10,13 +10,12 @@ previous look would otherwise keep its size and times), so a changed file is alw
 from __future__ import annotations
 
 import hashlib
-import json
+import marshal
 import os
 import stat
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pathspec
@@ -54,6 +53,18 @@ def snapshot_source(sub: Submission, log: RunLog) -> Snapshot:
     return snap
 
 
+def _ignore_files(source: Path) -> list:
+    """The ignore files a walk of `source` reads, with their stats (a changed rule file means
+    a new walk)."""
+    found = []
+    for name in IGNORE_FILES:
+        try:
+            found.append([name, StatCache._key(os.stat(source / name))])
+        except OSError:
+            continue
+    return found
+
+
 def load_ignore_spec(source: Path) -> tuple[pathspec.PathSpec, str | None]:
     """Rules from `.tfsubmitignore` if present, else `.gitignore`, plus the defaults."""
     lines = list(DEFAULT_IGNORES)
@@ -69,25 +80,52 @@ def load_ignore_spec(source: Path) -> tuple[pathspec.PathSpec, str | None]:
 
 # Files changed this close to a snapshot's start are not cached (see the module's doc).
 RACY_SECONDS = 1.0
+# The stat cache's format (marshal of plain data); another version is read as no cache.
+CACHE_VERSION = 2
 # Files up to this size are read once, to hash and to store; bigger ones are streamed.
 SMALL_FILE = 1 << 20
-# Threads storing a snapshot's new files.
-STORE_THREADS = 4
 
 
 class StatCache:
     """What a source tree's files hashed to, by their stat (real path -> size, mtime,
-    ctime, inode, sha256); one JSON file per tree, rewritten whole after each snapshot."""
+    ctime, inode, sha256), and its last walk; one file per tree, rewritten after a snapshot
+    that saw something new."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.entries: dict[str, list] = {}
         self.seen: dict[str, list] = {}
+        self.tree: dict = {}  # the last walk: its folders' stats, files, skipped paths
+        self.new_tree: dict = {}
+        self.store_state: list = []  # the object store and its removals, as last seen
         if path is not None:
             try:
-                self.entries = json.loads(path.read_text()).get("entries", {})
-            except (OSError, ValueError, AttributeError):
-                self.entries = {}  # none yet, or damaged: hash everything once
+                data = marshal.loads(path.read_bytes())
+                assert data["version"] == CACHE_VERSION
+                self.entries, self.tree = data["entries"], data["tree"]
+                self.store_state = data["store"]
+            except (OSError, ValueError, EOFError, TypeError, KeyError, AssertionError):
+                self.entries, self.tree = {}, {}  # none yet, or damaged: hash everything once
+
+    def listing(self, root: str, ignore: list) -> tuple[list, dict] | None:
+        """The last walk's (rel, path) files and skipped paths, when no folder of the tree
+        (nor its ignore file) has changed since: a folder's mtime and ctime move whenever
+        an entry is added, removed or renamed in it. None: walk again."""
+        tree = self.tree
+        if tree.get("root") != root or tree.get("ignore") != ignore:
+            return None
+        try:
+            for folder, key in tree["dirs"].items():
+                if self._key(os.stat(folder))[1:] != key:
+                    return None
+        except (OSError, KeyError, TypeError):
+            return None
+        return [tuple(item) for item in tree["files"]], dict(tree.get("skipped") or {})
+
+    def remember_tree(self, root: str, ignore: list, dirs: dict, files: list,
+                      skipped: dict) -> None:
+        self.new_tree = {"root": root, "ignore": ignore, "dirs": dirs, "files": files,
+                         "skipped": skipped}
 
     @staticmethod
     def _key(info: os.stat_result) -> list:
@@ -103,17 +141,32 @@ class StatCache:
     def remember(self, path: str, info: os.stat_result, digest: str) -> None:
         self.seen[path] = [*self._key(info), digest]
 
-    def save(self, started_ns: int) -> None:
+    def trusts(self, store: ObjectStore) -> bool:
+        """Whether the store still holds every object this cache names: it is the same
+        store, and nothing was taken out of it since (objects are only ever added, except
+        by ObjectStore.remove)."""
+        return self.store_state == [str(store.root), store.removals()]
+
+    def save(self, started_ns: int, store: ObjectStore) -> None:
         """Keep what this snapshot saw, less files changed too close to its start."""
         if self.path is None:
             return
         racy = started_ns - int(RACY_SECONDS * 1e9)
         kept = {path: entry for path, entry in self.seen.items()
                 if max(entry[1], entry[2]) < racy}
+        tree = self.new_tree
+        if tree and any(max(key[0], key[1]) >= racy for key in tree["dirs"].values()):
+            tree = {}  # a folder changed too recently to vouch for its listing
+        state = [str(store.root), store.removals()]
+        if kept == self.entries and (tree or self.tree) == self.tree \
+                and state == self.store_state:
+            return  # nothing new: an unchanged tree costs no write
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"entries": kept}, separators=(",", ":")))
+            # marshal: the fastest the standard library reads (a cache of this Python only)
+            tmp.write_bytes(marshal.dumps({"version": CACHE_VERSION, "entries": kept,
+                                           "tree": tree, "store": state}))
             os.replace(tmp, self.path)  # concurrent snapshots of a tree: the last one wins
         except OSError:
             tmp.unlink(missing_ok=True)  # a cache: the next snapshot reads the files again
@@ -139,7 +192,8 @@ def hash_file(path: Path) -> str:
 
 
 def _walk(
-    root: Path, spec: pathspec.PathSpec, skipped: dict[str, str]
+    root: Path, spec: pathspec.PathSpec, skipped: dict[str, str],
+    dirs: dict[str, list] | None = None,
 ) -> Iterator[tuple[str, str, os.stat_result]]:
     """Yield (relative posix path, real path, its stat) of every file to include.
 
@@ -152,6 +206,8 @@ def _walk(
     stack: list[tuple[Path, str, frozenset[Path]]] = [(real_root, "", frozenset({real_root}))]
     while stack:
         directory, prefix, ancestors = stack.pop()
+        if dirs is not None:  # for the stat cache: a folder's listing changes its times
+            dirs[str(directory)] = StatCache._key(os.stat(directory))[1:]
         with os.scandir(directory) as entries:
             for entry in sorted(entries, key=lambda e: e.name):
                 rel = f"{prefix}{entry.name}"
@@ -208,31 +264,40 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
         raise SourceError(f"source_directory {root} does not exist or is not a folder")
     started = time.time_ns()
     cache = StatCache(stat_cache)
-    spec, ignore_file = load_ignore_spec(root)
-    skipped: dict[str, str] = {}
-    walked = [*_walk(root, spec, skipped), *_input_files(inputs or {}, skipped)]
+    ignore = _ignore_files(root)
+    known = None if inputs else cache.listing(str(root), ignore)
+    if known is not None:  # no folder changed: the same files, each still stat'ed
+        listed, skipped = known
+        walked = [(rel, path, os.stat(path)) for rel, path in listed]
+        ignore_file = next((name for name, _ in ignore), None)
+    else:
+        spec, ignore_file = load_ignore_spec(root)
+        skipped = {}
+        dirs: dict[str, list] = {}
+        walked = [*_walk(root, spec, skipped, dirs), *_input_files(inputs or {}, skipped)]
+        if not inputs:
+            cache.remember_tree(str(root), ignore, dirs,
+                                [[rel, path] for rel, path, _ in walked], skipped)
     digests: dict[str, str] = {}
     todo = []
+    check = not cache.trusts(store)  # else every object the cache names is still there
     for rel, path, info in walked:
         digest = cache.lookup(path, info)
-        if digest is not None and store.has(digest):
+        if digest is not None and (not check or store.has(digest)):
             digests[rel] = digest
         else:
             todo.append((rel, path, info))
     new_files = new_bytes = 0
-    # Reading, hashing and writing new files overlap in threads (the system calls and
-    # hashlib release the GIL): a first snapshot costs about what a plain copy does.
-    with ThreadPoolExecutor(max_workers=STORE_THREADS) as pool:
-        stored = pool.map(lambda item: _hash_and_store(item[1], item[2], store), todo)
-        for (rel, path, info), (digest, added) in zip(todo, stored, strict=True):
-            if added:
-                new_files += 1
-                new_bytes += info.st_size
-            cache.remember(path, info, digest)
-            digests[rel] = digest
+    for rel, path, info in todo:  # one thread: on 2 cores, threads only fight over the GIL
+        digest, added = _hash_and_store(path, info, store)
+        if added:
+            new_files += 1
+            new_bytes += info.st_size
+        cache.remember(path, info, digest)
+        digests[rel] = digest
     files = {rel: FileEntry(digests[rel], info.st_size, bool(info.st_mode & stat.S_IXUSR))
              for rel, _, info in walked}
-    cache.save(started)
+    cache.save(started, store)
 
     if entry_script not in files:
         if entry_script in skipped:

@@ -72,7 +72,7 @@ def materialize(snapshot: Snapshot, store: ObjectStore, dest: Path) -> int:
         target.parent.mkdir(parents=True, exist_ok=True)
         source = store.path_for(entry.sha256)
         if _copy_hashed(source, target) != entry.sha256:
-            source.unlink(missing_ok=True)
+            store.remove(entry.sha256)
             raise CorruptObjectError(
                 f"{rel}: object {source} does not match its hash (it changed after it was "
                 "stored, or was put there by someone else); it was removed: submit again")

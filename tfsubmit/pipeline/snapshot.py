@@ -268,9 +268,12 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
     known = None if inputs else cache.listing(str(root), ignore)
     if known is not None:  # no folder changed: the same files, each still stat'ed
         listed, skipped = known
-        walked = [(rel, path, os.stat(path)) for rel, path in listed]
-        ignore_file = next((name for name, _ in ignore), None)
-    else:
+        try:
+            walked = [(rel, path, os.stat(path)) for rel, path in listed]
+            ignore_file = next((name for name, _ in ignore), None)
+        except OSError:  # a file went away just now: walk after all
+            known = None
+    if known is None:
         spec, ignore_file = load_ignore_spec(root)
         skipped = {}
         dirs: dict[str, list] = {}

@@ -18,7 +18,6 @@ and keeps it in memory, so the same script also runs as plain `python train.py`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -36,6 +35,7 @@ from tfsubmit.runtime.metrics import (
     KIND_TAG,
     METRICS_DIR,
     TOTAL_EPOCHS,
+    json_safe,
 )
 
 _IMAGE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -202,7 +202,7 @@ class RunContext:
             shown = f" ({kind})" if kind else ""
             print(f"[offline run] {name}{shown}: {value}", flush=True)
             return
-        record: dict[str, Any] = {"name": name, "value": _json_safe(value),
+        record: dict[str, Any] = {"name": name, "value": json_safe(value),
                                   "time": time.time(), "task": self.task}
         if kind:
             record["kind"] = kind
@@ -219,17 +219,6 @@ def _plain(value: Any) -> Any:
         return float(value)
     except (TypeError, ValueError):
         return str(value)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinity as strings ("nan", "inf"): JSON has no words for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    return value
 
 
 _context: RunContext | None = None

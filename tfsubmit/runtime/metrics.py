@@ -11,6 +11,7 @@ row, a whole table, an image (its file in the run's `images/`), a tag or a prope
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,18 @@ def labels(records: list[dict[str, Any]], kind: str) -> dict[str, str]:
     """Tags or properties the job's processes set (later wins)."""
     return {record["name"]: str(record["value"]) for record in records
             if record.get("kind") == kind}
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinity as strings ("nan", "inf"), as Prefect's own tables write them: JSON
+    has no words for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    return value
 
 
 def _restore(value: Any) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import mimetypes
 import threading
 import time
@@ -28,7 +27,7 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from tfsubmit.runtime.metrics import KIND_IMAGE, TOTAL_EPOCHS, series, tasks_of
+from tfsubmit.runtime.metrics import KIND_IMAGE, TOTAL_EPOCHS, json_safe, series, tasks_of
 from tfsubmit.service.prefect_api import artifact_key
 
 
@@ -90,7 +89,7 @@ class RunArtifacts:
                             "value in `values`",
             )
             return
-        data = json.dumps(_finite(table))
+        data = json.dumps(json_safe(table))
         with get_client(sync_client=True) as client:
             client.update_artifact(self.metrics_id, ArtifactUpdate(data=data))
 
@@ -109,17 +108,6 @@ class RunArtifacts:
                 percent, key=artifact_key(self.run_id, "progress"), description=description)
         else:
             update_progress_artifact(self.progress_id, percent, description=description)
-
-
-def _finite(value):
-    """JSON has no NaN or infinity: write those as strings, as Prefect's own table does."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
 
 
 # Images up to this size are embedded in the artifact; bigger ones are linked.

@@ -187,7 +187,20 @@ class NamespaceHosts(TestHosts):
 
     def stop(self) -> None:
         super().stop()
+        self._stop_sessions()
         self._teardown_network()
+
+    def _stop_sessions(self) -> None:
+        """sshd serves each connection from a process in a session of its own, which the
+        listener's killpg misses; with its namespace gone no FIN would ever end it."""
+        for ns in self.netns:
+            listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                    text=True).stdout.split()
+            for pid in listed:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _teardown_network(self) -> None:
         for i, ns in enumerate(self.netns):

@@ -95,9 +95,12 @@ class BaseRun:
         properties, tags, logFiles, error: {"error": {code, message, task, exception...}}),
         beside tfsubmit's own facts (reason: the error as a sentence; exit codes, timings,
         hashes, the Prefect flow run id)."""
+        records = self._metric_records()  # once: tags and properties both come from them
         return azure_details(self._record(), portal=self.get_portal_url,
-                             log_files=self._log_files, tags=self.get_tags,
-                             properties=self.get_properties)
+                             log_files=self._log_files,
+                             tags=lambda: self._labels("tags", KIND_TAG, records),
+                             properties=lambda: self._labels("properties", KIND_PROPERTY,
+                                                             records))
 
     def _log_files(self) -> dict[str, str]:
         try:
@@ -125,12 +128,14 @@ class BaseRun:
 
     def get_tags(self) -> dict[str, str]:
         """Tags set by the job (run.tag inside it) and by callers (tag() here); later wins."""
-        return {**labels(self._metric_records(), KIND_TAG), **self._own_labels("tags")}
+        return self._labels("tags", KIND_TAG, self._metric_records())
 
     def get_properties(self) -> dict[str, str]:
         """Properties set by the job (add_properties inside it) and by callers."""
-        return {**labels(self._metric_records(), KIND_PROPERTY),
-                **self._own_labels("properties")}
+        return self._labels("properties", KIND_PROPERTY, self._metric_records())
+
+    def _labels(self, kind: str, in_job: str, records: list[dict[str, Any]]) -> dict[str, str]:
+        return {**labels(records, in_job), **self._own_labels(kind)}
 
     def tag(self, key: str, value: Any = None) -> None:
         """Tag the run (value None: a tag without a value)."""
@@ -183,17 +188,18 @@ class BaseRun:
         shutil.copy2(self._folder() / name, target)
         return target
 
-    def download_files(self, prefix: str | None = None, output_directory: str | Path = ".",
-                       *, output_paths: list[str] | None = None) -> list[Path]:
+    def download_files(self, prefix: str | None = None,
+                       output_directory: str | Path = ".") -> list[Path]:
         """Copy the run's files (all by default; those whose names start with `prefix`),
         keeping their relative paths under output_directory."""
         copied = []
+        folder = self._folder()
         for name in self.get_file_names():
             if prefix and not name.startswith(prefix):
                 continue
             target = Path(output_directory) / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(self._folder() / name, target)
+            shutil.copy2(folder / name, target)
             copied.append(target)
         return copied
 
@@ -463,6 +469,7 @@ class DeploymentRun(BaseRun):
         self.id = run_id
         self.flow_run_id = str(flow_run_id)
         self.api = api
+        self._found_folder: Path | None = None
 
     def __repr__(self) -> str:
         return f"DeploymentRun(id={self.id!r}, status={self.get_status()!r})"
@@ -507,7 +514,9 @@ class DeploymentRun(BaseRun):
 
     def _folder(self) -> Path:
         """The run folder on the machine that ran its flow (named by its `outputs` link
-        artifact); readable when that is this machine."""
+        artifact); readable when that is this machine. Found once: it never moves."""
+        if self._found_folder is not None:
+            return self._found_folder
         found = self.api.artifacts(flow_run_id=self.flow_run_id,
                                    key=artifact_key(self.id, "outputs"))
         if not found:
@@ -519,6 +528,7 @@ class DeploymentRun(BaseRun):
         if not (folder / "run.json").is_file():
             raise TfsubmitError(f"run {self.id}'s files are on the machine that ran its flow, "
                                 f"in {folder}; read them there (tfsubmit show {self.id})")
+        self._found_folder = folder
         return folder
 
     def _metric_records(self) -> list[dict[str, Any]]:

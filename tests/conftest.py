@@ -89,6 +89,17 @@ def docker_engine(workspace, tmp_path_factory):
     daemon.stop()
 
 
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real Slurm cluster of two compute nodes (see tests/slurmcluster.py), stopped (by
+    PID) at the end."""
+    from slurmcluster import SlurmCluster
+
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def job_dir(tmp_path) -> Path:
     """A source directory holding the test job scripts."""

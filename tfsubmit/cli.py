@@ -163,7 +163,7 @@ def _runs(args: argparse.Namespace) -> int:
             status, record = details.get("status", status), details
         rows.append((record.get("created", 0), record["id"], record.get("experiment", "-"),
                      status, record.get("duration"), record.get("flow_run_id") or "-",
-                     error if status == "Unreadable" else None))
+                     error if status == "Unreadable" else None, _where(record)))
     url = api_url(args.workspace, start=False)
     if url:
         rows += _runs_elsewhere(args, url, {row[1] for row in rows})
@@ -174,14 +174,21 @@ def _runs(args: argparse.Namespace) -> int:
         print("no runs yet" + (f" in experiment {args.experiment}" if args.experiment else ""))
         return 0
     print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'SUBMITTED':20} {'DURATION':9} "
-          "FLOW RUN")
-    for created, run_id, experiment, status, duration, flow_run, problem in sorted(
+          f"{'TARGET':24} FLOW RUN")
+    for created, run_id, experiment, status, duration, flow_run, problem, where in sorted(
             rows, reverse=True)[: args.limit]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
         took = f"{duration:.1f} s" if isinstance(duration, int | float) else "-"
-        print(f"{run_id:44} {experiment:16} {status:10} {when:20} {took:9} {flow_run}"
-              + (f"  ({problem})" if problem else ""))
+        print(f"{run_id:44} {experiment:16} {status:10} {when:20} {took:9} {where:24} "
+              f"{flow_run}" + (f"  ({problem})" if problem else ""))
     return 0
+
+
+def _where(record: dict) -> str:
+    """The run's target, and its scheduler's job id (`slurm:12`) where it has one."""
+    target = record.get("compute_target") or record.get("target") or "-"
+    job = record.get("slurm_job_id")
+    return f"{target} slurm:{job}" if job else target
 
 
 def _runs_elsewhere(args: argparse.Namespace, url: str, known: set[str]) -> list[tuple]:
@@ -213,7 +220,7 @@ def _runs_elsewhere(args: argparse.Namespace, url: str, known: set[str]) -> list
         except (KeyError, TypeError, ValueError):
             created = 0
         rows.append((created, flow_run["name"], experiment or "-", status_of(flow_run),
-                     flow_run.get("total_run_time"), flow_run["id"], None))
+                     flow_run.get("total_run_time"), flow_run["id"], None, "-"))
     return rows
 
 

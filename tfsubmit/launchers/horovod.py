@@ -66,6 +66,14 @@ def check_gpus(job: TrainingJob, nodes: list[Node]) -> None:
                 "GPU (set `gpus:` on the target's hosts, or lower process_count_per_node)")
 
 
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def shared_network(addresses: list[str]) -> str:
     """The smallest of /24, /16, /8 holding every address: what the hosts share."""
     ips = [ipaddress.ip_address(a) for a in addresses]
@@ -93,6 +101,8 @@ def plan_horovod(
     slots = [per_node] * len(hosts)
     if len(used) > 1 and set(names) == {"127.0.0.1"}:  # nodes emulated on this machine
         hosts, slots = ["localhost"], [len(ranks)]
+    if options.in_allocation:  # mpirun checks -H against the allocation's node names
+        hosts = [node.host for node in used]
     env = job_env(job, run_id=run_id, node=used[0], role="rank", index=0)
     # Unbuffered output reaches mpirun in pieces, and `--tag-output` then tags (and mixes)
     # pieces of lines; ranks use line buffering instead (see tfsubmit.runtime.rank).
@@ -114,8 +124,10 @@ def plan_horovod(
              "--bind-to", "none", "--map-by", "slot", "--tag-output"]
     if options.remote_shell is not None:
         argv += ["--mca", "plm_rsh_agent", ssh_agent(options.remote_shell)]
-    network = shared_network(names)
-    argv += ["--mca", "oob_tcp_if_include", network, "--mca", "btl_tcp_if_include", network]
+    network = shared_network(names) if all(_is_ip(name) for name in names) else None
+    if network:
+        argv += ["--mca", "oob_tcp_if_include", network, "--mca", "btl_tcp_if_include",
+                 network]
     for name, value in env.items():
         argv += ["-x", f"{name}={value}"]
     body = program or ("-m", RANK_MODULE, job.entry_script,

@@ -26,6 +26,7 @@ def provision_nodes(sub: Submission, target: Target, snapshot: Snapshot, env: En
         run_id=sub.run_id, run_dir=sub.paths.root, job=job, snapshot=snapshot, store=sub.store,
         env_spec=environment_spec(job), environment=env,
         runtime=runtime_dir(sub.workspace.runtime), log=log, cancel=sub.cancel,
+        note=sub.record.note, queued=sub.record.waiting,
     ))
     nodes = ready.nodes
     facts = {"hosts": [node.host for node in nodes], "uploaded_bytes": ready.uploaded_bytes,

@@ -304,9 +304,8 @@ class _Run:
             for i, code in enumerate(codes):
                 if code not in (None, 0) or (code == 0 and not deciding[i]
                                              and any(deciding)):
-                    what = "exit code 0 before the job was done" if code == 0 else (
-                        f"signal {-code}" if code < 0 else f"exit code {code}")
-                    reason = f"{self.specs[i].tag.strip('[]')} failed with {what}"
+                    reason = f"{self.specs[i].tag.strip('[]')} " + _ending(self.handles[i],
+                                                                           code)
                     if not self._recover(i, code, reason, policy):
                         return "Failed", reason
                     break
@@ -359,6 +358,15 @@ def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:
             rank = int(match[1])
             return f"[rank:{rank}@{spec.rank_hosts[rank]}]", match[2]
     return spec.tag, line
+
+
+def _ending(handle: Handle, code: int) -> str:
+    """How a task's end reads in the run's reason."""
+    if handle.ended_by:
+        return f"ended: {handle.ended_by}"
+    if code == 0:
+        return "failed with exit code 0 before the job was done"
+    return f"failed with signal {-code}" if code < 0 else f"failed with exit code {code}"
 
 
 def _shown(processes: list[tuple[str, int | str]]) -> str:

@@ -66,6 +66,9 @@ class LaunchOptions:
     # Where a task is reached when each task has its own host name (one container per task);
     # None: tasks are reached at their node's address.
     task_host: Callable[[str, int], str] | None = None
+    # Processes run inside a scheduler's allocation (Slurm): mpirun launches through it
+    # (no remote shell) and names hosts as the scheduler does.
+    in_allocation: bool = False
 
 
 # Nothing special: not root, one machine, tasks at their node's address.

@@ -130,7 +130,14 @@ class RunRecord:
 
     def running(self, **facts: Any) -> dict[str, Any]:
         """The job's processes (or a sweep's trials) have started."""
-        return self._move(RUNNING, **facts)
+        return self._move(RUNNING, queue_reason=None, **facts)
+
+    def waiting(self, reason: str | None) -> dict[str, Any]:
+        """A scheduler holds the run's nodes back (Queued, with its reason), or, with None,
+        has given them (Preparing again, until the processes start)."""
+        if reason is None:
+            return self._move(PREPARING, queue_reason=None)
+        return self._move(QUEUED, queue_reason=reason)
 
     def note(self, **facts: Any) -> dict[str, Any]:
         """Facts learned on the way (steps, hosts, hashes); never the status."""

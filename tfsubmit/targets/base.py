@@ -11,7 +11,7 @@ processes (`start`, `leftovers`, `kill`), then `collect` and `close`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +40,10 @@ class Handle(Protocol):
         """Its exit code, None while it runs; TargetError when its host is lost."""
         ...
 
+    # Why it ended when not by itself (its scheduler requeued or ended the job), else None;
+    # a handle may leave it out.
+    ended_by: str | None
+
     def signal_group(self, sig: int) -> None:
         """Signal its whole process group (never raises for one that is gone)."""
         ...
@@ -59,6 +63,11 @@ class ProvisionRequest:
     runtime: Path  # this machine's copy of tfsubmit's in-job runtime
     log: RunLog
     cancel: CancelFlag
+    # Facts for the run's record (a scheduler's job id, say).
+    note: Callable[..., None] = lambda **facts: None
+    # A scheduler holds the run's nodes back: its reason (the run is Queued), or None once
+    # they are allocated.
+    queued: Callable[[str | None], None] = lambda reason: None
 
 
 @dataclass(frozen=True)

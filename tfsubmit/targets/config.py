@@ -26,10 +26,16 @@ from tfsubmit.spec.yamlfile import load_mapping
 from tfsubmit.store.layout import Workspace
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.local import LocalTarget
-from tfsubmit.targets.settings import DockerTargetConfig, SSHHost, SSHTargetConfig, TargetConfig
+from tfsubmit.targets.settings import (
+    DockerTargetConfig,
+    SlurmTargetConfig,
+    SSHHost,
+    SSHTargetConfig,
+    TargetConfig,
+)
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-CONFIGS = {"ssh": SSHTargetConfig, "docker": DockerTargetConfig}
+CONFIGS = {"ssh": SSHTargetConfig, "docker": DockerTargetConfig, "slurm": SlurmTargetConfig}
 # Finds a target's settings elsewhere (a Prefect Block) when targets.yaml has none.
 BlockLookup = Callable[[str], "TargetConfig | None"]
 
@@ -46,8 +52,16 @@ def _docker_target(name: str, config: DockerTargetConfig) -> Target:
     return DockerTarget(name, config)
 
 
+def _slurm_target(name: str, config: SlurmTargetConfig) -> Target:
+    from tfsubmit.targets.slurm import SlurmTarget
+
+    return SlurmTarget(name, config)
+
+
 # A new kind of target: its settings model in CONFIGS, its constructor here.
-TARGETS: dict[str, Callable[[str, Any], Target]] = {"ssh": _ssh_target, "docker": _docker_target}
+TARGETS: dict[str, Callable[[str, Any], Target]] = {
+    "ssh": _ssh_target, "docker": _docker_target, "slurm": _slurm_target,
+}
 
 
 def get_target(name: str, workspace_root: Path, *, find_block: BlockLookup | None = None
@@ -108,4 +122,5 @@ def save_target(workspace_root: Path, name: str, config: TargetConfig) -> None:
 
 
 __all__ = ["CONFIGS", "TARGETS", "DockerTargetConfig", "SSHHost", "SSHTargetConfig",
+           "SlurmTargetConfig",
            "TargetConfig", "get_target", "load_targets", "save_target", "targets_file"]

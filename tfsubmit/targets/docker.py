@@ -117,6 +117,8 @@ def container_name(run_id: str, role: str, index: int) -> str:
 class DockerProcess:
     """A started container, as the supervisor sees processes."""
 
+    ended_by = None  # it ends by itself
+
     def __init__(self, spec: ProcessSpec, container, copy_back=None) -> None:
         self.spec = spec
         self.container = container

@@ -39,6 +39,8 @@ _DROPPED_PREFIXES = ("PREFECT_", "TFSUBMIT_")
 class LocalProcess:
     """A running process group started from a ProcessSpec."""
 
+    ended_by = None  # it ends by itself
+
     def __init__(self, spec: ProcessSpec, popen: subprocess.Popen[str]) -> None:
         self.spec = spec
         self._popen = popen

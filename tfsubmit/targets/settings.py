@@ -11,6 +11,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
 class SSHHost(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -21,11 +29,7 @@ class SSHHost(BaseModel):
     @field_validator("address")
     @classmethod
     def _ip_address(cls, value: str) -> str:
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP address") from None
-        return value
+        return _ip_address(value)
 
 
 class SSHTargetConfig(BaseModel):
@@ -88,4 +92,60 @@ class DockerTargetConfig(BaseModel):
         return value
 
 
-TargetConfig = SSHTargetConfig | DockerTargetConfig
+class SlurmLogin(BaseModel):
+    """A login node that runs the Slurm commands over SSH (the SSH target's rules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field(description="IP address of the login node.")
+    user: str = Field(description="Login user.")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port.")
+    key_file: str = Field(description="Private key used to log in.")
+    known_hosts: str = Field(default="~/.ssh/known_hosts", description="Trusted host keys.")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        return _ip_address(value)
+
+
+class SlurmTargetConfig(BaseModel):
+    """A Slurm cluster: each attempt of a run is one `sbatch` job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["slurm"] = "slurm"
+    workdir: str = Field(
+        description="A folder on a shared file system that this machine and every node see "
+                    "at the same path: run folders, environments and tfsubmit's runtime.")
+    partition: str | None = Field(default=None, description="sbatch --partition.")
+    account: str | None = Field(default=None, description="sbatch --account.")
+    qos: str | None = Field(default=None, description="sbatch --qos.")
+    constraint: str | None = Field(default=None, description="sbatch --constraint.")
+    sbatch_args: list[str] = Field(
+        default_factory=list, description="More sbatch options, e.g. ['--exclusive'].")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for the Slurm commands, e.g. {SLURM_CONF: /etc/slurm/slurm.conf}.")
+    login: SlurmLogin | None = Field(
+        default=None, description="Run sbatch/squeue/scancel on this login node over SSH.")
+    env_cache: str | None = Field(
+        default=None, description="Where job environments are built, once, for every node "
+                                  "(default: <workdir>/envs; must be shared too).")
+    command_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds any one Slurm command may take.")
+    poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the job's state is read from Slurm.")
+    cpus_per_task: int | None = Field(
+        default=None, ge=1, description="sbatch --cpus-per-task (default: Slurm's).")
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith(("/", "~")):
+            raise ValueError(f"{value!r} is not an absolute path (the nodes must see it)")
+        return value
+
+
+TargetConfig = SSHTargetConfig | DockerTargetConfig | SlurmTargetConfig

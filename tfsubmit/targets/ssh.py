@@ -247,6 +247,8 @@ def _read_all(handle) -> str:
 class SSHProcess:
     """A process group started on a host by `python -m tfsubmit.targets.agent run`."""
 
+    ended_by = None  # it ends by itself
+
     def __init__(self, spec: ProcessSpec, conn: Connection, channel, pidfile: str, rt: str):
         self.spec = spec
         self.pid = 0  # the remote pid is in the pidfile; the channel is our handle

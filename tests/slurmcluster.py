@@ -128,7 +128,9 @@ class SlurmCluster:
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={state}/munge/munge.socket",
+            # A requeued job may start again once its old credential expired: 120 s by
+            # default, 10 s here (the least Slurm takes) so the requeue test is quick.
+            f"AuthInfo=socket={state}/munge/munge.socket,cred_expire=10",
             f"StateSaveLocation={state}/state",
             f"SlurmdSpoolDir={state}/spool/%n",
             f"TmpFS={state}/tmp/%n",

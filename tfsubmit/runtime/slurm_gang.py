@@ -88,7 +88,8 @@ class Gang:
     def loop(self) -> int:
         say(f"attempt {self.attempt}: nodes {', '.join(self.names)}")
         while True:
-            self.start_requested()
+            if not self.stopping:
+                self.start_requested()
             self.deliver_stops()
             self.reap()
             if self.running:

@@ -267,24 +267,31 @@ class SlurmTask:
             if handle:
                 handle.close()
 
-    def poll(self) -> int | None:
+    def _code(self) -> int | None:
         try:
             return int(self._file("exit").read_text())
         except (FileNotFoundError, ValueError):
-            pass
-        begun = self._file("begun")
-        info = self.target.info()
+            return None
+
+    def poll(self) -> int | None:
+        code = self._code()
+        if code == 0:
+            return 0
+        # A failure is rare: read the job afresh, to tell one Slurm caused (a requeue).
+        info = self.target.info(fresh=code is not None)
         if info is None or info.job_id != self.pid.split(":")[0]:
-            self.ended_by = "the Slurm job is gone"
-            return ENDED_CODE
-        if begun.exists():
-            try:
-                attempt = int(begun.read_text() or 0)
-            except ValueError:
-                attempt = 0
-            if info.restarts > attempt or info.waiting:
-                self.ended_by = f"the Slurm job was requeued (restart {info.restarts})"
-                return ENDED_CODE
+            self.ended_by = None if code is not None else "the Slurm job is gone"
+            return ENDED_CODE if code is None else code
+        try:
+            attempt = int(self._file("begun").read_text() or 0)
+        except (FileNotFoundError, ValueError):
+            attempt = None
+        if attempt is not None and (info.restarts > attempt or info.waiting):
+            # Slurm requeued the job under it (the gang runner saw a SIGTERM, if anything).
+            self.ended_by = f"the Slurm job was requeued (restart {info.restarts})"
+            return code if code is not None else ENDED_CODE
+        if code is not None:
+            return code
         if info.ended:
             try:  # its exit code may have landed just before the job ended
                 return int(self._file("exit").read_text())
@@ -481,6 +488,10 @@ class SlurmTarget(LocalFolders):
         """Ask the gang runner to start `spec` on its node; a job that ended or was requeued
         first runs again (a new sbatch, or the requeued job running again)."""
         info = self.info(fresh=True)
+        deadline = time.monotonic() + GONE_SECONDS
+        while info is not None and info.state == "COMPLETING" and time.monotonic() < deadline:
+            time.sleep(0.2)  # ending its steps (a requeue, say): see what comes next
+            info = self.info(fresh=True)
         if info is None or info.ended:
             self._request.log.event(f"Slurm job {self.job_id} is "
                                     f"{info.state if info else 'gone'}: submitting a new one")

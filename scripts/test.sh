@@ -6,13 +6,16 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The deployment tests load Prefect's UI in a real, headless browser (Debian's chromium);
 # the docker tests start their own dockerd and bootstrap a base image with debootstrap;
-# the load tests start their own PostgreSQL.
+# the load tests start their own PostgreSQL; the Slurm tests their own cluster.
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 # The load tests run the Prefect server on a real PostgreSQL, which they start and stop.
 compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need+=(postgresql)
+# The Slurm tests start their own cluster: munged, slurmctld, one slurmd per node.
+command -v slurmctld >/dev/null || need+=(slurm-wlm)
+command -v munged >/dev/null || need+=(munge)
 if [ ${#need[@]} -gt 0 ]; then
     echo "test: installing ${need[*]}"
     APT="apt-get -o DPkg::Lock::Timeout=600 -y -q"

@@ -217,6 +217,11 @@ class SlurmCluster:
             raise RuntimeError(f"scontrol {' '.join(args)}: {result.stderr.strip()}")
         return result.stdout
 
+    def resume(self, node: str) -> None:
+        """Back in service (its slurmd may have re-registered it already)."""
+        self._client(["scontrol", "update", f"nodename={node}", "state=resume"])
+        self.wait_idle()
+
     def jobs(self) -> list[str]:
         """Ids of the jobs in the queue (pending, running or completing)."""
         return self._client(["squeue", "-h", "-o", "%i"]).stdout.split()

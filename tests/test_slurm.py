@@ -230,3 +230,52 @@ def test_bad_slurm_target_is_named(workspace, tmp_path):
             path.unlink()
         else:
             path.write_text(before)
+
+
+def test_node_lost_mid_run_fails_naming_it(workspace, slurm, job_dir, tmp_path):
+    """Slurm takes node2 away (set DOWN, as when its slurmd stops answering): the run
+    fails naming node2, and nothing of it is left."""
+    target = add_slurm_target(workspace, slurm, tmp_path)
+    run = Experiment("slurm-node-lost", workspace=workspace.root).submit(TensorFlow(
+        source_directory=str(job_dir), entry_script="sleeper.py", node_count=2,
+        distributed_backend="multiworker", compute_target=target))
+    wait_for_line(run, "[worker:1@node2] ready: sleeping")
+    slurm.scontrol("update", "nodename=node2", "state=down", "reason=lost-in-test")
+    try:
+        details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    finally:
+        slurm.resume("node2")
+    assert details["status"] == "Failed"
+    assert "node failure on node2" in details["reason"], \
+        details["reason"]
+    _assert_nothing_left(run, slurm)
+
+
+def test_sweep_trials_are_slurm_jobs_two_at_a_time(workspace, slurm, job_dir, tmp_path):
+    from test_e2e_sweep import overlap
+
+    from tfsubmit.tuning import Sweep, choice
+
+    target = add_slurm_target(workspace, slurm, tmp_path)
+    sweep = Sweep(TensorFlow(source_directory=str(job_dir), entry_script="scored.py",
+                             compute_target=target),
+                  space={"--loss": choice(0.4, 0.3, 0.2, 0.1)}, sampling="grid",
+                  primary_metric="loss", goal="minimize", max_total_runs=4,
+                  max_concurrent_runs=2)
+    run = Experiment("slurm-sweep", workspace=workspace.root).submit(sweep)
+    details = run.wait_for_completion(timeout=900)
+    assert details["status"] == "Completed"
+    trials = run.get_trials()
+    assert len(trials) == 4 and all(t["status"] == "Completed" for t in trials)
+    assert overlap(trials) <= 2
+    jobs = {run_of(workspace, t["run_id"])._record()["slurm_job_id"]
+            for t in trials}
+    assert len(jobs) == 4  # each trial its own Slurm job
+    assert run.get_best_run().script_params["--loss"] == 0.1
+    assert not jobs & set(slurm.jobs())
+
+
+def run_of(workspace, run_id: str):
+    from tfsubmit.api import Run
+
+    return Run(run_id, workspace=workspace.root)

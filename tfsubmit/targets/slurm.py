@@ -288,7 +288,8 @@ class SlurmTask:
             attempt = None
         if attempt is not None and (info.restarts > attempt or info.waiting):
             # Slurm requeued the job under it (the gang runner saw a SIGTERM, if anything).
-            self.ended_by = f"the Slurm job was requeued (restart {info.restarts})"
+            self.ended_by = (f"the Slurm job was requeued (restart {info.restarts})"
+                             + self.target.node_trouble())
             return code if code is not None else ENDED_CODE
         if code is not None:
             return code
@@ -297,7 +298,8 @@ class SlurmTask:
                 return int(self._file("exit").read_text())
             except (FileNotFoundError, ValueError):
                 pass
-            self.ended_by = ENDED_BY.get(info.state, f"the Slurm job ended ({info.state})")
+            self.ended_by = ENDED_BY.get(info.state, f"the Slurm job ended ({info.state})") \
+                + self.target.node_trouble()
             return ENDED_CODE
         return None
 
@@ -477,6 +479,36 @@ class SlurmTarget(LocalFolders):
                      gpus=int(gpus.get(name, 0)), python=self._python, runtime=self._runtime,
                      address=addresses.get(name, name))
                 for name in info.nodes]
+
+    def node_trouble(self) -> str:
+        """'; node2 DOWN (reason)' for each node of the run that Slurm took out of service
+        (down, drained, failing, not responding); '' when none is."""
+        if not self._nodes:
+            return ""
+        troubled = []
+        names = ",".join(node.host for node in self._nodes)
+        try:
+            shown = self.commands.run(["scontrol", "-o", "show", "node", names],
+                                      check=False).stdout
+        except TargetError:
+            return ""
+        for line in shown.splitlines():
+            fields = parse_job(line)
+            state = fields.get("State", "")
+            if re.search(r"DOWN|DRAIN|FAIL|NOT_RESPONDING", state):
+                reason = re.search(r" Reason=(.*?)(?: \[|$)", line)
+                troubled.append(f"{fields.get('NodeName')} {state}"
+                                + (f" ({reason[1]})" if reason else ""))
+        for out in (self.state / "out").glob("*.out"):  # srun says which node it lost
+            try:
+                text = out.read_text(errors="replace")
+            except OSError:
+                continue
+            for node in re.findall(r"srun: error: Node failure on (\S+)", text):
+                said = f"Slurm: node failure on {node}"
+                if said not in troubled:
+                    troubled.append(said)
+        return "; " + ", ".join(troubled) if troubled else ""
 
     def launch_options(self) -> LaunchOptions:
         as_root = (self.config.login.user == "root") if self.config.login else os.geteuid() == 0

@@ -1,6 +1,6 @@
 """What does tfsubmit add to a job on a Slurm cluster? One command, one ratio.
 
-    .venv/bin/python benchmarks/slurm_overhead.py [--epochs 18] [--repeats 3]
+    .venv/bin/python benchmarks/slurm_overhead.py [--epochs 30] [--repeats 3]
 
 Starts a real two-node Slurm cluster on this machine (tests/slurmcluster.py: munged,
 slurmctld, a slurmd per node in its own network namespace; needs root), then times the
@@ -53,7 +53,7 @@ def bare_sbatch(cluster: SlurmCluster, script: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=18)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--samples", type=int, default=20000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -77,6 +77,8 @@ ENDED_CODE = 143
 # Seconds the batch job may take to end by itself once released, before it is scancel'ed.
 RELEASE_SECONDS = 20.0
 GONE_SECONDS = 60.0
+# A pending job is looked at every FIRST_POLL seconds for its first FIRST_SECONDS.
+FIRST_POLL, FIRST_SECONDS = 0.2, 10.0
 
 
 @dataclass(frozen=True)
@@ -429,7 +431,10 @@ class SlurmTarget(LocalFolders):
                     f": {info.reason}" if info.reason else "")
                 request.queued(why)
                 request.log.event(why)
-            request.cancel.wait(self.config.poll_seconds)
+            # Most jobs start within seconds: look often at first, then every poll_seconds.
+            soon = time.monotonic() - began < FIRST_SECONDS
+            request.cancel.wait(min(FIRST_POLL, self.config.poll_seconds) if soon
+                                else self.config.poll_seconds)
 
     def info(self, fresh: bool = False) -> JobInfo | None:
         """The job's state, read from Slurm at most every poll_seconds."""

@@ -240,3 +240,20 @@ def test_a_new_or_removed_file_is_seen_through_the_listing_cache(tree, store, tm
     assert "pkg/extra.py" in snap.files and "notes.log" not in snap.files
     (tree / ".tfsubmitignore").write_text("pkg/\n")  # a new rule: a new walk
     assert "pkg/extra.py" not in _snap(tree, store, cache).files
+
+
+def test_a_mode_change_alone_is_seen(tree, store, tmp_path, monkeypatch):
+    """chmod +x changes no size, mtime or content; its ctime moves, so the whole-tree check
+    falls back to looking file by file, and the snapshot (and its hash) says executable."""
+    from tfsubmit.pipeline import snapshot as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "RACY_SECONDS", 0.0)
+    cache = tmp_path / "cache.json"
+    first = _snap(tree, store, cache)
+    assert _snap(tree, store, cache).files == first.files  # the whole-tree path
+    script = tree / "train.py"
+    script.chmod(script.stat().st_mode | 0o100)
+    again = _snap(tree, store, cache)
+    assert again.files["train.py"].executable and not first.files["train.py"].executable
+    assert again.hash != first.hash
+    assert _snap(tree, store, cache).files == again.files  # and remembered

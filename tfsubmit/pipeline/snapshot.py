@@ -81,7 +81,7 @@ def load_ignore_spec(source: Path) -> tuple[pathspec.PathSpec, str | None]:
 # Files changed this close to a snapshot's start are not cached (see the module's doc).
 RACY_SECONDS = 1.0
 # The stat cache's format (marshal of plain data); another version is read as no cache.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Files up to this size are read once, to hash and to store; bigger ones are streamed.
 SMALL_FILE = 1 << 20
 
@@ -98,14 +98,39 @@ class StatCache:
         self.tree: dict = {}  # the last walk: its folders' stats, files, skipped paths
         self.new_tree: dict = {}
         self.store_state: list = []  # the object store and its removals, as last seen
+        # The last snapshot of the last walk: its hash, its file count and executables
+        # (the rest of each file is in `entries`).
+        self.result: dict = {}
+        self.new_result: dict = {}
         if path is not None:
             try:
                 data = marshal.loads(path.read_bytes())
                 assert data["version"] == CACHE_VERSION
                 self.entries, self.tree = data["entries"], data["tree"]
-                self.store_state = data["store"]
+                self.store_state, self.result = data["store"], data["result"]
             except (OSError, ValueError, EOFError, TypeError, KeyError, AssertionError):
                 self.entries, self.tree = {}, {}  # none yet, or damaged: hash everything once
+
+    def unchanged(self, listed: list) -> dict[str, FileEntry] | None:
+        """The last snapshot's files, when every file of the (unchanged) listing has the
+        stat it had then (git's index check, in one tight loop); None: look file by file."""
+        if self.result.get("count") != len(listed):
+            return None
+        executable = set(self.result["executable"])
+        entries = self.entries
+        stat_of, new = os.stat, tuple.__new__
+        files = {}
+        try:
+            for rel, path in listed:
+                info = stat_of(path)
+                entry = entries[path]
+                if entry[0] != info.st_size or entry[1] != info.st_mtime_ns \
+                        or entry[2] != info.st_ctime_ns or entry[3] != info.st_ino:
+                    return None
+                files[rel] = new(FileEntry, (entry[4], entry[0], rel in executable))
+        except (OSError, KeyError):
+            return None
+        return files
 
     def listing(self, root: str, ignore: list) -> tuple[list, dict] | None:
         """The last walk's (rel, path) files and skipped paths, when no folder of the tree
@@ -147,6 +172,10 @@ class StatCache:
         by ObjectStore.remove)."""
         return self.store_state == [str(store.root), store.removals()]
 
+    def remember_result(self, snapshot_hash: str, files: dict[str, FileEntry]) -> None:
+        self.new_result = {"hash": snapshot_hash, "count": len(files),
+                           "executable": [rel for rel, e in files.items() if e.executable]}
+
     def save(self, started_ns: int, store: ObjectStore) -> None:
         """Keep what this snapshot saw, less files changed too close to its start."""
         if self.path is None:
@@ -154,19 +183,21 @@ class StatCache:
         racy = started_ns - int(RACY_SECONDS * 1e9)
         kept = {path: entry for path, entry in self.seen.items()
                 if max(entry[1], entry[2]) < racy}
-        tree = self.new_tree
-        if tree and any(max(key[0], key[1]) >= racy for key in tree["dirs"].values()):
+        tree = self.new_tree or self.tree  # a new walk, else the one this snapshot reused
+        if self.new_tree and any(max(key[0], key[1]) >= racy
+                                 for key in tree["dirs"].values()):
             tree = {}  # a folder changed too recently to vouch for its listing
         state = [str(store.root), store.removals()]
-        if kept == self.entries and (tree or self.tree) == self.tree \
-                and state == self.store_state:
+        result = self.new_result if tree and len(kept) == len(self.seen) else {}
+        if kept == self.entries and tree == self.tree \
+                and state == self.store_state and result == self.result:
             return  # nothing new: an unchanged tree costs no write
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # marshal: the fastest the standard library reads (a cache of this Python only)
             tmp.write_bytes(marshal.dumps({"version": CACHE_VERSION, "entries": kept,
-                                           "tree": tree, "store": state}))
+                                           "tree": tree, "store": state, "result": result}))
             os.replace(tmp, self.path)  # concurrent snapshots of a tree: the last one wins
         except OSError:
             tmp.unlink(missing_ok=True)  # a cache: the next snapshot reads the files again
@@ -266,6 +297,12 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
     cache = StatCache(stat_cache)
     ignore = _ignore_files(root)
     known = None if inputs else cache.listing(str(root), ignore)
+    if known is not None and cache.trusts(store):
+        files = cache.unchanged(known[0])  # the whole tree as it was: nothing to read
+        if files is not None:
+            return _checked(Snapshot(hash=cache.result["hash"], source=str(root), files=files,
+                                     skipped=known[1], ignore_file=ignore[0][0] if ignore
+                                     else None), root, entry_script)
     if known is not None:  # no folder changed: the same files, each still stat'ed
         listed, skipped = known
         try:
@@ -300,24 +337,15 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
         digests[rel] = digest
     files = {rel: FileEntry(digests[rel], info.st_size, bool(info.st_mode & stat.S_IXUSR))
              for rel, _, info in walked}
-    cache.save(started, store)
-
-    if entry_script not in files:
-        if entry_script in skipped:
-            reason = skipped[entry_script]
-        elif (root / entry_script).exists():
-            reason = f"it is excluded by {ignore_file or 'the default ignore rules'}"
-        else:
-            reason = "no such file"
-        raise SourceError(
-            f"entry_script {entry_script!r} is not in the snapshot of {root}: {reason}"
-        )
-
     listing = "".join(
         f"{path}\0{e.sha256}\0{int(e.executable)}\n" for path, e in sorted(files.items())
     )
-    return Snapshot(
-        hash=hashlib.sha256(listing.encode()).hexdigest(),
+    snapshot_hash = hashlib.sha256(listing.encode()).hexdigest()
+    if not inputs:
+        cache.remember_result(snapshot_hash, files)
+    cache.save(started, store)
+    return _checked(Snapshot(
+        hash=snapshot_hash,
         source=str(root),
         files=files,
         skipped=skipped,
@@ -325,6 +353,21 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
         new_files=new_files,
         new_bytes=new_bytes,
         read_files=len(todo),
-    )
+    ), root, entry_script)
+
+
+def _checked(snap: Snapshot, root: Path, entry_script: str) -> Snapshot:
+    """The snapshot, if the entry script is part of it; else the error says why not."""
+    if entry_script not in snap.files:
+        if entry_script in snap.skipped:
+            reason = snap.skipped[entry_script]
+        elif (root / entry_script).exists():
+            reason = f"it is excluded by {snap.ignore_file or 'the default ignore rules'}"
+        else:
+            reason = "no such file"
+        raise SourceError(
+            f"entry_script {entry_script!r} is not in the snapshot of {root}: {reason}"
+        )
+    return snap
 
 

@@ -575,6 +575,7 @@ class SlurmTarget(LocalFolders):
         self.run_id = run_id
         self.job_id = self._find_job(run_id)
         self.state = self.workdir / "runs" / run_id / "slurm"
+        self._nodes = list(nodes)
         return []
 
     def _find_job(self, run_id: str) -> str:

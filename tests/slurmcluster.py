@@ -238,20 +238,15 @@ class SlurmCluster:
                 pass
         deadline = time.monotonic() + 10
         for pid in self.pids:
-            while time.monotonic() < deadline:
-                try:
-                    done, _ = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    break
+            while time.monotonic() < deadline and not _gone(pid):
                 time.sleep(0.05)
-            else:
+            if not _gone(pid):
                 try:
                     os.killpg(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
+                except ProcessLookupError:
                     pass
+                while not _gone(pid):
+                    time.sleep(0.05)
         self.pids.clear()
         self._kill_namespaces()
         self._teardown_network()
@@ -272,6 +267,19 @@ class SlurmCluster:
             subprocess.run(["ip", "netns", "del", self.netns(node)], capture_output=True)
         subprocess.run(["ip", "netns", "del", SWITCH], capture_output=True)
         subprocess.run(["ip", "link", "del", ROOT_VETH], capture_output=True)
+
+
+def _gone(pid: int) -> bool:
+    """Ended (and reaped, when it is our child; `stop` from the script only waits)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done != 0
+    except ChildProcessError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
 
 
 def _short_hostname() -> str:

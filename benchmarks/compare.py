@@ -55,7 +55,8 @@ def bare_context(workspace: Workspace, job: TensorFlow) -> tuple[str, dict[str, 
 
 
 def compare(workspace: Workspace, job: TensorFlow, bare_argv: list[str], bare_dir: Path,
-            bare_env: dict[str, str], *, repeats: int, bare_label: str, goal: float) -> None:
+            bare_env: dict[str, str], *, repeats: int, bare_label: str, goal: float | None
+            ) -> float:
     """Alternate bare and tfsubmit runs; print medians, best runs and the ratio."""
     experiment = Experiment("bench", workspace=workspace.root)
     bare, managed = [], []
@@ -73,4 +74,6 @@ def compare(workspace: Workspace, job: TensorFlow, bare_argv: list[str], bare_di
     print(f"{bare_label:22} median {b:.2f} s, best {min(bare):.2f} s")
     print(f"{'tfsubmit submit+wait':22} median {m:.2f} s, best {min(managed):.2f} s")
     print(f"ratio of best runs tfsubmit/bare: {min(managed) / min(bare):.3f}")
-    print(f"ratio tfsubmit/bare: {m / b:.3f}  (medians; goal <= {goal})")
+    print(f"ratio tfsubmit/bare: {m / b:.3f}  (medians"
+          + (f"; goal <= {goal})" if goal else ")"))
+    return m / b

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,11 +16,11 @@ from prefect.states import State
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
-from tfsubmit.pipeline.context import RunCanceled, Submission, open_submission
-from tfsubmit.pipeline.supervise import Outcome
+from tfsubmit.pipeline.context import Submission, open_submission
+from tfsubmit.pipeline.execute import Steps, run_steps
 from tfsubmit.service.prefect_api import PrefectAPI
 from tfsubmit.store.cancel import request_cancel
-from tfsubmit.store.layout import RUNNER_ENV, disk_full, is_disk_full
+from tfsubmit.store.layout import RUNNER_ENV
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
 from tfsubmit.tasks import (
@@ -96,15 +95,6 @@ class Reporting:
                            "and reports to it again once it answers")
 
 
-def _timed(sub: Submission, steps: dict[str, float], name: str, step: Callable[[], T]) -> T:
-    began = time.monotonic()
-    try:
-        return step()
-    finally:
-        steps[name] = round(time.monotonic() - began, 3)
-        sub.record.note(steps=steps)
-
-
 def _target_of(sub: Submission) -> Target:
     api = os.environ.get("PREFECT_API_URL")
     return get_target(sub.job.compute_target, sub.workspace.root,
@@ -141,39 +131,16 @@ def submit_training(
     if os.environ.get("PREFECT_API_URL"):  # a cancel from the UI or API, however it started
         threading.Thread(target=_watch_prefect_cancel, args=(sub, str(flow_run.id), done),
                          daemon=True).start()
-    target: Target | None = None
-    nodes = []
-    steps: dict[str, float] = {}
-    try:
-        target = _target_of(sub)
-        step = reporting.step
-        snapshot = _timed(sub, steps, "snapshot_source", lambda: step(snapshot_source, sub))
-        env = _timed(sub, steps, "resolve_environment",
-                     lambda: step(resolve_environment, sub, target))
-        nodes = _timed(sub, steps, "provision_nodes",
-                       lambda: step(provision_nodes, sub, target, snapshot, env))
-        outcome = _timed(sub, steps, "launch_topology",
-                         lambda: step(launch_topology, sub, target, nodes, env, artifacts))
-    except RunCanceled as exc:
-        outcome = Outcome("Canceled", str(exc))
-    except TerminationSignal:
-        # A Prefect worker stops the flow run's process (a cancel from the UI or the API):
-        # the job's processes are already stopped; keep its logs and outputs.
-        sub.log.event("the flow run's process was told to stop (SIGTERM); canceling")
-        outcome = Outcome("Canceled", "canceled: the flow run was stopped by its worker")
-    except TfsubmitError as exc:
-        if sub.cancel.is_set():  # a step stopped by the cancel (an environment build, say)
-            sub.log.event(f"canceled while {exc}")
-            outcome = Outcome("Canceled", sub.cancel.reason())
-        else:  # said once, when the run ends ("run ... Failed: <reason>")
-            outcome = Outcome("Failed", str(exc))
-    except Exception as exc:
-        if is_disk_full(exc):
-            full = disk_full(sub.paths.root, exc)
-            outcome = Outcome("Failed", str(full))
-        else:  # a bug of ours: keep the traceback with the run
-            sub.log.event("internal error:\n" + traceback.format_exc())
-            outcome = Outcome("Failed", f"internal error: {exc!r}")
+    step = reporting.step
+    steps = Steps(  # each one a Prefect task while the API answers
+        snapshot=lambda sub: step(snapshot_source, sub),
+        environment=lambda sub, target: step(resolve_environment, sub, target),
+        provision=lambda sub, target, snap, env: step(provision_nodes, sub, target, snap, env),
+        launch=lambda sub, target, nodes, env: step(launch_topology, sub, target, nodes, env,
+                                                    artifacts),
+    )
+    target, nodes, outcome = run_steps(sub, lambda: _target_of(sub), steps,
+                                       stop_signals=(TerminationSignal,))
     try:
         record = reporting.step(collect_outputs, sub, target, nodes, outcome, artifacts)
     finally:

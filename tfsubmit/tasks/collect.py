@@ -4,10 +4,11 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tfsubmit.pipeline.collect import final_facts, gather, summary_markdown
+from tfsubmit.pipeline.collect import summary_markdown
 from tfsubmit.pipeline.context import Submission
+from tfsubmit.pipeline.execute import settle
 from tfsubmit.pipeline.supervise import Outcome
-from tfsubmit.runtime.metrics import read_records, series
+from tfsubmit.runtime.metrics import series
 from tfsubmit.service.prefect_api import artifact_key
 from tfsubmit.spec.process import Node
 from tfsubmit.targets.base import Target
@@ -34,22 +35,9 @@ def collect_outputs(sub: Submission, target: Target | None, nodes: list[Node],
     Returns:
         The run's record with its outcome settled (exit codes, duration, outputs).
     """
-    with forwarded(sub.log) as log:
-        for problem in gather(sub.paths, target, nodes):
-            log.event(f"collecting: {problem}")
-        metrics = read_records([sub.paths.metrics])
-        final = final_facts(sub, outcome)
-        log.event(f"collected {len(final['outputs'])} output file(s) into {sub.paths.outputs}")
-        # The outcome is settled before anything is reported to Prefect, which may be gone;
-        # the status follows when the run ends, after the artifacts.
-        record = sub.record.settle(outcome.status, **final)
-        try:
-            _publish(sub, artifacts, metrics, final, outcome)
-        except Exception as exc:  # noqa: BLE001 (the API is down or refuses: say so, go on)
-            log.event(f"could not publish the run's artifacts to Prefect: {exc}")
-        log.event(f"run {sub.run_id} {outcome.status}"
-                  + (f": {final['error']}" if final["error"] else ""))
-        return record
+    with forwarded(sub.log):
+        return settle(sub, target, nodes, outcome, publish=lambda metrics, final, done:
+                      _publish(sub, artifacts, metrics, final, done))
 
 
 def _publish(sub: Submission, artifacts: RunArtifacts, metrics: list[dict], final: dict,

@@ -305,22 +305,39 @@ def test_6_a_failed_install_says_its_error_once():
 
 
 def test_6_first_submission_on_a_fresh_workspace_explains_itself(tmp_path, job_dir):
-    """The server's start and readiness are announced with their time; the job's error is
-    said once."""
+    """The first submission says at once what starts in the background and does not wait
+    for it: the job runs without Prefect (its error said once), and the run is reported to
+    Prefect, in its final state with its log lines, once the server answers."""
+    from tfsubmit.api import Run
+    from tfsubmit.service.prefect_api import PrefectAPI
+    from tfsubmit.service.server import api_url
+
     fresh = tmp_path / "fresh"
     (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: fail.py\n")
     env = {**os.environ, "TFSUBMIT_WORKSPACE": str(fresh)}
     try:
         done = subprocess.run([*TFSUBMIT, "submit", str(job_dir / "job.yaml")], env=env,
                               capture_output=True, text=True, timeout=600)
+        lines = done.stderr.splitlines()
+        assert lines[0].startswith(f"tfsubmit: starting the embedded Prefect server of "
+                                   f"workspace {fresh} in the background"), done.stderr
+        assert "the run starts now and reports to Prefect once the server answers" in lines[0]
+        assert done.returncode == 1
+        assert (done.stdout + done.stderr).count("failed with exit code 3") == 1
+        assert "the Prefect server is still starting: the run goes on without it" in done.stdout
+        run = Run(done.stdout.split("Submitted run ")[1].split()[0], workspace=fresh)
+        deadline = time.monotonic() + 300
+        while not run._record().get("flow_run_id"):
+            assert time.monotonic() < deadline, run.paths.runner_log.read_text()
+            time.sleep(0.2)
+        api = PrefectAPI(api_url(Workspace(fresh), start=False))
+        flow_run = api.flow_run(run._record()["flow_run_id"])
+        assert flow_run["name"] == run.id and flow_run["state"]["type"] == "FAILED"
+        logged = [entry["message"] for entry in api.logs(flow_run["id"], limit=200)]
+        assert any("failed with exit code 3" in line for line in logged), logged
+        api.close()
     finally:
         stop_server(Workspace(fresh))
-    lines = done.stderr.splitlines()
-    assert lines[0].startswith(f"tfsubmit: starting the embedded Prefect server of workspace "
-                               f"{fresh}"), done.stderr
-    assert lines[1].startswith("tfsubmit: Prefect server ready in ") and " s: UI http" in lines[1]
-    assert done.returncode == 1
-    assert (done.stdout + done.stderr).count("failed with exit code 3") == 1
 
 
 # -- 7. the command line --------------------------------------------------------------------------

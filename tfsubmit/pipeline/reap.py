@@ -9,6 +9,7 @@ ended: whatever of them still runs is stopped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from tfsubmit.service.processes import still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.spec.process import Node
 from tfsubmit.store import runlock
-from tfsubmit.store.layout import RunPaths, Workspace, read_record
+from tfsubmit.store.layout import RunPaths, Workspace, read_json, read_record
 from tfsubmit.store.record import CANCELED, COMPLETED, FAILED, TERMINAL_STATUSES, RunRecord
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.config import BlockLookup, get_target
@@ -131,6 +132,29 @@ def report_final_state(record: dict[str, Any], message: str | None = None, *,
         return False
     finally:
         api.close()
+
+
+def report_afterwards(paths: RunPaths, url: str) -> str:
+    """Tell Prefect about a run that went on without it (its server was not up yet): a
+    `submit-training` flow run named after it, in its final state, with its log lines.
+    Returns the flow run's id."""
+    record = RunRecord(paths)
+    facts = record.read()
+    api = PrefectAPI(url, timeout=30)
+    try:
+        flow_run = api.record_flow_run(
+            "submit-training", name=facts["id"], tags=[facts.get("experiment") or "default"],
+            parameters={"job": read_json(paths.job), "experiment": facts.get("experiment"),
+                        "run_id": facts["id"], "workspace": facts.get("workspace")},
+            state_type=PREFECT_STATE.get(facts.get("status"), "FAILED"),
+            message=(facts.get("error") or "")[:500])
+        when = facts.get("finished") or time.time()
+        api.post_logs(flow_run["id"], [(when, line) for line in
+                                       paths.output_log.read_text(errors="replace").splitlines()])
+    finally:
+        api.close()
+    record.note(flow_run_id=flow_run["id"], prefect_api_url=url, prefect_pending=False)
+    return flow_run["id"]
 
 
 def catch_up(paths: RunPaths) -> bool:

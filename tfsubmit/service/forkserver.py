@@ -41,7 +41,8 @@ LOCK_FD_ARG = "--lock-fd"
 
 
 def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int,
-                 secrets: dict[str, str] | None = None) -> int:
+                 secrets: dict[str, str] | None = None, *, extra_env: dict[str, str] | None = None
+                 ) -> int:
     """Start the runner of run `paths`, detached, handing it the run's runner lock
     (`lock_fd`, held by the caller, who may release it once this returns) and the job's
     secret values (in its environment, never on disk); returns its pid.
@@ -49,6 +50,7 @@ def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int,
     Should the fork server fork a runner after all when it answered too late and one was
     spawned instead, both start, but only the first to claim the Queued run runs it."""
     env = {**os.environ, SECRETS_ENV: json.dumps(secrets)} if secrets else dict(os.environ)
+    env.update(extra_env or {})
     pid = request_runner(workspace, paths.root, lock_fd, env) \
         or _spawn_runner(paths, lock_fd, env)
     paths.runner_pid.write_text(str(pid))  # the runner writes its own once it has claimed

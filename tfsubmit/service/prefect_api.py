@@ -121,6 +121,26 @@ class PrefectAPI:
             body["flows"] = {"name": {"any_": flow_names}}
         return self.call("POST", "/flow_runs/filter", body)
 
+    def record_flow_run(self, flow_name: str, *, name: str, tags: list[str],
+                        parameters: dict, state_type: str, message: str = "") -> dict[str, Any]:
+        """A flow run, made after the fact, in its final state (a run that went on while
+        the server was not up yet)."""
+        flow = self.call("POST", "/flows/", {"name": flow_name})
+        return self.call("POST", "/flow_runs/", {
+            "flow_id": flow["id"], "name": name, "tags": tags, "parameters": parameters,
+            "state": {"type": state_type, "message": message},
+        })
+
+    def post_logs(self, flow_run_id: str, lines: list[tuple[float, str]]) -> None:
+        """Log lines (time, text) into a flow run's log, in batches."""
+        from datetime import datetime, timezone
+
+        entries = [{"name": "tfsubmit", "level": 20, "message": text, "flow_run_id": flow_run_id,
+                    "timestamp": datetime.fromtimestamp(when, timezone.utc).isoformat()}
+                   for when, text in lines]
+        for start in range(0, len(entries), PAGE):
+            self.call("POST", "/logs/", entries[start:start + PAGE])
+
     def set_state(self, flow_run_id: str, state_type: str, message: str = "") -> dict[str, Any]:
         return self.call("POST", f"/flow_runs/{flow_run_id}/set_state",
                          {"state": {"type": state_type, "message": message}, "force": True})

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from tfsubmit.service import forkserver
 from tfsubmit.service.processes import become_subreaper
-from tfsubmit.service.server import ensure_server, prefect_env
+from tfsubmit.service.server import ensure_server, prefect_env, starts_later, wait_for_server
 from tfsubmit.store import runlock
 from tfsubmit.store.layout import (
+    LATER_ENV,
     RUNNER_ENV,
     SECRETS_ENV,
     RunPaths,
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the run's files are this user's alone
     secrets = json.loads(os.environ.pop(SECRETS_ENV, "") or "{}")
     facts = record.read()
+    early = os.environ.pop(LATER_ENV, None) == facts.get("id") and facts.get("kind") != "sweep"
     try:
         workspace = Workspace(facts["workspace"])
+        if early and starts_later(workspace):
+            return _run_before_prefect(paths, record, facts, workspace, secrets)
         os.environ.update(prefect_env(workspace))
         os.environ["PREFECT_API_URL"] = ensure_server(workspace).api_url
         os.environ[RUNNER_ENV] = facts["id"]
@@ -123,6 +127,50 @@ CATCH_UP_SECONDS = 60.0
 # Tries to start the flow run while the API refuses (overloaded: 503 after the client's own
 # retries) before the flow's body has begun.
 START_TRIES = 4
+
+
+def _run_before_prefect(paths: RunPaths, record: RunRecord, facts: dict, workspace: Workspace,
+                        secrets: dict[str, str]) -> int:
+    """The run's steps without Prefect (no flow, no import of it: the job starts in about a
+    second), while the server starts in the background; then a flow run is made for it in
+    its final state, with its log lines, once the server answers."""
+    from tfsubmit.pipeline.context import hold_secrets, open_submission
+    from tfsubmit.pipeline.execute import run_directly
+    from tfsubmit.pipeline.reap import report_afterwards
+    from tfsubmit.targets.config import get_target
+
+    os.environ[RUNNER_ENV] = facts["id"]
+    hold_secrets(secrets)
+    sub = open_submission(read_json(paths.job), facts["experiment"], facts["id"],
+                          facts["workspace"])
+    sub.record.preparing(prepared=time.time(), topology=sub.job.topology)
+    sub.log.event("the Prefect server is still starting: the run goes on without it, and "
+                  "reports to it once it answers")
+    # Targets saved as Prefect blocks need the API: those wait for the server.
+    run_directly(sub, lambda: get_target(
+        sub.job.compute_target, workspace.root,
+        find_block=lambda name: _block_target(workspace, name)))
+    sub.log.close()
+    final = record.end()
+    url = wait_for_server(workspace)  # never starts one: it may have been stopped meanwhile
+    if url is None:
+        record.note(prefect_unreported="the embedded server did not come up")
+        _log(paths, "the Prefect server did not come up (stopped, or its start failed); the "
+                    "run is not in Prefect (its record and folder are complete)")
+        return 0 if final.get("status") == "Completed" else 1
+    try:
+        flow_run_id = report_afterwards(paths, url)
+        _log(paths, f"reported to Prefect once its server answered: flow run {flow_run_id}")
+    except Exception as exc:  # noqa: BLE001 (the outcome is the record's; Prefect is a view)
+        record.note(prefect_unreported=str(exc))
+        _log(paths, f"could not report the run to Prefect: {exc}")
+    return 0 if final.get("status") == "Completed" else 1
+
+
+def _block_target(workspace: Workspace, name: str):
+    from tfsubmit.tasks.blocks import load_block_target
+
+    return load_block_target(name, wait_for_server(workspace))
 
 
 def _start_flow(record: RunRecord, run: Callable[[], object]) -> None:

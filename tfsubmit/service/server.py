@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -112,10 +113,13 @@ def _prefect_cli() -> list[str]:
 
 def ensure_server(workspace: Workspace, *, port: int | None = None,
                   database: str | None = None,
-                  say: Callable[[str], None] = lambda text: None) -> ServerInfo:
+                  say: Callable[[str], None] = lambda text: None,
+                  unless_stopped_since: float | None = None) -> ServerInfo:
     """The API to use: PREFECT_API_URL, or the embedded server, started if needed (on
     `database`, a PostgreSQL URL, when given: kept for later starts too). `say` hears a
-    line when a start begins and when the server is ready, with its time."""
+    line when a start begins and when the server is ready, with its time. A start in the
+    background (`unless_stopped_since`: when it was asked for) gives up when the server
+    was stopped after that (`tfsubmit server stop` wins over a start still queued)."""
     info = server_status(workspace)
     if database is not None and database != database_url(workspace) and info.running:
         raise ServerError("the embedded server is running on another database; stop it "
@@ -130,6 +134,8 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
     workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with workspace.server_lock.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find it running
+        if unless_stopped_since is not None and _stopped_at(workspace) > unless_stopped_since:
+            raise ServerError("the server was stopped after this start was asked for")
         if database is not None:
             _set_database(workspace, database)
         info = server_status(workspace)
@@ -141,6 +147,70 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
             say(f"Prefect server ready in {time.monotonic() - began:.1f} s: UI {info.ui_url}")
         forkserver.ensure(workspace)
         return info
+
+
+def start_in_background(workspace: Workspace) -> None:
+    """Start the embedded server (and the fork server) in a detached process, without
+    waiting for it: `ensure_server` there, under the same lock as everywhere."""
+    workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    code = ("import sys\n"
+            "from tfsubmit.service.server import ensure_server\n"
+            "from tfsubmit.store.layout import Workspace\n"
+            "ensure_server(Workspace(sys.argv[1]), unless_stopped_since=float(sys.argv[2]))\n")
+    with (workspace.prefect_home / "background-start.log").open("ab") as log:
+        starter = subprocess.Popen([sys.executable, "-c", code, str(workspace.root),
+                                    repr(time.time())],
+                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True,
+                                   env={**os.environ, SERVICE_MARKER: "server"})
+    _starter_pidfile(workspace).write_text(str(starter.pid))
+
+
+def _stopped_file(workspace: Workspace) -> Path:
+    return workspace.prefect_home / "stopped-at"
+
+
+def _stopped_at(workspace: Workspace) -> float:
+    try:
+        return float(_stopped_file(workspace).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _starter_pidfile(workspace: Workspace) -> Path:
+    return workspace.prefect_home / "background-start.pid"
+
+
+def _starter_alive(workspace: Workspace) -> int | None:
+    try:
+        pid = int(_starter_pidfile(workspace).read_text())
+    except (OSError, ValueError):
+        return None
+    _reap(pid)
+    return pid if pid_alive(pid) else None
+
+
+def wait_for_server(workspace: Workspace, timeout: float | None = None) -> str | None:
+    """The embedded server's API once it answers, never starting one: None when nobody is
+    starting it (it was stopped, or its start failed) or after `timeout` seconds."""
+    deadline = time.monotonic() + (timeout or START_TIMEOUT)
+    while time.monotonic() < deadline:
+        info = server_status(workspace)
+        if info.running:
+            return info.api_url
+        state = read_json(workspace.server_state)
+        booting = bool(state) and pid_alive(state["pid"])
+        if not booting and _starter_alive(workspace) is None:
+            return None
+        time.sleep(0.5)
+    return None
+
+
+def starts_later(workspace: Workspace) -> bool:
+    """Whether a run may start before the server answers: the embedded server (not a
+    PREFECT_API_URL of the user's) is not running yet."""
+    info = server_status(workspace)
+    return info.embedded and not info.running
 
 
 def _await_started(workspace: Workspace) -> ServerInfo | None:
@@ -204,6 +274,14 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
 
 def stop_server(workspace: Workspace, *, timeout: float = 15.0) -> bool:
     """Stop the embedded server and the fork server; returns False when none was running."""
+    _stopped_file(workspace).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _stopped_file(workspace).write_text(repr(time.time()))  # starts queued before: give up
+    starter = _starter_alive(workspace)
+    if starter is not None:  # a start in the background: stop it first, or it starts one
+        signal_group(starter, signal.SIGKILL)
+        while pid_alive(starter):
+            _reap(starter)
+            time.sleep(0.05)
     forkserver.stop(workspace)
     state = read_json(workspace.server_state)
     if not state or not pid_alive(state["pid"]):

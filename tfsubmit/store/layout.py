@@ -34,6 +34,9 @@ from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR, METRICS_GLOB
 # The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
 # finds its own run id there leaves the run's final status to the runner.
 RUNNER_ENV = "TFSUBMIT_RUNNER_OF"
+# Set (to the run id) for a runner started while the embedded server was not up yet: the run
+# goes on without Prefect and reports to it once it answers.
+LATER_ENV = "TFSUBMIT_PREFECT_LATER"
 # Carries a job's secret values (JSON) from the submitter to its runner, in memory only.
 SECRETS_ENV = "TFSUBMIT_SECRETS"
 # A run id names one folder under runs/: never empty, no path separator, no leading dot.

@@ -237,10 +237,57 @@ def _drain_prefect() -> None:
             print(f"tfsubmit: could not flush {worker.__name__}: {exc}", file=sys.stderr)
 
 
+def share_tls_contexts() -> None:
+    """One TLS context per CA file for the whole process (and the runners forked from it).
+
+    Each Prefect client (a flow run opens several: the API, the log and event workers, the
+    server version check) builds `ssl.create_default_context(cafile=certifi's bundle)`,
+    which parses ~150 certificates: a quarter of a short run's CPU time in the runner, for
+    an API that is plain http here. A verified context for a given CA file is the same
+    every time, and nothing changes it after it is made (Prefect and httpx pass it to their
+    transports as it is), so it is made once; any other call goes to the original."""
+    import ssl
+
+    original = ssl.create_default_context
+    if getattr(original, "shared", False):
+        return
+    made: dict[tuple, ssl.SSLContext] = {}
+
+    def shared(purpose=ssl.Purpose.SERVER_AUTH, *, cafile=None, capath=None, cadata=None):
+        if cafile is None or capath is not None or cadata is not None \
+                or purpose != ssl.Purpose.SERVER_AUTH:
+            return original(purpose, cafile=cafile, capath=capath, cadata=cadata)
+        try:
+            key = (str(cafile), os.stat(cafile).st_mtime_ns)
+        except OSError:
+            return original(purpose, cafile=cafile)
+        if key not in made:
+            made[key] = original(purpose, cafile=cafile)
+        return made[key]
+
+    shared.shared = True
+    ssl.create_default_context = shared
+
+
+def _import_what_runs_import_late() -> None:
+    """Modules Prefect and its HTTP stack import on first use, inside every run; imported
+    here once, every forked runner has them (each one imported them again before)."""
+    import importlib
+
+    for name in ("anyio._backends._asyncio", "fastapi.encoders",
+                 "prefect.task_engine", "prefect.flow_engine"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def serve_forks(workspace_root: str) -> None:
     """The fork server: import the flows once, then fork a runner per submission."""
     import tfsubmit.flows  # noqa: F401  (the point of this process: import once, fork many)
 
+    _import_what_runs_import_late()
+    share_tls_contexts()
     forkserver.serve(Workspace(workspace_root), forked_main)
 
 

@@ -775,6 +775,8 @@ def test_6_losing_the_server_mid_run_keeps_the_outcome(tmp_path, how):
     job = TensorFlow(source_directory=str(JOBS), entry_script="finishes.py",
                      script_params=["6"])
     try:
+        ensure_server(workspace)  # a run that is a Prefect flow (not a first one, which
+        # starts before its server and reports afterwards: test_porting's test_6)
         run = Experiment("server-lost", workspace=workspace.root).submit(job)
         wait_for_line(run, "ready: working")
         flow_run_id = run.get_details()["flow_run_id"]

@@ -274,8 +274,11 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
 
 def stop_server(workspace: Workspace, *, timeout: float = 15.0) -> bool:
     """Stop the embedded server and the fork server; returns False when none was running."""
-    _stopped_file(workspace).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _stopped_file(workspace).write_text(repr(time.time()))  # starts queued before: give up
+    try:  # starts queued before this: give up (best effort: the disk may be full)
+        _stopped_file(workspace).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _stopped_file(workspace).write_text(repr(time.time()))
+    except OSError:
+        pass
     starter = _starter_alive(workspace)
     if starter is not None:  # a start in the background: stop it first, or it starts one
         signal_group(starter, signal.SIGKILL)

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sshhosts import kill_namespace
+
 SUBNET = "10.213.88"  # this fixture's own /24 (the SSH namespace hosts use 10.213.77)
 PREFIX = "tfs-slurm"
 SWITCH = f"{PREFIX}-sw"
@@ -254,13 +256,7 @@ class SlurmCluster:
     def _kill_namespaces(self) -> None:
         """Whatever still runs in a node's namespace (a task that escaped its step)."""
         for node in self.nodes:
-            listed = subprocess.run(["ip", "netns", "pids", self.netns(node)],
-                                    capture_output=True, text=True).stdout.split()
-            for pid in listed:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_namespace(self.netns(node))
 
     def _teardown_network(self) -> None:
         for node in self.nodes:

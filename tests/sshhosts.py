@@ -194,19 +194,24 @@ class NamespaceHosts(TestHosts):
         """sshd serves each connection from a process in a session of its own, which the
         listener's killpg misses; with its namespace gone no FIN would ever end it."""
         for ns in self.netns:
-            listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                    text=True).stdout.split()
-            for pid in listed:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_namespace(ns)
 
     def _teardown_network(self) -> None:
         for i, ns in enumerate(self.netns):
             subprocess.run(["ip", "link", "del", f"tfsv{i}"], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+
+
+def kill_namespace(ns: str) -> None:
+    """SIGKILL every process in network namespace `ns`."""
+    listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                            text=True).stdout.split()
+    for pid in listed:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _ip(*args: str) -> None:

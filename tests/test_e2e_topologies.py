@@ -60,6 +60,17 @@ def test_parameter_servers_across_two_ssh_hosts(workspace, hosts):
     _assert_ps_trained(run, details)
 
 
+def _assert_mw_trained(run, last_worker: str) -> None:
+    """Both workers trained together: worker 1 saw 2 replicas, the final weights are the
+    same on both, the model was saved."""
+    log = run.paths.output_log.read_text()
+    assert f"[{last_worker}] worker 1 of 2 replicas" in log
+    checksums = {line.split("weights checksum ")[1] for line in log.splitlines()
+                 if "weights checksum" in line}
+    assert len(checksums) == 1  # both workers end with the same weights
+    assert (run.paths.outputs / "model.weights.h5").is_file()
+
+
 def test_multiworker_on_the_local_target(workspace):
     job = TensorFlow(source_directory=str(MW_EXAMPLE), entry_script="train.py",
                      script_params={"--epochs": 2, "--steps-per-epoch": 5},
@@ -67,12 +78,7 @@ def test_multiworker_on_the_local_target(workspace):
     run = Experiment("mw-local", workspace=workspace.root).submit(job)
     details = run.wait_for_completion(timeout=600)
     assert details["exit_codes"] == {"worker:0@local": 0, "worker:1@local": 0}
-    log = run.paths.output_log.read_text()
-    assert "[worker:1@local] worker 1 of 2 replicas" in log
-    checksums = {line.split("weights checksum ")[1] for line in log.splitlines()
-                 if "weights checksum" in line}
-    assert len(checksums) == 1  # both workers end with the same weights
-    assert (run.paths.outputs / "model.weights.h5").is_file()
+    _assert_mw_trained(run, "worker:1@local")
     assert processes_of_run(run.id) == []
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli, wait_for_line
 from test_e2e_horovod import _checksums
-from test_e2e_topologies import MW_EXAMPLE, _assert_ps_trained, _ps_job
+from test_e2e_topologies import MW_EXAMPLE, _assert_mw_trained, _assert_ps_trained, _ps_job
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.service.processes import processes_of_run
@@ -80,13 +80,7 @@ def test_multiworker_across_two_nodes(workspace, slurm, tmp_path):
         distributed_backend="multiworker", node_count=2, compute_target=target))
     details = run.wait_for_completion(timeout=900)
     assert details["exit_codes"] == {"worker:0@node1": 0, "worker:1@node2": 0}
-    log = run.paths.output_log.read_text()
-    assert "[worker:1@node2] worker 1 of 2 replicas" in log
-    checksums = {line.split("weights checksum ")[1] for line in log.splitlines()
-                 if "weights checksum" in line}
-    assert len(checksums) == 1  # both workers, on two nodes, end with the same weights
-    # TF_CONFIG named the nodes Slurm gave, at their own addresses.
-    assert (run.paths.outputs / "model.weights.h5").is_file()
+    _assert_mw_trained(run, "worker:1@node2")  # on two nodes, the same final weights
     _assert_nothing_left(run, slurm)
 
 

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from prefect import Task, flow
@@ -34,7 +34,6 @@ from tfsubmit.tasks._kept import MISSING, forget, result_of
 from tfsubmit.tasks.blocks import load_block_target
 from tfsubmit.tasks.progress import RunArtifacts
 
-T = TypeVar("T")
 # Seconds between looks at the flow run's state for a cancel from Prefect.
 PREFECT_CANCEL_POLL = 2.0
 

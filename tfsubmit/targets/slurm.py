@@ -586,10 +586,11 @@ class SlurmTarget(LocalFolders):
 
     def collect(self, node: Node, dest: Path) -> list[str]:
         """The shared work folder (outputs, logs, metrics) and Slurm's files into the run."""
-        if node is self._first_node():
+        first = bool(self._nodes) and node is self._nodes[0]  # all nodes share one folder
+        if first:
             self.close_job()  # its batch log complete (the sweep's lines too) before copying
         problems = super().collect(node, dest)
-        if self.state.is_dir() and node is self._first_node():
+        if first and self.state.is_dir():
             slurm = dest / "logs" / "slurm"
             slurm.mkdir(parents=True, exist_ok=True)
             for path in [*self.state.glob("batch-*"), *self.state.glob("attempt-*")]:
@@ -597,9 +598,6 @@ class SlurmTarget(LocalFolders):
             for path in (self.state / "out").glob("*.out"):
                 _copy(path, slurm / f"task-{path.name}")
         return problems
-
-    def _first_node(self) -> Node | None:
-        return self._nodes[0] if self._nodes else None
 
     def close(self) -> None:
         """Release the batch job (it sweeps its nodes and ends); scancel it if it does not

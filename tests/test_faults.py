@@ -444,17 +444,28 @@ def test_11_a_damaged_record_is_reported_never_overwritten(tmp_path):
 # -- 8: cancel from anywhere, at any step -> Canceled ------------------------------------------
 
 
-def test_8_a_cancel_from_prefect_stops_a_submitted_run(workspace, prefect_api):
+@pytest.mark.parametrize("runner", ["forked", "spawned"])
+def test_8_a_cancel_from_prefect_stops_a_submitted_run(workspace, prefect_api, runner):
     """Cancelling the flow run in Prefect (the UI, `prefect flow-run cancel`) of a run
     submitted with Experiment.submit used to do nothing: training went on, Prefect stayed
-    Cancelling."""
+    Cancelling. The fork server looks for cancels of all its runs at once; a spawned runner
+    (no fork server) looks for its own."""
     from conftest import wait_for_line
 
     from tfsubmit import Experiment
+    from tfsubmit.service import forkserver
     from tfsubmit.service.processes import processes_of_run
+    from tfsubmit.service.server import ensure_server
 
+    ensure_server(workspace)
+    if runner == "spawned":
+        forkserver.stop(workspace)
     run = Experiment("prefect-cancel", workspace=workspace.root).submit(_quick_job(300))
     wait_for_line(run, "ready: sleeping")
+    deadline = time.monotonic() + 60
+    while not run.get_details().get("flow_run_id"):  # the mirror makes it, in the background
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     flow_run_id = run.get_details()["flow_run_id"]
     prefect_api(f"/flow_runs/{flow_run_id}/set_state",
                 {"state": {"type": "CANCELLING"}, "force": True})
@@ -467,6 +478,9 @@ def test_8_a_cancel_from_prefect_stops_a_submitted_run(workspace, prefect_api):
     while prefect_api(f"/flow_runs/{flow_run_id}")["state"]["type"] != "CANCELLED":
         assert time.monotonic() < deadline
         time.sleep(0.5)
+    if runner == "spawned":
+        ensure_server(workspace)  # brings the fork server back for the tests after this
+        assert forkserver.is_current(workspace)
 
 
 SLOW_BACKEND = '''
@@ -779,6 +793,10 @@ def test_6_losing_the_server_mid_run_keeps_the_outcome(tmp_path, how):
         # starts before its server and reports afterwards: test_porting's test_6)
         run = Experiment("server-lost", workspace=workspace.root).submit(job)
         wait_for_line(run, "ready: working")
+        shown_by = time.monotonic() + 60
+        while not run.get_details().get("flow_run_id"):  # made by the run's mirror
+            assert time.monotonic() < shown_by
+            time.sleep(0.1)
         flow_run_id = run.get_details()["flow_run_id"]
         if how == "kill -9":
             os.kill(read_json(workspace.server_state)["pid"], signal.SIGKILL)

@@ -332,7 +332,17 @@ def test_6_first_submission_on_a_fresh_workspace_explains_itself(tmp_path, job_d
             time.sleep(0.2)
         api = PrefectAPI(api_url(Workspace(fresh), start=False))
         flow_run = api.flow_run(run._record()["flow_run_id"])
+        while flow_run["state"]["type"] == "RUNNING":  # the mirror sends what it queued
+            assert time.monotonic() < deadline, run.paths.runner_log.read_text()
+            time.sleep(0.2)
+            flow_run = api.flow_run(flow_run["id"])
         assert flow_run["name"] == run.id and flow_run["state"]["type"] == "FAILED"
+        tasks = api.call("POST", "/task_runs/filter",
+                         {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+        assert {t["name"].rsplit("-", 1)[0]: t["state"]["type"] for t in tasks} == {
+            "snapshot_source": "COMPLETED", "resolve_environment": "COMPLETED",
+            "provision_nodes": "COMPLETED", "launch_topology": "COMPLETED",
+            "collect_outputs": "COMPLETED"}
         logged = [entry["message"] for entry in api.logs(flow_run["id"], limit=200)]
         assert any("failed with exit code 3" in line for line in logged), logged
         api.close()

@@ -9,11 +9,13 @@ failure becomes the run's outcome here, in one place.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.pipeline import collect, environment, launch, provision, snapshot
@@ -38,15 +40,16 @@ class Steps:
     launch: Callable[[Submission, Target, list[Node], Environment], Outcome]
 
 
-def direct_steps() -> Steps:
-    """The pipeline's own functions, logging to the run's log only."""
+def direct_steps(on_metrics: Callable[[list[dict]], None] | None = None) -> Steps:
+    """The pipeline's own functions, logging to the run's log only; `on_metrics` gets the
+    job's metrics every second while it runs."""
     return Steps(
         snapshot=lambda sub: snapshot.snapshot_source(sub, sub.log),
         environment=lambda sub, target: environment.resolve_environment(sub, target, sub.log),
         provision=lambda sub, target, snap, env: provision.provision_nodes(
             sub, target, snap, env, sub.log),
         launch=lambda sub, target, nodes, env: launch.launch_topology(
-            sub, target, nodes, env, sub.log),
+            sub, target, nodes, env, sub.log, on_metrics=on_metrics),
     )
 
 
@@ -124,11 +127,28 @@ def settle(sub: Submission, target: Target | None, nodes: list[Node], outcome: O
     return record
 
 
-def run_directly(sub: Submission, get_target: Callable[[], Target]) -> dict[str, Any]:
-    """The whole run without Prefect; returns its settled record."""
-    target, nodes, outcome = run_steps(sub, get_target, direct_steps())
+class RunView(Protocol):
+    """Who shows a run run directly (the runner's Prefect mirror): each step, the collect
+    step, the live metrics and the final artifacts."""
+
+    def steps(self, direct: Steps) -> Steps: ...
+
+    def task_run(self, name: str) -> AbstractContextManager[None]: ...
+
+    def metrics(self, records: list[dict]) -> None: ...
+
+    def publish(self, records: list[dict], final: dict[str, Any], outcome: Outcome) -> None: ...
+
+
+def run_directly(sub: Submission, get_target: Callable[[], Target],
+                 view: RunView | None = None) -> dict[str, Any]:
+    """The whole run without Prefect's engine (shown by `view`, if any); returns its
+    settled record."""
+    steps = direct_steps(view.metrics if view else None)
+    target, nodes, outcome = run_steps(sub, get_target, view.steps(steps) if view else steps)
     try:
-        return settle(sub, target, nodes, outcome)
+        with view.task_run("collect_outputs") if view else contextlib.nullcontext():
+            return settle(sub, target, nodes, outcome, publish=view.publish if view else None)
     finally:
         if target is not None:
             target.close()

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tfsubmit.service.processes import (
 )
 from tfsubmit.store.layout import SECRETS_ENV, RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
+from tfsubmit.store.record import RunRecord
 
 CONNECT_TIMEOUT = 2.0
 # A loaded machine may take a while to fork; a late answer is no harm (see start_runner).
@@ -42,19 +44,18 @@ LOCK_FD_ARG = "--lock-fd"
 
 def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int,
                  secrets: dict[str, str] | None = None, *, extra_env: dict[str, str] | None = None
-                 ) -> int:
+                 ) -> None:
     """Start the runner of run `paths`, detached, handing it the run's runner lock
     (`lock_fd`, held by the caller, who may release it once this returns) and the job's
-    secret values (in its environment, never on disk); returns its pid.
+    secret values (in its environment, never on disk).
 
     Should the fork server fork a runner after all when it answered too late and one was
     spawned instead, both start, but only the first to claim the Queued run runs it."""
     env = {**os.environ, SECRETS_ENV: json.dumps(secrets)} if secrets else dict(os.environ)
     env.update(extra_env or {})
-    pid = request_runner(workspace, paths.root, lock_fd, env) \
-        or _spawn_runner(paths, lock_fd, env)
-    paths.runner_pid.write_text(str(pid))  # the runner writes its own once it has claimed
-    return pid
+    if not request_runner(workspace, paths.root, lock_fd, env):
+        pid = _spawn_runner(paths, lock_fd, env)
+        paths.runner_pid.write_text(str(pid))  # the runner writes its own once it has claimed
 
 
 def _spawn_runner(paths: RunPaths, lock_fd: int, env: dict[str, str]) -> int:
@@ -74,12 +75,13 @@ def _spawn_runner(paths: RunPaths, lock_fd: int, env: dict[str, str]) -> int:
 
 
 def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int,
-                   env: dict[str, str]) -> int | None:
+                   env: dict[str, str]) -> bool:
     """Ask a running fork server for a runner of `run_dir`, passing it the run's lock over
-    the socket (a file only this user can open); None when there is none to ask or it does
-    not answer in time."""
+    the socket (a file only this user can open); False when there is none to ask or it does
+    not answer in time. It answers once it has the request; the runner is forked after
+    (and writes its own pid file)."""
     if not is_current(workspace):
-        return None
+        return False
     request = {"run_dir": str(run_dir), "env": env, "cwd": os.getcwd()}
     payload = json.dumps(request).encode() + b"\n"
     try:
@@ -90,9 +92,9 @@ def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int,
             socket.send_fds(sock, [payload[:1]], [lock_fd])  # the lock rides on the first byte
             sock.sendall(payload[1:])
             reply = sock.makefile().readline()
-        return int(json.loads(reply)["pid"])
+        return bool(json.loads(reply)["taken"])
     except (OSError, ValueError, KeyError):
-        return None
+        return False
 
 
 def start(workspace: Workspace) -> int:
@@ -143,8 +145,13 @@ def stop(workspace: Workspace) -> bool:
     return True
 
 
-def serve(workspace: Workspace, main: Callable[[list[str]], int]) -> None:
-    """Fork `main([run_dir])` for each request (the caller has imported the flows)."""
+def serve(workspace: Workspace, main: Callable[[list[str]], int], *,
+          every: tuple[float, Callable[[], object]] | None = None) -> None:
+    """Fork `main([run_dir])` for each request (the caller has imported what runners
+    need); and, with `every`, call `every[1]` each `every[0]` seconds, in a child of the
+    server's own (never in a thread of it: it holds none when it forks; never in its loop: a
+    slow call would hold submissions up). The child is in the server's process group, so
+    stopping the server stops it."""
     path = workspace.forkserver_socket
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,6 +160,8 @@ def serve(workspace: Workspace, main: Callable[[list[str]], int]) -> None:
     listener.settimeout(1.0)
     write_json(workspace.forkserver_state, {"pid": os.getpid(), "code": code_hash()})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if every is not None:
+        _start_ticker(*every)
     try:
         while True:
             _reap()
@@ -160,30 +169,76 @@ def serve(workspace: Workspace, main: Callable[[list[str]], int]) -> None:
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
-            with conn:
-                conn.settimeout(CONNECT_TIMEOUT)
-                fds: list[int] = []
-                try:
-                    first, fds, _, _ = socket.recv_fds(conn, 1, 1)
-                    request = json.loads(first + conn.makefile("rb").readline())
-                    request["lock_fd"] = fds[0]
-                except (OSError, ValueError, IndexError):
-                    for fd in fds:
-                        os.close(fd)
-                    continue
-                pid = os.fork()
-                if pid == 0:
-                    listener.close()
-                    conn.close()
-                    _become_runner(request, main)
-                os.close(request["lock_fd"])  # the runner holds it now
-                try:
-                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
-                except OSError:
-                    pass  # the submitter gave up waiting; the runner claims the run anyway
+            # Everyone waiting is answered first, then their runners are forked: a burst of
+            # submissions waits for one answer each, not for every fork before its own.
+            taken = [_take(conn)]
+            listener.setblocking(False)
+            try:
+                while True:
+                    taken.append(_take(listener.accept()[0]))
+            except (BlockingIOError, InterruptedError):
+                pass
+            finally:
+                listener.settimeout(1.0)
+            for request in taken:
+                if request is not None:
+                    _fork_runner(request, listener, main)
     finally:
         listener.close()
         path.unlink(missing_ok=True)
+
+
+def _take(conn: socket.socket) -> dict | None:
+    """Read one request (and the run's lock riding with it) and say it is taken."""
+    with conn:
+        conn.settimeout(CONNECT_TIMEOUT)
+        fds: list[int] = []
+        try:
+            first, fds, _, _ = socket.recv_fds(conn, 1, 1)
+            request = json.loads(first + conn.makefile("rb").readline())
+            request["lock_fd"] = fds[0]
+        except (OSError, ValueError, IndexError):
+            for fd in fds:
+                os.close(fd)
+            return None
+        try:
+            conn.sendall(json.dumps({"taken": True}).encode() + b"\n")
+        except OSError:
+            pass  # the submitter gave up waiting; the runner claims the run anyway
+        return request
+
+
+def _fork_runner(request: dict, listener: socket.socket, main) -> None:
+    try:
+        pid = os.fork()
+    except OSError as exc:  # the machine is out of processes or memory
+        RunRecord(RunPaths(Path(request["run_dir"]))).failed(
+            f"its runner could not be started: the fork server could not fork ({exc})")
+        os.close(request["lock_fd"])
+        return
+    if pid == 0:
+        listener.close()
+        _become_runner(request, main)
+    os.close(request["lock_fd"])  # the runner holds it now
+
+
+def _start_ticker(seconds: float, tick: Callable[[], object]) -> int:
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        while os.getppid() == parent:
+            began = time.monotonic()
+            try:
+                tick()
+            except Exception as exc:  # noqa: BLE001 (a look that failed; the next one may not)
+                print(f"tfsubmit fork server: {exc!r}", file=sys.stderr, flush=True)
+            time.sleep(max(0.0, seconds - (time.monotonic() - began)))
+    finally:
+        os._exit(code)
 
 
 def _become_runner(request: dict, main) -> None:

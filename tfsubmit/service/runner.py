@@ -19,9 +19,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from tfsubmit.errors import ServerError
 from tfsubmit.service import forkserver
 from tfsubmit.service.processes import become_subreaper
-from tfsubmit.service.server import ensure_server, prefect_env, starts_later, wait_for_server
+from tfsubmit.service.server import (
+    START_TIMEOUT,
+    api_url,
+    ensure_server,
+    prefect_env,
+    starts_later,
+    wait_for_server,
+)
 from tfsubmit.store import runlock
 from tfsubmit.store.layout import (
     LATER_ENV,
@@ -62,18 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the run's files are this user's alone
     secrets = json.loads(os.environ.pop(SECRETS_ENV, "") or "{}")
     facts = record.read()
-    early = os.environ.pop(LATER_ENV, None) == facts.get("id") and facts.get("kind") != "sweep"
+    early = os.environ.pop(LATER_ENV, None) == facts.get("id")
     try:
         workspace = Workspace(facts["workspace"])
-        if early and starts_later(workspace):
-            return _run_before_prefect(paths, record, facts, workspace, secrets)
+        if facts.get("kind") != "sweep":
+            return _run_mirrored(paths, record, facts, workspace, secrets,
+                                 early=early and starts_later(workspace))
+        # A sweep runs as a Prefect flow: its trials are its subflows.
         os.environ.update(prefect_env(workspace))
         os.environ["PREFECT_API_URL"] = ensure_server(workspace).api_url
         os.environ[RUNNER_ENV] = facts["id"]
         # Prefect reads its settings when first imported, so the flows are imported only now
         # that they are set; a runner forked from the warm fork server re-reads them instead.
         forked = "prefect" in sys.modules
-        from tfsubmit import flows
+        from tfsubmit.flows.sweep import run_sweep  # Optuna loads only for sweeps
 
         if forked:
             from prefect.context import refresh_global_settings_context
@@ -83,15 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
         hold_secrets(secrets)
         _reap_abandoned_runs(workspace, facts["id"])
-        if facts.get("kind") == "sweep":
-            from tfsubmit.flows.sweep import run_sweep  # Optuna loads only for sweeps
-
-            run_flow, spec = run_sweep, {"sweep": read_json(paths.job)}
-        else:
-            run_flow, spec = flows.submit_training, {"job": read_json(paths.job)}
         try:
-            _start_flow(record, lambda: run_flow(
-                **spec, experiment=facts["experiment"], run_id=facts["id"],
+            _start_flow(record, lambda: run_sweep(
+                sweep=read_json(paths.job), experiment=facts["experiment"], run_id=facts["id"],
                 workspace=facts["workspace"], return_state=True))
         except Exception as exc:
             if not record.read().get("outcome"):
@@ -119,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+# How long the end of a run waits for its Prefect view to catch up (a busy API); past it,
+# the run ends and the view catches up afterwards.
+FINISH_SECONDS = 15.0
+
+
 # How long a runner keeps trying to report its run's end to an API that does not answer;
 # after that, whoever next reads the run reports it.
 CATCH_UP_SECONDS = 60.0
@@ -129,42 +138,78 @@ CATCH_UP_SECONDS = 60.0
 START_TRIES = 4
 
 
-def _run_before_prefect(paths: RunPaths, record: RunRecord, facts: dict, workspace: Workspace,
-                        secrets: dict[str, str]) -> int:
-    """The run's steps without Prefect (no flow, no import of it: the job starts in about a
-    second), while the server starts in the background; then a flow run is made for it in
-    its final state, with its log lines, once the server answers."""
+def _run_mirrored(paths: RunPaths, record: RunRecord, facts: dict, workspace: Workspace,
+                  secrets: dict[str, str], *, early: bool) -> int:
+    """A training run: its steps run here, directly (no Prefect engine: the job starts in
+    about a second), and a mirror shows it in Prefect as it goes (`service/mirror.py`).
+
+    `early`: the embedded server is still starting (the first submission on a fresh
+    workspace); the run does not wait for it, and the mirror reports once it answers."""
     from tfsubmit.pipeline.context import hold_secrets, open_submission
     from tfsubmit.pipeline.execute import run_directly
-    from tfsubmit.pipeline.reap import report_afterwards
+    from tfsubmit.service.mirror import PrefectMirror
     from tfsubmit.targets.config import get_target
 
     os.environ[RUNNER_ENV] = facts["id"]
     hold_secrets(secrets)
+    if early:
+        def url() -> str | None:  # never starts one: it may have been stopped meanwhile
+            return wait_for_server(workspace)
+    else:
+        known = ensure_server(workspace).api_url
+        os.environ["PREFECT_API_URL"] = known  # for targets saved as Prefect blocks
+
+        def url() -> str | None:
+            return known
     sub = open_submission(read_json(paths.job), facts["experiment"], facts["id"],
                           facts["workspace"])
     sub.record.preparing(prepared=time.time(), topology=sub.job.topology)
-    sub.log.event("the Prefect server is still starting: the run goes on without it, and "
-                  "reports to it once it answers")
+    if early:
+        sub.log.event("the Prefect server is still starting: the run goes on without it, and "
+                      "reports to it once it answers")
+    else:
+        _reap_abandoned_runs(workspace, facts["id"])
+    mirror = PrefectMirror(paths, record, url, say=lambda text: _log(paths, text),
+                           watch_cancel=not _FORKED).start()
+    sub.log.forward = mirror.line
     # Targets saved as Prefect blocks need the API: those wait for the server.
     run_directly(sub, lambda: get_target(
         sub.job.compute_target, workspace.root,
-        find_block=lambda name: _block_target(workspace, name)))
+        find_block=lambda name: _block_target(workspace, name)), mirror)
     sub.log.close()
-    final = record.end()
-    url = wait_for_server(workspace)  # never starts one: it may have been stopped meanwhile
-    if url is None:
-        record.note(prefect_unreported="the embedded server did not come up")
+    if early:  # the run ends now; Prefect hears of it once its server is up
+        final = record.end()
+        shown = mirror.finish(final, timeout=START_TIMEOUT)
+    else:  # Prefect's view ends first (within a bound): whoever sees the run end sees both
+        shown = mirror.finish(record.read(), timeout=FINISH_SECONDS)
+        final = record.end()
+    if not shown:
+        _report_later(paths, mirror, workspace)
+    return 0 if final.get("status") == "Completed" else 1
+
+
+def _report_later(paths: RunPaths, mirror, workspace: Workspace) -> None:
+    """The mirror could not show the whole run: its flow run's end is caught up, or, where
+    none was made, a flow run in its final state with its log lines is."""
+    from tfsubmit.pipeline.reap import report_afterwards
+
+    if mirror.unreported:
+        RunRecord(paths).note(prefect_unreported=mirror.unreported)
         _log(paths, "the Prefect server did not come up (stopped, or its start failed); the "
                     "run is not in Prefect (its record and folder are complete)")
-        return 0 if final.get("status") == "Completed" else 1
+        return
+    if mirror.flow_run_id is not None:
+        _catch_up(paths)
+        return
+    url = wait_for_server(workspace)
     try:
+        if url is None:
+            raise ServerError("the Prefect server is not running")
         flow_run_id = report_afterwards(paths, url)
         _log(paths, f"reported to Prefect once its server answered: flow run {flow_run_id}")
     except Exception as exc:  # noqa: BLE001 (the outcome is the record's; Prefect is a view)
-        record.note(prefect_unreported=str(exc))
+        RunRecord(paths).note(prefect_unreported=str(exc))
         _log(paths, f"could not report the run to Prefect: {exc}")
-    return 0 if final.get("status") == "Completed" else 1
 
 
 def _block_target(workspace: Workspace, name: str):
@@ -192,13 +237,10 @@ def _reap_abandoned_runs(workspace: Workspace, own_id: str) -> None:
     import threading
 
     from tfsubmit.pipeline.reap import reap_abandoned
-    from tfsubmit.tasks.blocks import load_block_target
-
-    def find_block(name: str):
-        return load_block_target(name, os.environ.get("PREFECT_API_URL"))
 
     threading.Thread(target=reap_abandoned, args=(workspace,),
-                     kwargs={"skip": own_id, "find_block": find_block},
+                     kwargs={"skip": own_id,
+                             "find_block": lambda name: _block_target(workspace, name)},
                      daemon=True, name="reap-abandoned").start()
 
 
@@ -216,8 +258,15 @@ def _log(paths: RunPaths, text: str) -> None:
         log.write(f"[tfsubmit] {text}\n")
 
 
+# Whether this runner is a child of the fork server (which looks for cancels from Prefect
+# for all the workspace's runs at once).
+_FORKED = False
+
+
 def forked_main(argv: list[str]) -> int:
     """`main` in a child of the fork server, which leaves with os._exit."""
+    global _FORKED
+    _FORKED = True
     try:
         return main(argv)
     finally:
@@ -225,8 +274,11 @@ def forked_main(argv: list[str]) -> int:
 
 
 def _drain_prefect() -> None:
-    """Send Prefect's last queued logs and events: os._exit skips the exit hooks that
-    would (without this, the last seconds of a run's log lines never reached the API)."""
+    """Send Prefect's last queued logs and events (a sweep's): os._exit skips the exit
+    hooks that would (without this, the last seconds of its log lines never reached the
+    API)."""
+    if "prefect" not in sys.modules:
+        return
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
@@ -269,26 +321,21 @@ def share_tls_contexts() -> None:
     ssl.create_default_context = shared
 
 
-def _import_what_runs_import_late() -> None:
-    """Modules Prefect and its HTTP stack import on first use, inside every run; imported
-    here once, every forked runner has them (each one imported them again before)."""
-    import importlib
-
-    for name in ("anyio._backends._asyncio", "fastapi.encoders",
-                 "prefect.task_engine", "prefect.flow_engine"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-
-
 def serve_forks(workspace_root: str) -> None:
-    """The fork server: import the flows once, then fork a runner per submission."""
-    import tfsubmit.flows  # noqa: F401  (the point of this process: import once, fork many)
+    """The fork server: import what a training run's runner needs once, then fork a runner
+    per submission. Prefect is not among it (training runs report through the mirror); a
+    sweep's runner imports it after the fork, as a spawned runner would."""
+    import httpx
 
-    _import_what_runs_import_late()
+    import tfsubmit.pipeline.execute  # noqa: F401  (the point of this process: import once)
+    import tfsubmit.targets.config  # noqa: F401
+    from tfsubmit.service.mirror import CANCEL_POLL_SECONDS, watch_prefect_cancels
+
     share_tls_contexts()
-    forkserver.serve(Workspace(workspace_root), forked_main)
+    httpx.Client().close()  # makes the one TLS context every runner's API client shares
+    workspace = Workspace(workspace_root)
+    forkserver.serve(workspace, forked_main, every=(CANCEL_POLL_SECONDS, lambda: (
+        watch_prefect_cancels(workspace, api_url(workspace, start=False)))))
 
 
 if __name__ == "__main__":

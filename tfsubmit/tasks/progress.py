@@ -10,9 +10,7 @@ when the outputs are collected.
 
 from __future__ import annotations
 
-import base64
 import json
-import mimetypes
 import threading
 import time
 from pathlib import Path
@@ -27,23 +25,14 @@ from prefect.artifacts import (
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from tfsubmit.runtime.metrics import KIND_IMAGE, TOTAL_EPOCHS, json_safe, series, tasks_of
+from tfsubmit.pipeline.artifacts import (
+    METRICS_DESCRIPTION,
+    images_markdown,
+    metrics_table,
+    progress,
+)
+from tfsubmit.runtime.metrics import json_safe, series
 from tfsubmit.service.prefect_api import artifact_key
-
-
-def metrics_table(records: list[dict]) -> list[dict]:
-    """Rows of the metrics artifact, one per task and metric, the primary task's first;
-    `values` holds every value, so readers can rebuild them."""
-    rows = []
-    for task in tasks_of(records):
-        rows += [
-            {"task": task, "metric": name, "last": values[-1], "min": min(values),
-             "max": max(values), "count": len(values), "values": values}
-            for name, values in sorted(series(records, task).items())
-            if name != TOTAL_EPOCHS
-        ]
-    return rows
-
 
 # Seconds live artifact updates pause after the API failed to take one.
 QUIET_SECONDS = 30.0
@@ -85,8 +74,7 @@ class RunArtifacts:
         if self.metrics_id is None:
             self.metrics_id = create_table_artifact(
                 table=table, key=artifact_key(self.run_id, "metrics"),
-                description=f"Metrics of run {self.run_id}, a row per task and metric, every "
-                            "value in `values`",
+                description=METRICS_DESCRIPTION.format(run=self.run_id),
             )
             return
         data = json.dumps(json_safe(table))
@@ -94,15 +82,10 @@ class RunArtifacts:
             client.update_artifact(self.metrics_id, ArtifactUpdate(data=data))
 
     def _publish_progress(self, metrics: dict[str, list[float]], final: bool) -> None:
-        epochs = metrics.get("epoch")
-        if not epochs:
+        shown = progress(metrics, final)
+        if shown is None:
             return
-        epoch = int(epochs[-1])
-        total = int(metrics[TOTAL_EPOCHS][-1]) if metrics.get(TOTAL_EPOCHS) else None
-        percent = 100.0 if final else (min(100.0, 100.0 * epoch / total) if total else 0.0)
-        latest = ", ".join(f"{name} {values[-1]:.4g}" for name, values in sorted(metrics.items())
-                           if name not in ("epoch", TOTAL_EPOCHS))
-        description = f"epoch {epoch}" + (f" of {total}" if total else "") + f": {latest}"
+        percent, description = shown
         if self.progress_id is None:
             self.progress_id = create_progress_artifact(
                 percent, key=artifact_key(self.run_id, "progress"), description=description)
@@ -110,26 +93,10 @@ class RunArtifacts:
             update_progress_artifact(self.progress_id, percent, description=description)
 
 
-# Images up to this size are embedded in the artifact; bigger ones are linked.
-EMBED_BYTES = 2 * 1024 * 1024
-
-
 def publish_images(run_id: str, root: Path, records: list[dict]) -> None:
     """A markdown artifact `<run>-images` showing every image the job logged (log_image),
     under its name and task; nothing when it logged none."""
-    images = [r for r in records if r.get("kind") == KIND_IMAGE]
-    if not images:
-        return
-    lines = [f"# Images of run `{run_id}`", ""]
-    for record in images:
-        path = root / record["value"]
-        lines.append(f"## {record['name']} ({record['task']})")
-        if path.is_file() and path.stat().st_size <= EMBED_BYTES:
-            kind = mimetypes.guess_type(path.name)[0] or "image/png"
-            data = base64.b64encode(path.read_bytes()).decode()
-            lines.append(f"![{record['name']}](data:{kind};base64,{data})")
-        else:
-            lines.append(f"[{path.name}]({path.resolve().as_uri()})")
-        lines.append("")
-    create_markdown_artifact(key=artifact_key(run_id, "images"), markdown="\n".join(lines),
-                             description=f"Images logged by run {run_id}")
+    markdown = images_markdown(run_id, root, records)
+    if markdown is not None:
+        create_markdown_artifact(key=artifact_key(run_id, "images"), markdown=markdown,
+                                 description=f"Images logged by run {run_id}")

@@ -321,6 +321,42 @@ def test_5_a_late_fork_server_does_not_run_the_job_twice(workspace, prefect_api,
     assert run.get_status() == "Completed"
 
 
+def test_5_a_burst_of_submissions_gives_each_runner_its_own_lock_only(workspace):
+    """The fork server answers a burst of submitters before it forks their runners; a
+    runner forked while others were still waiting must not hold their runs' locks (a dead
+    run would look alive as long as another run's runner lived)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tfsubmit import Experiment
+    from tfsubmit.service import forkserver
+    from tfsubmit.service.server import ensure_server
+
+    ensure_server(workspace)
+    assert forkserver.is_current(workspace)
+    experiment = Experiment("burst", workspace=workspace.root)
+    with ThreadPoolExecutor(20) as pool:
+        runs = list(pool.map(lambda _: experiment.submit(_quick_job(30)), range(20)))
+    try:
+        deadline = time.monotonic() + 300
+        while any(run.get_status() != "Running" for run in runs):
+            assert time.monotonic() < deadline, [run.get_status() for run in runs]
+            time.sleep(0.2)
+        for run in runs:
+            runner = run.record.read()["runner_pid"]
+            held = set()
+            for fd in Path(f"/proc/{runner}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.endswith("/runner.lock"):
+                    held.add(target)
+            assert held == {str(run.paths.runner_lock)}, (run.id, held)
+    finally:
+        for run in runs:
+            run.cancel()
+
+
 # -- 4: kill -9 of the runner: whoever touches the run next reaps it ---------------------------
 
 

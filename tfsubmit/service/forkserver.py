@@ -156,33 +156,34 @@ def serve(workspace: Workspace, main: Callable[[list[str]], int], *,
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
-    listener.listen(16)
+    listener.listen(128)  # a burst of submitters queues here, not in connect timeouts
     listener.settimeout(1.0)
     write_json(workspace.forkserver_state, {"pid": os.getpid(), "code": code_hash()})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if every is not None:
         _start_ticker(*every)
+    taken: list[dict] = []  # answered, their runners not forked yet
     try:
         while True:
             _reap()
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            # Everyone waiting is answered first, then their runners are forked: a burst of
-            # submissions waits for one answer each, not for every fork before its own.
-            taken = [_take(conn)]
-            listener.setblocking(False)
+            # Whoever is waiting is answered before the next runner is forked: a burst of
+            # submissions waits for one answer each (and one fork at most), not for every
+            # fork before its own.
+            if taken:
+                listener.setblocking(False)
+            else:
+                listener.settimeout(1.0)
             try:
                 while True:
-                    taken.append(_take(listener.accept()[0]))
-            except (BlockingIOError, InterruptedError):
+                    request = _take(listener.accept()[0])
+                    if request is not None:
+                        taken.append(request)
+                    listener.setblocking(False)  # and whoever else is waiting
+            except (BlockingIOError, InterruptedError, TimeoutError):
                 pass
-            finally:
-                listener.settimeout(1.0)
-            for request in taken:
-                if request is not None:
-                    _fork_runner(request, listener, main)
+            if taken:
+                request = taken.pop(0)
+                _fork_runner(request, listener, main, others=taken)
     finally:
         listener.close()
         path.unlink(missing_ok=True)
@@ -208,7 +209,10 @@ def _take(conn: socket.socket) -> dict | None:
         return request
 
 
-def _fork_runner(request: dict, listener: socket.socket, main) -> None:
+def _fork_runner(request: dict, listener: socket.socket, main, *, others: list[dict]) -> None:
+    """Fork the runner of `request`; it keeps that run's lock and none of `others`' (runs
+    answered but not forked yet: a lock held by the wrong runner would keep a dead run
+    looking alive)."""
     try:
         pid = os.fork()
     except OSError as exc:  # the machine is out of processes or memory
@@ -218,6 +222,8 @@ def _fork_runner(request: dict, listener: socket.socket, main) -> None:
         return
     if pid == 0:
         listener.close()
+        for other in others:
+            os.close(other["lock_fd"])
         _become_runner(request, main)
     os.close(request["lock_fd"])  # the runner holds it now
 

@@ -292,10 +292,10 @@ def _drain_prefect() -> None:
 def share_tls_contexts() -> None:
     """One TLS context per CA file for the whole process (and the runners forked from it).
 
-    Each Prefect client (a flow run opens several: the API, the log and event workers, the
-    server version check) builds `ssl.create_default_context(cafile=certifi's bundle)`,
-    which parses ~150 certificates: a quarter of a short run's CPU time in the runner, for
-    an API that is plain http here. A verified context for a given CA file is the same
+    Each httpx client (the mirror's; a sweep's Prefect clients: the API, the log and event
+    workers, the server version check) builds `ssl.create_default_context(cafile=certifi's
+    bundle)`, which parses ~150 certificates: a quarter of a short run's CPU time in the
+    runner, for an API that is plain http here. A verified context for a given CA file is the same
     every time, and nothing changes it after it is made (Prefect and httpx pass it to their
     transports as it is), so it is made once; any other call goes to the original."""
     import ssl

@@ -4,7 +4,8 @@
 
 Starts 16 real sshd test hosts on 127.0.0.2..17, then for 1, 4, 8 and 16 hosts times
   1. connect + pre-flight (the runtime already on the hosts) + start a trivial process on
-     every host and wait for all of them to exit;
+     every host and wait for all of them to exit; and the same on hosts connected
+     beforehand (what connections kept between submissions would leave: no key exchange);
   2. a ps topology submitted through the whole pipeline (1 chief, one worker per host,
      1 ps; a stand-in script instead of TensorFlow, the environment already built):
      from submit until every task has started,
@@ -45,11 +46,18 @@ time.sleep(1 if task["type"] == "chief" else 300)
 """
 
 
-def fan_out(config: SSHTargetConfig, workdir: str) -> float:
-    started = time.perf_counter()
+def fan_out(config: SSHTargetConfig, workdir: str, *, warm: bool = False) -> float:
+    """connect + pre-flight + start; `warm`: the hosts connected beforehand (untimed), as
+    connections kept between submissions would leave them: pre-flight + start only."""
     target = SSHTarget("bench", config)
-    try:
+    if warm:
         target.connect()
+    started = time.perf_counter()
+    try:
+        if warm:
+            target._each(lambda conn: target._preflight(conn, ""))
+        else:
+            target.connect()
         handles = [
             target.start(ProcessSpec(host=host.address, argv=("true",), env={}, cwd=workdir,
                                      role="worker", index=i))
@@ -109,7 +117,7 @@ def main() -> None:
         (workdir / ".tfsubmit").mkdir(parents=True)
         try:
             base = hosts.target_config()
-            medians = {}
+            medians, warm = {}, {}
             for count in COUNTS:
                 config = SSHTargetConfig(**{**base, "hosts": base["hosts"][:count]})
                 fan_out(config, str(workdir))  # warm: runtime uploaded, page cache hot
@@ -118,10 +126,16 @@ def main() -> None:
                 print(f"connect+pre-flight+start on {count:2d} host(s): median "
                       f"{medians[count]:.3f} s (runs: {', '.join(f'{t:.3f}' for t in times)})",
                       flush=True)
+                times = [fan_out(config, str(workdir), warm=True) for _ in range(args.repeats)]
+                warm[count] = statistics.median(times)
+                print(f"  the same on connected hosts (no key exchange): median "
+                      f"{warm[count]:.3f} s", flush=True)
             ps = ps_topology(hosts, Path(tmp), args.repeats)
         finally:
             hosts.stop()
-    for what, results in (("connect+pre-flight+start", medians), ("ps submit-to-started", ps)):
+    for what, results in (("connect+pre-flight+start", medians),
+                          ("pre-flight+start, hosts connected", warm),
+                          ("ps submit-to-started", ps)):
         print(f"{what}: ratio 16 hosts / 1 host: {results[16] / results[1]:.2f} (goal < 2); "
               f"against 16 x 1 host (1.0 = no parallelism): "
               f"{results[16] / (16 * results[1]):.2f}")

@@ -19,7 +19,7 @@ from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
 from tfsubmit.pipeline.context import Submission, open_submission
 from tfsubmit.pipeline.execute import Steps, run_steps
 from tfsubmit.service.prefect_api import PrefectAPI
-from tfsubmit.store.cancel import request_cancel
+from tfsubmit.store.cancel import CANCELED_FROM_PREFECT, request_cancel
 from tfsubmit.store.layout import RUNNER_ENV
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
@@ -44,11 +44,11 @@ def _watch_prefect_cancel(sub: Submission, flow_run_id: str, done: threading.Eve
     api = PrefectAPI(os.environ["PREFECT_API_URL"], timeout=10)
     while not done.wait(PREFECT_CANCEL_POLL):
         try:
-            state = (api.flow_run(flow_run_id).get("state") or {}).get("type")
+            asked = api.cancel_asked(flow_run_id)
         except TfsubmitError:
             continue
-        if state in ("CANCELLING", "CANCELLED"):
-            request_cancel(sub.paths, "canceled from Prefect (the UI or the API)")
+        if asked:
+            request_cancel(sub.paths, CANCELED_FROM_PREFECT)
             return
 
 

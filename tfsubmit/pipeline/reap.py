@@ -149,7 +149,7 @@ def report_afterwards(paths: RunPaths, url: str) -> str:
             state_type=PREFECT_STATE.get(facts.get("status"), "FAILED"),
             message=(facts.get("error") or "")[:500])
         when = facts.get("finished") or time.time()
-        api.post_logs(flow_run["id"], [(when, line) for line in
+        api.post_logs(flow_run["id"], [(when, line, None) for line in
                                        paths.output_log.read_text(errors="replace").splitlines()])
     finally:
         api.close()

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from tfsubmit.errors import TfsubmitError
@@ -43,7 +42,7 @@ from tfsubmit.pipeline.execute import Steps
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.runtime.metrics import json_safe, series
 from tfsubmit.service.prefect_api import PAGE, PrefectAPI, artifact_key
-from tfsubmit.store.cancel import request_cancel
+from tfsubmit.store.cancel import CANCELED_FROM_PREFECT, request_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, read_record
 from tfsubmit.store.record import CANCELED, COMPLETED, TERMINAL_STATUSES, RunRecord
 
@@ -55,7 +54,6 @@ SEND_SECONDS = 1.0
 CANCEL_POLL_SECONDS = 2.0
 # Seconds between live updates of the metrics and progress artifacts.
 ARTIFACT_SECONDS = 2.0
-CANCELED_FROM_PREFECT = "canceled from Prefect (the UI or the API)"
 
 
 @dataclass
@@ -77,10 +75,6 @@ class _Artifact:
     description: str
     id: str | None = None
     dirty: bool = True
-
-
-def _iso(when: float) -> str:
-    return datetime.fromtimestamp(when, timezone.utc).isoformat()
 
 
 def _state(kind: str, message: str = "") -> dict[str, Any]:
@@ -257,14 +251,11 @@ class PrefectMirror:
 
     def _create_flow_run(self, api: PrefectAPI) -> None:
         facts = self.facts
-        flow = api.call("POST", "/flows/", {"name": FLOW_NAME})
-        flow_run = api.call("POST", "/flow_runs/", {
-            "flow_id": flow["id"], "name": facts["id"],
-            "tags": [facts.get("experiment") or "default"],
-            "parameters": {"job": read_json(self.paths.job), "experiment": facts.get("experiment"),
-                           "run_id": facts["id"], "workspace": facts.get("workspace")},
-            "state": _state("RUNNING"),
-        })
+        flow_run = api.record_flow_run(
+            FLOW_NAME, name=facts["id"], tags=[facts.get("experiment") or "default"],
+            parameters={"job": read_json(self.paths.job), "experiment": facts.get("experiment"),
+                        "run_id": facts["id"], "workspace": facts.get("workspace")},
+            state_type="RUNNING")
         self.flow_run_id = flow_run["id"]
         self.record.note(flow_run_id=self.flow_run_id, prefect_api_url=api.url)
 
@@ -278,11 +269,8 @@ class PrefectMirror:
             final = self._final if ending else None
         for task in tasks:
             self._send_task(api, task)
-        entries = [{"name": "tfsubmit", "level": 20, "message": text, "timestamp": _iso(when),
-                    "flow_run_id": self.flow_run_id, "task_run_id": task_run}
-                   for when, text, task_run in lines]
-        for start in range(0, len(entries), PAGE):
-            api.call("POST", "/logs/", entries[start:start + PAGE])
+        if lines:
+            api.post_logs(self.flow_run_id, lines)
         for key, artifact in artifacts:
             self._send_artifact(api, key, artifact)
         if final is not None:
@@ -314,8 +302,7 @@ class PrefectMirror:
                      {"data": artifact.data, "description": artifact.description})
 
     def _look_for_cancel(self, api: PrefectAPI) -> None:
-        state = (api.flow_run(self.flow_run_id).get("state") or {}).get("type")
-        if state in ("CANCELLING", "CANCELLED"):
+        if api.cancel_asked(self.flow_run_id):
             request_cancel(self.paths, CANCELED_FROM_PREFECT)
             self._watch_cancel = False
 

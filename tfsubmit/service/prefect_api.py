@@ -92,6 +92,12 @@ class PrefectAPI:
     def flow_run(self, flow_run_id: str) -> dict[str, Any]:
         return self.call("GET", f"/flow_runs/{flow_run_id}")
 
+    def cancel_asked(self, flow_run_id: str) -> bool:
+        """Whether the flow run was set Cancelling (or Cancelled) in Prefect: the UI,
+        `prefect flow-run cancel`, the API."""
+        state = (self.flow_run(flow_run_id).get("state") or {}).get("type")
+        return state in ("CANCELLING", "CANCELLED")
+
     def flow_runs(self, *, flow_names: list[str] | None = None, tags: list[str] | None = None,
                   name: str | None = None, limit: int = 200, offset: int = 0
                   ) -> list[dict[str, Any]]:
@@ -123,21 +129,23 @@ class PrefectAPI:
 
     def record_flow_run(self, flow_name: str, *, name: str, tags: list[str],
                         parameters: dict, state_type: str, message: str = "") -> dict[str, Any]:
-        """A flow run, made after the fact, in its final state (a run that went on while
-        the server was not up yet)."""
+        """A flow run of `flow_name` made from outside Prefect's engine, in state
+        `state_type`: a run mirrored as it goes (RUNNING), or one reported after the fact
+        in its final state."""
         flow = self.call("POST", "/flows/", {"name": flow_name})
         return self.call("POST", "/flow_runs/", {
             "flow_id": flow["id"], "name": name, "tags": tags, "parameters": parameters,
             "state": {"type": state_type, "message": message},
         })
 
-    def post_logs(self, flow_run_id: str, lines: list[tuple[float, str]]) -> None:
-        """Log lines (time, text) into a flow run's log, in batches."""
+    def post_logs(self, flow_run_id: str, lines: list[tuple[float, str, str | None]]) -> None:
+        """Log lines (time, text, task run id or None) into a flow run's log, in batches."""
         from datetime import datetime, timezone
 
         entries = [{"name": "tfsubmit", "level": 20, "message": text, "flow_run_id": flow_run_id,
+                    "task_run_id": task_run_id,
                     "timestamp": datetime.fromtimestamp(when, timezone.utc).isoformat()}
-                   for when, text in lines]
+                   for when, text, task_run_id in lines]
         for start in range(0, len(entries), PAGE):
             self.call("POST", "/logs/", entries[start:start + PAGE])
 

@@ -1,10 +1,12 @@
-"""The detached process that executes one run's flow: the service's edge to flows/.
+"""The detached process that executes one run: the service's edge to the pipeline and flows/.
 
 `Experiment.submit` prepares the run folder and starts `python -m tfsubmit.service.runner
 RUN_DIR` (or has the warm fork server fork one) in its own session, so the run outlives the
 submitting process and can be followed, listed and canceled from any other one. A
-`cancel.requested` file in the run folder asks the run to stop. The runner ends the run
-(its record's status) once the flow run has ended, so that both always agree.
+`cancel.requested` file in the run folder asks the run to stop. A training run's steps run
+here directly, mirrored into Prefect as they go (`service/mirror.py`); a sweep runs as its
+Prefect flow. The runner ends the run (its record's status) once its flow run has ended
+(or, for a mirrored run, after FINISH_SECONDS at most), so that both agree.
 
 `python -m tfsubmit.service.runner --fork-server WORKSPACE` is the fork server itself.
 """

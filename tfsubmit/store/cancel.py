@@ -44,6 +44,10 @@ class CancelFlag:
             return DEFAULT_REASON
 
 
+# The reason of a cancel set in Prefect (the UI, `prefect flow-run cancel`).
+CANCELED_FROM_PREFECT = "canceled from Prefect (the UI or the API)"
+
+
 def request_cancel(paths: RunPaths, reason: str = "") -> None:
     """Ask run `paths` to stop (its runner, wherever it is, polls for this file)."""
     paths.cancel_file.write_text(reason)

@@ -1,12 +1,12 @@
 """Starting a run's runner: forked by a warm fork server, else spawned from scratch.
 
-Starting a runner from scratch costs a Python start plus `import prefect` (2-3 s here).
-The fork server (`python -m tfsubmit.service.runner --fork-server WORKSPACE`) imports the
-flows once, waits on a Unix socket in the workspace, and forks one child per submission;
-the child takes the submitter's environment and working directory, starts its own session,
-and runs the runner's `main` as a spawned runner would. The server holds no threads when it
-forks (Prefect starts none at import). This module holds both sides of the socket and
-imports neither the runner nor the flows: the runner hands `serve` its `main`.
+Starting a runner from scratch costs a Python start plus its imports. The fork server
+(`python -m tfsubmit.service.runner --fork-server WORKSPACE`) imports what a runner needs
+once (not Prefect), waits on a Unix socket in the workspace, and forks one child per
+submission; the child takes the submitter's environment and working directory, starts its
+own session, and runs the runner's `main` as a spawned runner would. The server holds no
+threads when it forks. This module holds both sides of the socket and imports neither the
+runner nor the flows: the runner hands `serve` its `main`.
 
 It is keyed by a hash of tfsubmit's code: a submitter whose code differs (an upgrade, an
 edit) does not use it and spawns a runner instead. Without a fork server, submission
@@ -36,7 +36,7 @@ from tfsubmit.store.package import package_hash as code_hash
 from tfsubmit.store.record import RunRecord
 
 CONNECT_TIMEOUT = 2.0
-# A loaded machine may take a while to fork; a late answer is no harm (see start_runner).
+# A loaded machine may take a while to answer; a late answer is no harm (see start_runner).
 REPLY_TIMEOUT = 10.0
 RUNNER_MODULE = "tfsubmit.service.runner"
 LOCK_FD_ARG = "--lock-fd"

@@ -39,12 +39,13 @@ from tfsubmit.pipeline.artifacts import (
 from tfsubmit.pipeline.collect import summary_markdown
 from tfsubmit.pipeline.context import RunCanceled
 from tfsubmit.pipeline.execute import Steps
+from tfsubmit.pipeline.reap import PREFECT_STATE
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.runtime.metrics import json_safe, series
 from tfsubmit.service.prefect_api import PAGE, PrefectAPI, artifact_key
 from tfsubmit.store.cancel import CANCELED_FROM_PREFECT, request_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, read_record
-from tfsubmit.store.record import CANCELED, COMPLETED, TERMINAL_STATUSES, RunRecord
+from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
 
 T = TypeVar("T")
 
@@ -60,7 +61,6 @@ ARTIFACT_SECONDS = 2.0
 class _TaskRun:
     id: str
     name: str
-    started: float
     ended: float | None = None
     state: str = "RUNNING"
     message: str = ""
@@ -133,7 +133,7 @@ class PrefectMirror:
     @contextlib.contextmanager
     def task_run(self, name: str) -> Iterator[None]:
         """A task run for what runs inside; its state from how it ends."""
-        task = _TaskRun(str(uuid.uuid4()), f"{name}-{uuid.uuid4().hex[:3]}", time.time())
+        task = _TaskRun(str(uuid.uuid4()), f"{name}-{uuid.uuid4().hex[:3]}")
         with self._lock:
             self._tasks.append(task)
             self._current = task
@@ -210,7 +210,7 @@ class PrefectMirror:
         Waits up to `timeout` for everything to be sent; False when it was not (the API is
         gone, or slow): the record says `prefect_pending` for whoever catches up."""
         status = record.get("outcome") or record.get("status")
-        kind = {COMPLETED: "COMPLETED", CANCELED: "CANCELLED"}.get(status, "FAILED")
+        kind = PREFECT_STATE.get(status, "FAILED")
         message = record.get("error") or ("training completed" if kind == "COMPLETED" else "")
         with self._lock:
             self._final = _state(kind, message)

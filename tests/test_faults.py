@@ -966,6 +966,27 @@ def test_11_a_disk_filling_up_mid_run_ends_the_run_truly(small_disk):
     assert shown.returncode == 0 and '"status": "Failed"' in shown.stdout, shown.stderr
 
 
+def test_11_prefect_bookkeeping_never_takes_the_status_reserve(small_disk):
+    """A run's flow run is made in the background, maybe while its job fills the disk: the
+    record's note of it took the 64 KiB reserve kept for the status, and the run then ended
+    with the disk's error instead of its job's exit code (seen once in CI)."""
+    from tfsubmit.store.record import RunRecord
+
+    record = RunRecord.create(small_disk, "bookkeeping", "disk-full", {"entry_script": "x.py"})
+    filler = _fill(small_disk.root)
+    try:
+        assert record.note_if_room(flow_run_id="f") is False
+        assert record.paths.reserve.exists()  # kept for the status
+        assert "flow_run_id" not in record.read()
+        record.settle("Failed", error="worker:0@local failed with exit code 1")
+        assert not record.paths.reserve.exists()  # the status took it
+        assert record.end()["status"] == "Failed"
+        assert record.read()["error"] == "worker:0@local failed with exit code 1"
+    finally:
+        record.release_lock()
+        filler.unlink()
+
+
 def test_10_tfsubmits_own_api_client_rides_out_a_busy_server():
     """`tfsubmit submit --deployment` used to fail on one 503 (a SQLite server locked for a
     moment under load); a server that does not answer still fails at once."""

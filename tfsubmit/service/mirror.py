@@ -219,7 +219,7 @@ class PrefectMirror:
         self._thread.join(timeout)
         done = not self._thread.is_alive() and self.lost is None and self.unreported is None
         if not done and self.unreported is None:
-            self.record.note(prefect_pending=True)
+            self.record.note_if_room(prefect_pending=True)
         return done
 
     # -- the sending thread ---------------------------------------------------------------------
@@ -257,7 +257,8 @@ class PrefectMirror:
                         "run_id": facts["id"], "workspace": facts.get("workspace")},
             state_type="RUNNING")
         self.flow_run_id = flow_run["id"]
-        self.record.note(flow_run_id=self.flow_run_id, prefect_api_url=api.url)
+        # Made while the job may be filling the disk: a view's facts never take the reserve.
+        self.record.note_if_room(flow_run_id=self.flow_run_id, prefect_api_url=api.url)
 
     def _send(self, api: PrefectAPI, *, ending: bool) -> None:
         with self._lock:
@@ -308,9 +309,12 @@ class PrefectMirror:
 
     def _lose(self, exc: Exception) -> None:
         self.lost = f"{type(exc).__name__}: {exc}"
-        self.record.note(prefect_pending=True)
-        self._say(f"the Prefect API stopped answering ({self.lost}); the run goes on and "
-                  "reports to it again once it answers")
+        self.record.note_if_room(prefect_pending=True)
+        try:
+            self._say(f"the Prefect API stopped answering ({self.lost}); the run goes on and "
+                      "reports to it again once it answers")
+        except OSError:
+            pass  # a full disk: the record says prefect_pending where it has room
 
 
 def watch_prefect_cancels(workspace: Workspace, url: str | None, *, timeout: float = 3.0

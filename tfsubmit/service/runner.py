@@ -196,7 +196,7 @@ def _report_later(paths: RunPaths, mirror, workspace: Workspace) -> None:
     from tfsubmit.pipeline.reap import report_afterwards
 
     if mirror.unreported:
-        RunRecord(paths).note(prefect_unreported=mirror.unreported)
+        RunRecord(paths).note_if_room(prefect_unreported=mirror.unreported)
         _log(paths, "the Prefect server did not come up (stopped, or its start failed); the "
                     "run is not in Prefect (its record and folder are complete)")
         return
@@ -210,7 +210,7 @@ def _report_later(paths: RunPaths, mirror, workspace: Workspace) -> None:
         flow_run_id = report_afterwards(paths, url)
         _log(paths, f"reported to Prefect once its server answered: flow run {flow_run_id}")
     except Exception as exc:  # noqa: BLE001 (the outcome is the record's; Prefect is a view)
-        RunRecord(paths).note(prefect_unreported=str(exc))
+        RunRecord(paths).note_if_room(prefect_unreported=str(exc))
         _log(paths, f"could not report the run to Prefect: {exc}")
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tfsubmit.errors import TfsubmitError
+from tfsubmit.errors import StorageError, TfsubmitError
 from tfsubmit.store import runlock
 from tfsubmit.store.layout import (
     RunPaths,
@@ -145,6 +145,17 @@ class RunRecord:
             record.update(facts)
             return record
 
+    def note_if_room(self, **facts: Any) -> bool:
+        """Facts a view keeps (where the run is in Prefect), which may be lost: written only
+        where the disk has room, never from the run's reserve (that is for its status).
+        False when they were not written."""
+        try:
+            with self._locked(use_reserve=False) as record:
+                record.update(facts)
+            return True
+        except StorageError:
+            return False
+
     def settle(self, outcome: str, **facts: Any) -> dict[str, Any]:
         """The flow's result, with the final facts. The status follows when the run ends."""
         return self.note(outcome=outcome, **facts)
@@ -186,9 +197,10 @@ class RunRecord:
             return record
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[dict[str, Any]]:
+    def _locked(self, *, use_reserve: bool = True) -> Iterator[dict[str, Any]]:
         """Read, change and write back under a lock: writers in other processes and threads
-        (a runner, a canceller, a sweep) never lose each other's changes."""
+        (a runner, a canceller, a sweep) never lose each other's changes. On a full disk the
+        run's reserve is given up for the write (`use_reserve`)."""
         with self.paths.record_lock.open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             record = self.read()
@@ -196,7 +208,7 @@ class RunRecord:
             try:
                 write_json(self.paths.record, record)
             except OSError as exc:
-                if not is_disk_full(exc) or not self.paths.reserve.exists():
+                if not is_disk_full(exc) or not use_reserve or not self.paths.reserve.exists():
                     raise _cannot(self.paths.record, exc) from None
                 # The disk is full: give up the run's reserve, so its status is written.
                 self.paths.reserve.unlink()

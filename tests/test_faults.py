@@ -700,6 +700,8 @@ def test_2_an_untrusted_workdir_is_refused(hosts, tmp_path, how):
 def test_2_a_planted_runtime_never_runs(hosts, tmp_path):
     """A runtime already in the workdir used to be trusted as is (the log said "uploaded 0
     bytes"): code planted in it ran as the login user."""
+    from concurrent.futures import ThreadPoolExecutor
+
     workdir = tmp_path / "remote"
     target = _ssh_target(hosts, workdir)
     try:
@@ -709,15 +711,22 @@ def test_2_a_planted_runtime_never_runs(hosts, tmp_path):
     agent = Path(target.runtime) / "tfsubmit" / "targets" / "agent.py"
     witness = tmp_path / "planted-code-ran"
     agent.write_text(agent.read_text() + f"\nopen({str(witness)!r}, 'w').close()\n")
-    target = _ssh_target(hosts, workdir)
+    # Both test hosts share the workdir, as hosts on NFS do, and three submissions connect
+    # at once: six pre-flights find the planted runtime together (in CI one host's check
+    # once read a file the other host's replacement had just removed).
+    targets = [_ssh_target(hosts, workdir) for _ in range(3)]
     try:
-        reports = target.connect()
+        with ThreadPoolExecutor(len(targets)) as pool:
+            reports = [r for rs in pool.map(lambda t: t.connect(), targets) for r in rs.values()]
     finally:
-        target.close()
+        for target in targets:
+            target.close()
     assert not witness.exists()
     assert "planted-code-ran" not in agent.read_text()
-    # Both test hosts share the workdir: the first to look replaces it for both.
-    assert any(report.get("replaced_runtime") for report in reports.values())
+    assert len(reports) == 6 and all(report.get("ran") for report in reports)
+    assert any(report.get("replaced_runtime") for report in reports)
+    # Nothing half-made is left beside the runtime.
+    assert [p.name for p in (workdir / "runtime").iterdir()] == [Path(target.runtime).name]
 
 
 def test_2_a_changed_object_is_refused_and_removed(tmp_path):

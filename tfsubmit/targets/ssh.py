@@ -16,6 +16,7 @@ import posixpath
 import shlex
 import stat
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -73,16 +74,37 @@ if info.st_mode & 0o022:
     say(error=f"workdir {wd} is writable by others (mode {info.st_mode & 0o7777:o}): anyone "
               f"could plant code there; run `chmod go-w {wd}`, or use another workdir")
 package = Path(rt) / "tfsubmit"
-if not (package / "__init__.py").is_file():
+try:
+    here = os.stat(rt).st_ino
+except FileNotFoundError:
     say(runtime_hash=None)
+if not (package / "__init__.py").is_file():
+    say(runtime_hash="incomplete", runtime_ino=here)
 digest = hashlib.sha256()
-for path in sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts):
-    digest.update(str(path.relative_to(package)).encode() + b"\\0" + path.read_bytes())
+try:
+    for path in sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(package)).encode() + b"\\0" + path.read_bytes())
+except OSError:
+    say(runtime_hash=None)  # another host sharing this workdir is replacing it: look again
 if digest.hexdigest()[:16] != want:
-    say(runtime_hash=digest.hexdigest()[:16])
+    say(runtime_hash=digest.hexdigest()[:16], runtime_ino=here)
 sys.path.insert(0, rt)
 from tfsubmit.targets.agent import main
 sys.exit(main(command))
+"""
+
+# argv = RUNTIME INODE: moves RUNTIME aside and removes it, only if it is still the folder
+# GUARD found wrong (another host sharing the workdir may have replaced it since).
+SET_ASIDE = """
+import os, shutil, sys, uuid
+rt, ino = sys.argv[1], int(sys.argv[2])
+try:
+    if os.stat(rt).st_ino == ino:
+        aside = f"{rt}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(rt, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+except FileNotFoundError:
+    pass
 """
 
 
@@ -341,32 +363,41 @@ class SSHTarget:
         except (TargetError, ValueError) as exc:
             raise TargetError(f"{conn.where}: python {self.config.python!r} cannot check the "
                               f"workdir ({exc}); set `python:` on the target") from None
+        # This version's runtime is not there, or is not what tfsubmit uploaded (changed
+        # since, or planted): never run it; put it aside and install it afresh. Hosts may
+        # share the workdir (NFS, or test hosts on one machine): a runtime is only ever
+        # installed whole, by a rename, and the check runs again until it passes.
+        replaced = None
+        for attempt in range(3):
+            self._check(conn, report)
+            if report.get("ran"):
+                if replaced:
+                    report["replaced_runtime"] = replaced
+                return report
+            if report.get("runtime_ino"):
+                replaced = report["runtime_hash"]
+                conn.run([self.config.python, "-c", SET_ASIDE, self.runtime,
+                          str(report["runtime_ino"])], timeout=60)
+            if attempt == 0:
+                try:
+                    conn.run(["mkdir", "-p", posixpath.join(wd, "objects"),
+                              posixpath.dirname(self.runtime)], timeout=30)
+                except TargetError as exc:
+                    raise TargetError(f"{conn.where}: workdir {wd} is not writable: {exc}") \
+                        from None
+            self._install_runtime(conn)
+            try:
+                report = json.loads(conn.run(guard, stdin=digests, timeout=60))
+            except (TargetError, ValueError) as exc:
+                raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
+                                  f"tfsubmit's helper ({exc}); set `python:` on the target") \
+                    from None
         self._check(conn, report)
         if report.get("ran"):
-            return report
-        # This version's runtime is not there, or is not what tfsubmit uploaded (changed
-        # since, or planted): never run it; upload it afresh.
-        replaced = report.get("runtime_hash")
-        if replaced:
-            conn.run(["rm", "-rf", self.runtime], timeout=60)
-        try:
-            conn.run(["mkdir", "-p", posixpath.join(wd, "objects"), self.runtime], timeout=30)
-        except TargetError as exc:
-            raise TargetError(f"{conn.where}: workdir {wd} is not writable: {exc}") from None
-        self._upload_runtime(conn)
-        try:
-            report = json.loads(conn.run(guard, stdin=digests, timeout=60))
-        except (TargetError, ValueError) as exc:
-            raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
-                              f"tfsubmit's helper ({exc}); set `python:` on the target") from None
-        self._check(conn, report)
-        if not report.get("ran"):
-            raise TargetError(f"{conn.where}: tfsubmit's runtime in {self.runtime} does not "
-                              f"match its hash after upload (hash {report.get('runtime_hash')}); "
-                              "remove that folder and retry")
-        if replaced:
-            report["replaced_runtime"] = replaced
-        return report
+            return {**report, "replaced_runtime": replaced} if replaced else report
+        raise TargetError(f"{conn.where}: tfsubmit's runtime in {self.runtime} does not "
+                          f"match its hash after upload (hash {report.get('runtime_hash')}); "
+                          "remove that folder and retry")
 
     @staticmethod
     def _check(conn: Connection, report: dict) -> dict:
@@ -374,21 +405,24 @@ class SSHTarget:
             raise TargetError(f"{conn.where}: {report['error']}")
         return report
 
-    def _upload_runtime(self, conn: Connection) -> None:
-        marker = posixpath.join(self.runtime, "tfsubmit", "__init__.py")
+    def _install_runtime(self, conn: Connection) -> None:
+        """Upload this tfsubmit's code into a folder of its own, then rename it into place:
+        a runtime is there whole or not at all, whoever else installs it at the same time."""
         try:
-            conn.sftp.stat(marker)
-            return
+            conn.sftp.stat(posixpath.join(self.runtime, "tfsubmit", "__init__.py"))
+            return  # installed meanwhile by another host sharing this workdir
         except FileNotFoundError:
             pass
+        part = f"{self.runtime}.part-{uuid.uuid4().hex[:8]}"
         package, sources = package_sources()
         for path in sources:
-            rel = path.relative_to(package.parent).as_posix()
-            target = posixpath.join(self.runtime, rel)
+            target = posixpath.join(part, path.relative_to(package.parent).as_posix())
             _sftp_makedirs(conn.sftp, posixpath.dirname(target))
-            if rel != "tfsubmit/__init__.py":
-                conn.put_bytes(path.read_bytes(), target)
-        conn.put_bytes((package / "__init__.py").read_bytes(), marker)  # last: marks complete
+            conn.put_bytes(path.read_bytes(), target)
+        try:
+            conn.sftp.posix_rename(part, self.runtime)
+        except OSError:  # another host sharing this workdir installed it first
+            conn.run(["rm", "-rf", part], timeout=60)
 
     def hosts(self) -> list[Node]:
         return [Node(host=h.address, workdir="", slots=h.slots, gpus=h.gpus, address=h.address)

@@ -203,8 +203,10 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
         text=True,
         start_new_session=True,
         # Marked as tfsubmit's own: a job's leftover check never takes a build for its own.
+        # uv trusts the host's certificate store, as pip and curl there do (uv's own roots
+        # refuse a site's TLS-inspecting proxy; an SSH login has no SSL_CERT_FILE to say so).
         env={**os.environ, "UV_NO_PROGRESS": "1", SERVICE_MARKER: "environment-build",
-             **(extra_env or {})},
+             "UV_NATIVE_TLS": os.environ.get("UV_NATIVE_TLS", "1"), **(extra_env or {})},
     )
     lines: list[str] = []
     heard = [time.monotonic()]

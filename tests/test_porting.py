@@ -19,6 +19,7 @@ from conftest import JOBS, ROOT, TFSUBMIT, run_cli
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.cli import build_parser
 from tfsubmit.errors import JobSpecError
+from tfsubmit.pipeline.supervise import _QUIET_NOISE
 from tfsubmit.service.prefect_api import PrefectAPI, flow_run_link
 from tfsubmit.service.processes import processes_of_run
 from tfsubmit.service.server import server_status, stop_server
@@ -252,10 +253,15 @@ def test_4_azure_ps_job_runs_as_written_on_emulated_nodes(workspace, prefect_api
     assert processes_of_run(run.id) == []
     # Each emulated node had its own folder.
     assert (run.paths.root / "hosts" / "local-1" / "work" / "replica.py").is_file()
-    # 6: TensorFlow's C++ INFO start-up lines are quieted by default (kept per process).
+    # 6: TensorFlow's C++ INFO start-up lines are quieted by default: kept in each process's
+    # log, never in the merged one, which says so once. Which of them TensorFlow prints
+    # varies from run to run (all, or none: seen in CI), so the notice is asked for exactly
+    # when a process printed one.
     assert "grpc_server_lib.cc" not in log and "oneDNN custom operations" not in log
-    assert "absl::InitializeLog" not in log and "TensorFlow's start-up lines are kept" in log
-    assert "oneDNN custom operations" in (run.paths.logs / "ps-0.log").read_text()
+    assert "absl::InitializeLog" not in log
+    quieted = [line for path in run.paths.logs.glob("*.log")
+               for line in path.read_text().splitlines() if _QUIET_NOISE.match(line)]
+    assert ("TensorFlow's start-up lines are kept" in log) == bool(quieted), quieted
     # 5: metrics per task: worker 0's by default (no chief), any task's on request.
     assert run.get_metric_tasks() == ["worker:0", "worker:1"]
     assert run.get_metrics() == {"steps": 5, "is_chief": 1.0}

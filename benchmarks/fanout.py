@@ -4,11 +4,13 @@
 
 Starts 16 real sshd test hosts on 127.0.0.2..17, then for 1, 4, 8 and 16 hosts times
   1. connect + pre-flight (the runtime already on the hosts) + start a trivial process on
-     every host and wait for all of them to exit; and the same on hosts connected
-     beforehand (what connections kept between submissions would leave: no key exchange);
+     every host and wait for all of them to exit, each time as a new submission does (a new
+     SSHTarget): cold, a connection per submission (`keep_connections: 0`), and warm,
+     through tfsubmit's SSH connection pool with the hosts' connections kept from the
+     submission before (no key exchange);
   2. a ps topology submitted through the whole pipeline (1 chief, one worker per host,
      1 ps; a stand-in script instead of TensorFlow, the environment already built):
-     from submit until every task has started,
+     from submit until every task has started, cold and warm as above,
 and prints the median times and the ratios 16-host / 1-host (goal: under 2).
 Here all 16 "hosts" and the client share this machine's cores, so each host's CPU work
 (sshd's key exchange, starting the Python helper) adds up in a way it would not on 16
@@ -46,18 +48,12 @@ time.sleep(1 if task["type"] == "chief" else 300)
 """
 
 
-def fan_out(config: SSHTargetConfig, workdir: str, *, warm: bool = False) -> float:
-    """connect + pre-flight + start; `warm`: the hosts connected beforehand (untimed), as
-    connections kept between submissions would leave them: pre-flight + start only."""
+def fan_out(config: SSHTargetConfig, workdir: str) -> float:
+    """connect + pre-flight + start, as a new submission does them."""
     target = SSHTarget("bench", config)
-    if warm:
-        target.connect()
     started = time.perf_counter()
     try:
-        if warm:
-            target._each(lambda conn: target._preflight(conn, ""))
-        else:
-            target.connect()
+        target.connect()
         handles = [
             target.start(ProcessSpec(host=host.address, argv=("true",), env={}, cwd=workdir,
                                      role="worker", index=i))
@@ -82,29 +78,32 @@ def submit_to_started(workspace: Workspace, source: Path, target: str, hosts: in
     return details["started"] - started
 
 
-def ps_topology(hosts, tmp: Path, repeats: int) -> dict[int, float]:
+def ps_topology(hosts, tmp: Path, repeats: int) -> tuple[dict[int, float], dict[int, float]]:
     os.environ.pop("PREFECT_API_URL", None)
     workspace = Workspace(tmp / "ws")
     source = tmp / "src"
     source.mkdir()
     (source / "serve.py").write_text(STAND_IN)
     base = hosts.target_config()
-    medians = {}
+    cold, warm = {}, {}
     try:
         ensure_server(workspace)
         for count in COUNTS:
-            name = f"hosts-{count}"
-            save_target(workspace.root, name,
-                        SSHTargetConfig(**{**base, "hosts": base["hosts"][:count]}))
-            submit_to_started(workspace, source, name, count)  # warm: runtime, snapshot, env
-            times = [submit_to_started(workspace, source, name, count) for _ in range(repeats)]
-            medians[count] = statistics.median(times)
-            print(f"ps topology on {count:2d} host(s) ({count + 2} tasks): submit to all "
-                  f"started, median {medians[count]:.3f} s "
-                  f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+            for medians, keep in ((cold, 0), (warm, 300)):
+                name = f"hosts-{count}-keep-{keep}"
+                save_target(workspace.root, name, SSHTargetConfig(
+                    **{**base, "hosts": base["hosts"][:count], "keep_connections": keep}))
+                submit_to_started(workspace, source, name, count)  # runtime, snapshot, env
+                times = [submit_to_started(workspace, source, name, count)
+                         for _ in range(repeats)]
+                medians[count] = statistics.median(times)
+                print(f"ps topology on {count:2d} host(s) ({count + 2} tasks), "
+                      f"{'warm' if keep else 'cold'}: submit to all started, median "
+                      f"{medians[count]:.3f} s (runs: {', '.join(f'{t:.3f}' for t in times)})",
+                      flush=True)
     finally:
         stop_server(workspace)
-    return medians
+    return cold, warm
 
 
 def main() -> None:
@@ -119,26 +118,28 @@ def main() -> None:
             base = hosts.target_config()
             medians, warm = {}, {}
             for count in COUNTS:
-                config = SSHTargetConfig(**{**base, "hosts": base["hosts"][:count]})
-                fan_out(config, str(workdir))  # warm: runtime uploaded, page cache hot
-                times = [fan_out(config, str(workdir)) for _ in range(args.repeats)]
-                medians[count] = statistics.median(times)
-                print(f"connect+pre-flight+start on {count:2d} host(s): median "
-                      f"{medians[count]:.3f} s (runs: {', '.join(f'{t:.3f}' for t in times)})",
-                      flush=True)
-                times = [fan_out(config, str(workdir), warm=True) for _ in range(args.repeats)]
-                warm[count] = statistics.median(times)
-                print(f"  the same on connected hosts (no key exchange): median "
-                      f"{warm[count]:.3f} s", flush=True)
-            ps = ps_topology(hosts, Path(tmp), args.repeats)
+                for results, keep in ((medians, 0), (warm, 300)):
+                    config = SSHTargetConfig(**{**base, "hosts": base["hosts"][:count],
+                                                "keep_connections": keep})
+                    fan_out(config, str(workdir))  # runtime uploaded, page cache hot, pool
+                    times = [fan_out(config, str(workdir)) for _ in range(args.repeats)]
+                    results[count] = statistics.median(times)
+                    print(f"connect+pre-flight+start on {count:2d} host(s), "
+                          f"{'warm' if keep else 'cold'}: median {results[count]:.3f} s "
+                          f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+            ps_cold, ps_warm = ps_topology(hosts, Path(tmp), args.repeats)
         finally:
             hosts.stop()
-    for what, results in (("connect+pre-flight+start", medians),
-                          ("pre-flight+start, hosts connected", warm),
-                          ("ps submit-to-started", ps)):
+    for what, results in (("connect+pre-flight+start, cold", medians),
+                          ("connect+pre-flight+start, warm", warm),
+                          ("ps submit-to-started, cold", ps_cold),
+                          ("ps submit-to-started, warm", ps_warm)):
         print(f"{what}: ratio 16 hosts / 1 host: {results[16] / results[1]:.2f} (goal < 2); "
               f"against 16 x 1 host (1.0 = no parallelism): "
               f"{results[16] / (16 * results[1]):.2f}")
+    print("warm / cold: " + ", ".join(
+        f"{count} host(s) {warm[count] / medians[count]:.2f} "
+        f"(ps {ps_warm[count] / ps_cold[count]:.2f})" for count in COUNTS))
 
 
 if __name__ == "__main__":

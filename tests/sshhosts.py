@@ -128,6 +128,12 @@ class TestHosts:
             raise RuntimeError(f"sshd test hosts {pending} did not start: {logs}")
 
     def stop(self) -> None:
+        # tfsubmit's SSH connection pool keeps connections to these hosts for later runs:
+        # close them, as their sshd session processes outlive the listener stopped here.
+        from tfsubmit.targets import sshpool
+
+        for address in self.addresses:
+            sshpool.call("drop", address=address, port=self.port)
         for pid in self.pids:
             try:
                 os.killpg(pid, signal.SIGTERM)

@@ -56,6 +56,10 @@ class SSHTargetConfig(BaseModel):
     heartbeat_seconds: float = Field(
         default=2.0, gt=0, description="How often a running job's hosts are checked."
     )
+    keep_connections: float = Field(
+        default=300.0, ge=0, description="Seconds an unused connection to a host is kept for "
+        "the next submission, by tfsubmit's SSH connection pool (0: a connection per run)."
+    )
 
 
 class DockerTargetConfig(BaseModel):

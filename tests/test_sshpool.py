@@ -1,0 +1,154 @@
+"""tfsubmit's SSH connection pool (targets/sshpool.py) against real sshd test hosts: what a
+second submission to the same hosts skips, when kept connections close, and a pool killed
+while a job runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+import uuid
+
+import pytest
+
+from tfsubmit.errors import TargetError
+from tfsubmit.spec.process import ProcessSpec
+from tfsubmit.targets import sshpool
+from tfsubmit.targets.config import SSHTargetConfig
+from tfsubmit.targets.ssh import HostLostError, SSHTarget
+
+
+def _config(hosts, tmp_path, **extra) -> SSHTargetConfig:
+    """A key file of this test's own: the pool's connections with it are this test's."""
+    key = tmp_path / "id_ed25519"
+    shutil.copy(hosts.user_key, key)
+    return SSHTargetConfig(**hosts.target_config(key_file=str(key),
+                                                 workdir=str(tmp_path / "remote"), **extra))
+
+
+def _kept(config: SSHTargetConfig) -> list[dict]:
+    stats = sshpool.call("stats") or {"kept": []}
+    return sorted((e for e in stats["kept"] if e["key_file"] == config.key_file),
+                  key=lambda e: e["address"])
+
+
+def _wait(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _run_true(target: SSHTarget, workdir: str) -> None:
+    handles = [target.start(ProcessSpec(host=a, argv=("true",), env={}, cwd=workdir,
+                                        role="worker", index=i))
+               for i, a in enumerate(target.connections)]
+    assert _wait(lambda: all(h.poll() is not None for h in handles), what="`true`")
+    assert {h.poll() for h in handles} == {0}
+
+
+def test_a_second_submission_reuses_the_first_ones_connections(hosts, tmp_path):
+    config = _config(hosts, tmp_path)
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    first = SSHTarget("first", config)
+    try:
+        first.connect()
+        _run_true(first, str(workdir))
+    finally:
+        first.close()
+    kept = _kept(config)
+    assert [e["address"] for e in kept] == hosts.addresses  # one connection per host, kept
+    assert _wait(lambda: all(e["channels"] == 0 for e in _kept(config)), what="channels closed")
+
+    second = SSHTarget("second", config)
+    try:
+        reports = second.connect()
+        assert all(report["ran"] for report in reports.values())
+        _run_true(second, str(workdir))
+        files = second.connections[hosts.addresses[0]].sftp.listdir(str(tmp_path / "remote"))
+        assert "runtime" in files
+    finally:
+        second.close()
+    # The same connections (no new key exchange), made by the first submission.
+    assert [e["id"] for e in _kept(config)] == [e["id"] for e in kept]
+
+
+def test_keep_connections_0_connects_directly(hosts, tmp_path):
+    config = _config(hosts, tmp_path, keep_connections=0)
+    target = SSHTarget("direct", config)
+    try:
+        target.connect()
+        assert all(not conn.pooled for conn in target.connections.values())
+    finally:
+        target.close()
+    assert _kept(config) == []
+
+
+def test_an_idle_connection_is_closed_after_keep_connections(hosts, tmp_path):
+    config = _config(hosts, tmp_path, keep_connections=1)
+    target = SSHTarget("short", config)
+    try:
+        target.connect()
+        ids = [e["id"] for e in _kept(config)]
+        assert len(ids) == 2
+    finally:
+        target.close()
+    _wait(lambda: _kept(config) == [], what="the idle connections to close")
+    again = SSHTarget("again", config)
+    try:
+        again.connect()  # connects afresh
+        assert not {e["id"] for e in _kept(config)} & set(ids)
+    finally:
+        again.close()
+
+
+def test_a_pool_killed_while_a_job_runs_is_a_lost_host_and_the_next_run_gets_a_new_pool(
+        hosts, tmp_path):
+    config = _config(hosts, tmp_path)
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    run_id = f"pool-{uuid.uuid4().hex[:6]}"
+    target = SSHTarget("victim", config)
+    try:
+        target.connect()
+        handle = target.start(ProcessSpec(
+            host=hosts.addresses[0], argv=("python3", "-c", "import time; print('up', "
+                                           "flush=True); time.sleep(300)"),
+            env={"TFSUBMIT_RUN_ID": run_id}, cwd=str(workdir), role="worker", index=0))
+        assert next(iter(handle.lines())) == "up"
+        pid = sshpool.call("stats")["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+        def lost() -> bool:
+            try:
+                return handle.poll() is not None and pytest.fail("ended with an exit code")
+            except HostLostError as exc:
+                assert f"host root@{hosts.addresses[0]}:2222 lost" in str(exc)
+                return True
+
+        _wait(lost, what="the lost host to be noticed")
+    finally:
+        target.close()
+    # The next run starts a new pool; nothing of the job keeps running (its host agent ends
+    # it when its connection goes; what `ps` still finds, the reaper's way, is killed).
+    after = SSHTarget("after", config)
+    try:
+        after.connect()
+        assert sshpool.call("stats")["pid"] != pid
+
+        def ended() -> bool:
+            left = after.leftovers(run_id)
+            try:
+                after.kill(left)
+            except TargetError:
+                pass  # ended meanwhile
+            return not left
+
+        _wait(ended, what="the job to end")
+    finally:
+        after.close()

@@ -18,8 +18,9 @@ holds none. It is what OpenSSH's ControlMaster/ControlPersist does for the `ssh`
   so a host that went away costs at most `connect_timeout` more than it did before.
 - A run that cannot reach the pool (it could not start, say) connects directly as before.
 
-Protocol, one Unix connection per request: a JSON line {"kind", "config", "host", ...}; the
-answer is a JSON line ({"ok": true} or {"error": "..."}); then, for "exec", the client's bytes
+Protocol, one Unix connection per request: a JSON message (4 bytes of length, then the
+JSON) {"kind", "config", "host", ...}; the answer is one ({"ok": true} or {"error": "..."});
+then, for "exec", the client's bytes
 are the command's stdin (shutdown = EOF) and the pool's are frames (1 byte kind, 4 bytes
 length, data): o stdout, e stderr, k keep-alive, x exit status; for "sftp" the bytes are the
 SFTP subsystem's, both ways, unframed.
@@ -70,10 +71,9 @@ def request(config, host, kind: str, *, start: bool = True, **fields) -> socket.
     if sock is None:
         return None
     try:
-        line = json.dumps({"kind": kind, "config": config.model_dump(),
-                           "host": host.model_dump(), **fields}) + "\n"
-        sock.sendall(line.encode())
-        answer = json.loads(_read_line(sock) or "{}")
+        _send_message(sock, {"kind": kind, "config": config.model_dump(),
+                             "host": host.model_dump(), **fields})
+        answer = _recv_message(sock) or {}
     except (OSError, ValueError):
         sock.close()
         return None
@@ -116,14 +116,17 @@ def _spawn() -> None:
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
-def _read_line(sock: socket.socket) -> str:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode()
+def _send_message(sock: socket.socket, message: dict) -> None:
+    data = json.dumps(message).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _recv_message(sock: socket.socket) -> dict | None:
+    """One length-prefixed JSON message, read exactly (what follows is the channel's: a
+    line-by-line read would cost a system call, and a GIL hand-off, per byte)."""
+    header = _recv_exact(sock, 4)
+    data = header and _recv_exact(sock, struct.unpack(">I", header)[0])
+    return json.loads(data) if data else None
 
 
 class _Stream(io.RawIOBase):
@@ -355,7 +358,9 @@ class Pool:
     def _serve(self, sock: socket.socket) -> None:
         from tfsubmit.targets.settings import SSHHost, SSHTargetConfig
 
-        req = json.loads(_read_line(sock))
+        req = _recv_message(sock)
+        if req is None:
+            return
         kind = req["kind"]
         if kind == "stats":
             with self.lock:
@@ -420,7 +425,7 @@ class Pool:
 
 def _answer(sock: socket.socket, **fields) -> None:
     try:
-        sock.sendall((json.dumps(fields) + "\n").encode())
+        _send_message(sock, fields)
     except OSError:
         pass
 
@@ -522,8 +527,8 @@ def call(kind: str, **fields) -> dict | None:
         return None
     with sock:
         try:
-            sock.sendall((json.dumps({"kind": kind, **fields}) + "\n").encode())
-            return json.loads(_read_line(sock) or "null")
+            _send_message(sock, {"kind": kind, **fields})
+            return _recv_message(sock)
         except (OSError, ValueError):
             return None
 

@@ -164,9 +164,7 @@ class SlurmCommands:
             command = f"env {shell_join([f'{k}={v}' for k, v in self.config.env.items()])} " \
                       + command
         try:
-            channel = conn.client.get_transport().open_session(timeout=timeout)
-            channel.settimeout(timeout)
-            channel.exec_command(command)
+            channel = conn.open_channel(command, timeout=timeout)
             channel.shutdown_write()
             out = channel.makefile("rb").read().decode(errors="replace")
             err = channel.makefile_stderr("rb").read().decode(errors="replace")

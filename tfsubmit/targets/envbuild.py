@@ -40,6 +40,10 @@ def find_conda() -> str | None:
 
 
 def find_uv() -> str | None:
+    if sys.flags.no_site:  # the SSH host agent runs `python -S`: site-packages only now
+        import site
+
+        site.main()
     try:
         from uv import find_uv_bin
 
@@ -205,8 +209,11 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
         # Marked as tfsubmit's own: a job's leftover check never takes a build for its own.
         # uv trusts the host's certificate store, as pip and curl there do (uv's own roots
         # refuse a site's TLS-inspecting proxy; an SSH login has no SSL_CERT_FILE to say so).
+        # UV_SYSTEM_CERTS is its name now (uv 0.13 warns that UV_NATIVE_TLS is deprecated).
         env={**os.environ, "UV_NO_PROGRESS": "1", SERVICE_MARKER: "environment-build",
-             "UV_NATIVE_TLS": os.environ.get("UV_NATIVE_TLS", "1"), **(extra_env or {})},
+             **({} if "UV_NATIVE_TLS" in os.environ else
+                {"UV_SYSTEM_CERTS": os.environ.get("UV_SYSTEM_CERTS", "1")}),
+             **(extra_env or {})},
     )
     lines: list[str] = []
     heard = [time.monotonic()]

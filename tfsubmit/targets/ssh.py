@@ -52,9 +52,10 @@ def shell_join(argv: list[str]) -> str:
 
 
 def bare_python(config: SSHTargetConfig) -> list[str]:
-    """The host's Python without site-packages (`-S`), for what needs only the standard
-    library and runs for every host and process (pre-flight, start, ps, signal): it starts
-    in 20 ms instead of 55 here. Environment builds need site-packages (uv) and keep them."""
+    """The host's Python without site-packages (`-S`): every command tfsubmit runs on a
+    host needs only the standard library, and runs for every host and process; it starts in
+    20 ms instead of 55 here. An environment build adds site-packages when it looks for uv
+    (`envbuild.find_uv`)."""
     return [config.python, "-S"]
 
 
@@ -549,7 +550,7 @@ class SSHTarget:
             else:
                 log(f"env@{conn.name}: {line}")
 
-        code = conn.stream([self.config.python, "-m", AGENT, command, *args],
+        code = conn.stream([*bare_python(self.config), "-m", AGENT, command, *args],
                            stdin=json.dumps(request), env={"PYTHONPATH": self.runtime},
                            on_line=on_line)
         if code != 0 or not result:

@@ -108,6 +108,17 @@ def job_dir(tmp_path) -> Path:
     return target
 
 
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true (returned); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def wait_for_line(run, text: str, timeout: float = 300) -> None:
     """Wait until the run's merged log holds `text`; fail early if the run ends first."""
     deadline = time.monotonic() + timeout

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
-from conftest import EXAMPLE, TFSUBMIT, run_cli
+from conftest import EXAMPLE, TFSUBMIT, run_cli, wait_until
 
 from tfsubmit import Experiment, Run, TensorFlow
 from tfsubmit.errors import RunFailedError, TargetError
@@ -22,16 +21,6 @@ def example_job(**changes) -> TensorFlow:
     spec = {"source_directory": str(EXAMPLE), "entry_script": "train.py",
             "script_params": {"--epochs": 2, "--samples": 512}, **changes}
     return TensorFlow(**spec)
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, capsys, tmp_path):

@@ -7,10 +7,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import time
 import uuid
 
 import pytest
+from conftest import wait_until
 
 from tfsubmit.errors import TargetError
 from tfsubmit.spec.process import ProcessSpec
@@ -33,21 +33,11 @@ def _kept(config: SSHTargetConfig) -> list[dict]:
                   key=lambda e: e["address"])
 
 
-def _wait(condition, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _run_true(target: SSHTarget, workdir: str) -> None:
     handles = [target.start(ProcessSpec(host=a, argv=("true",), env={}, cwd=workdir,
                                         role="worker", index=i))
                for i, a in enumerate(target.connections)]
-    assert _wait(lambda: all(h.poll() is not None for h in handles), what="`true`")
+    assert wait_until(lambda: all(h.poll() is not None for h in handles), 60, "`true`")
     assert {h.poll() for h in handles} == {0}
 
 
@@ -63,7 +53,7 @@ def test_a_second_submission_reuses_the_first_ones_connections(hosts, tmp_path):
         first.close()
     kept = _kept(config)
     assert [e["address"] for e in kept] == hosts.addresses  # one connection per host, kept
-    assert _wait(lambda: all(e["channels"] == 0 for e in _kept(config)), what="channels closed")
+    assert wait_until(lambda: all(e["channels"] == 0 for e in _kept(config)), 60, "channels closed")
 
     second = SSHTarget("second", config)
     try:
@@ -98,7 +88,7 @@ def test_an_idle_connection_is_closed_after_keep_connections(hosts, tmp_path):
         assert len(ids) == 2
     finally:
         target.close()
-    _wait(lambda: _kept(config) == [], what="the idle connections to close")
+    wait_until(lambda: _kept(config) == [], 60, "the idle connections to close")
     again = SSHTarget("again", config)
     try:
         again.connect()  # connects afresh
@@ -131,7 +121,7 @@ def test_a_pool_killed_while_a_job_runs_is_a_lost_host_and_the_next_run_gets_a_n
                 assert f"host root@{hosts.addresses[0]}:2222 lost" in str(exc)
                 return True
 
-        _wait(lost, what="the lost host to be noticed")
+        wait_until(lost, 60, "the lost host to be noticed")
     finally:
         target.close()
     # The next run starts a new pool; nothing of the job keeps running (its host agent ends
@@ -149,6 +139,6 @@ def test_a_pool_killed_while_a_job_runs_is_a_lost_host_and_the_next_run_gets_a_n
                 pass  # ended meanwhile
             return not left
 
-        _wait(ended, what="the job to end")
+        wait_until(ended, 60, "the job to end")
     finally:
         after.close()

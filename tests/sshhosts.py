@@ -56,6 +56,7 @@ class TestHosts:
     pids: list[int] = field(default_factory=list)
     netns: list[str | None] = field(default_factory=list)
     set_env: dict[str, str] = field(default_factory=dict)  # for every session on the hosts
+    sshd_options: list[str] = field(default_factory=list)  # more sshd_config lines
 
     @property
     def user_key(self) -> Path:
@@ -94,6 +95,7 @@ class TestHosts:
                 "MaxSessions 100",
                 "LogLevel ERROR",
                 "Subsystem sftp internal-sftp",
+                *self.sshd_options,
                 "",
             ]))
             argv = [SSHD, "-D", "-e", "-f", str(config)]

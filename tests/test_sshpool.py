@@ -142,3 +142,82 @@ def test_a_pool_killed_while_a_job_runs_is_a_lost_host_and_the_next_run_gets_a_n
         wait_until(ended, 60, "the job to end")
     finally:
         after.close()
+
+
+def _agent_pids(config: SSHTargetConfig) -> list[list[int]]:
+    return [e["agents"] for e in _kept(config)]
+
+
+def _forked_by(target: SSHTarget, address: str) -> int:
+    """The pid of the process that forked the command's parent: on the agent path, the
+    resident agent (agentd.py: it forks a relay, which forks the command)."""
+    out = target.connections[address].run_python(
+        ["-c", "import os; print(open(f'/proc/{os.getppid()}/stat').read()"
+               ".rsplit(')', 1)[1].split()[1])"])
+    return int(out)
+
+
+def test_commands_are_forked_by_a_resident_agent_on_each_kept_connection(hosts, tmp_path):
+    config = _config(hosts, tmp_path)
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    target = SSHTarget("agent", config)
+    try:
+        target.connect()  # installs the runtime; the agent starts once it is there
+        _run_true(target, str(workdir))
+        agents = _agent_pids(config)
+        assert [len(pids) for pids in agents] == [1, 1], agents
+        for address, pids in zip(hosts.addresses, agents, strict=True):
+            assert _forked_by(target, address) == pids[0]
+            assert "serve" in open(f"/proc/{pids[0]}/cmdline").read()  # hosts are local
+        assert target.leftovers("no-such-run") == []  # `ps` through the agent
+
+        # A resident agent killed: the next command runs in a session of its own (or by a
+        # new agent), and a later one is forked by a new agent.
+        os.kill(agents[0][0], signal.SIGKILL)
+        address = hosts.addresses[0]
+        assert target.connections[address].run_python(["-c", "print('still')"]) == "still\n"
+
+        def new_agent() -> bool:
+            forked_by = _forked_by(target, address)
+            return forked_by != agents[0][0] and [forked_by] == _agent_pids(config)[0]
+
+        assert wait_until(new_agent, 60, "a new resident agent")
+        _run_true(target, str(workdir))
+    finally:
+        target.close()
+    # The next submission's pre-flight is answered by the same agents (no Python started).
+    again = SSHTarget("again", config)
+    try:
+        reports = again.connect()
+        assert all(report["ran"] for report in reports.values())
+        now = _agent_pids(config)
+        assert now[1] == agents[1]
+        assert _forked_by(again, hosts.addresses[1]) == agents[1][0]
+    finally:
+        again.close()
+
+
+def test_a_host_that_refuses_forwarding_runs_each_command_in_a_session_of_its_own(tmp_path):
+    from sshhosts import loopback_hosts
+
+    refusing = loopback_hosts(tmp_path / "hosts", 1, first=40)
+    refusing.port = 2240
+    refusing.sshd_options = ["AllowTcpForwarding no"]
+    refusing.start()
+    try:
+        config = _config(refusing, tmp_path)
+        workdir = tmp_path / "job"
+        (workdir / ".tfsubmit").mkdir(parents=True)
+        target = SSHTarget("refusing", config)
+        try:
+            target.connect()
+            _run_true(target, str(workdir))
+            assert target.leftovers("no-such-run") == []
+        finally:
+            target.close()
+        [entry] = _kept(config)
+        assert entry["agents"] == []
+        assert "forwarding" in entry["agent_refused"]
+    finally:
+        refusing.stop()

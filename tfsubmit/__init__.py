@@ -4,20 +4,23 @@
     run = Experiment("demo").submit(TensorFlow(source_directory=".", entry_script="train.py"))
     run.wait_for_completion(show_output=True)
 
-A bare `import tfsubmit` imports nothing heavy: the in-job runtime (`run_context`) runs in
-the job's environment, which has TensorFlow but not Prefect. Everything else loads lazily.
+A bare `import tfsubmit` imports nothing: the in-job runtime (`run_context`) runs in the
+job's environment, which has TensorFlow but not Prefect, and the host agent runs on SSH hosts
+for every command (`python -S -m tfsubmit.targets.agent`), where each import is paid per
+command and host. Every name loads on first use.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
 
-from tfsubmit.runtime import RunContext, run_context
+TYPE_CHECKING = False  # typing itself costs 3 ms per agent command
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "RunContext": "tfsubmit.runtime",
+    "run_context": "tfsubmit.runtime",
     "TensorFlow": "tfsubmit.spec.job",
     "TrainingJob": "tfsubmit.spec.job",
     "Experiment": "tfsubmit.api",
@@ -31,16 +34,17 @@ _LAZY = {
     "Workspace": "tfsubmit.store.layout",
 }
 
-__all__ = ["RunContext", "run_context", *_LAZY]
+__all__ = [*_LAZY]
 
 if TYPE_CHECKING:
     from tfsubmit.api import DeploymentRun, Experiment, Run, SweepRun, open_run  # noqa: F401
     from tfsubmit.errors import JobSpecError, RunFailedError, TfsubmitError  # noqa: F401
+    from tfsubmit.runtime import RunContext, run_context  # noqa: F401
     from tfsubmit.spec.job import TensorFlow, TrainingJob  # noqa: F401
     from tfsubmit.store.layout import Workspace  # noqa: F401
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name == "Run":
         return _run_class()
     if name in _LAZY:
@@ -48,7 +52,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tfsubmit' has no attribute {name!r}")
 
 
-def _run_class() -> Any:
+def _run_class() -> object:
     """`Run`: inside a job, the in-script run (Azure ML v1's `Run.get_context()`), which
     needs nothing but the standard library; elsewhere the submitting side's Run (which has
     the same `get_context`). A job's environment lacks tfsubmit's own dependencies, so the

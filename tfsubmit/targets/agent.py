@@ -19,6 +19,9 @@ per code version and calls these over SSH, so a host needs nothing but Python 3.
                                     (128 + N when killed by signal N); as a subreaper,
                                     stop what it left behind when it exits
     signal PIDFILE SIGNUM           -> signal the whole process group named in PIDFILE
+
+The resident agent that runs these by forking (agentd.py) starts through the SSH target's
+guard as `serve`.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ import shutil
 import sys
 from pathlib import Path
 
-# A new agent process starts for every command on every host (each process of a job is
-# started by `run`), so each command imports only what it uses.
+# Without a resident agent (agentd.py) a new agent process starts for every command on
+# every host (each process of a job is started by `run`), so each command imports only what
+# it uses.
 
 AGENT = "tfsubmit.targets.agent"
 ENV_RESULT_PREFIX = "TFSUBMIT-ENV "

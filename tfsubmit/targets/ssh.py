@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import posixpath
 import shlex
+import socket
 import stat
 import threading
 import uuid
@@ -105,6 +106,9 @@ except OSError:
 if digest.hexdigest()[:16] != want:
     say(runtime_hash=digest.hexdigest()[:16], runtime_ino=here)
 sys.path.insert(0, rt)
+if command == ["serve"]:  # the resident agent (agentd.py), which forks the other commands
+    from tfsubmit.targets.agentd import serve
+    sys.exit(serve())
 from tfsubmit.targets.agent import main
 sys.exit(main(command))
 """
@@ -159,6 +163,8 @@ class Connection:
         self._sftp: paramiko.SFTPClient | None = None
         self.bytes_uploaded = 0
         self.lost: str | None = None
+        # The command that starts the host's resident agent (SSHTarget sets it; agentd.py)
+        self.agent: str | None = None
         self._heartbeat: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -216,6 +222,9 @@ class Connection:
             raise TargetError(
                 f"{self.where}: unreachable ({reason}, connect_timeout={timeout:g} s)"
             ) from None
+        # Small messages go out at once: with Nagle's algorithm a channel's request, or its
+        # EOF, waits for the acknowledgement of the message before it (40 ms, delayed).
+        self.client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     @property
     def sftp(self) -> paramiko.SFTPClient:
@@ -248,14 +257,40 @@ class Connection:
         channel.exec_command(command)
         return channel
 
+    def open_python(self, args: list[str], *, env: dict | None = None, timeout: float,
+                    combine: bool = False):
+        """A channel running `python -S ARGS` (tfsubmit's own commands): forked by the
+        host's resident agent where the pool keeps one (agentd.py), else started in a
+        session of its own."""
+        if self.pooled and self.agent:
+            sock = sshpool.request(self.config, self.host, "agent", serve=self.agent,
+                                   argv=args, env=env or {}, combine=combine, timeout=timeout)
+            if sock is not None:
+                channel = sshpool.PooledChannel(sock)
+                channel.settimeout(timeout)
+                return channel
+        command = shell_join([*bare_python(self.config), *args])
+        if env:
+            command = f"env {shell_join([f'{k}={v}' for k, v in env.items()])} {command}"
+        return self.open_channel(command, timeout=timeout, combine=combine)
+
     def run(self, argv: list[str], *, stdin: str | None = None, env: dict | None = None,
             timeout: float = 120.0) -> str:
         """Run a command (argv, quoted here) and return its stdout; raise on failure."""
         command = shell_join(argv)
         if env:
             command = f"env {shell_join([f'{k}={v}' for k, v in env.items()])} {command}"
+        return self._output(argv, lambda: self.open_channel(command, timeout=timeout), stdin)
+
+    def run_python(self, args: list[str], *, stdin: str | None = None,
+                   env: dict | None = None, timeout: float = 120.0) -> str:
+        """`run` of `python -S ARGS` (see open_python)."""
+        return self._output([*bare_python(self.config), *args],
+                            lambda: self.open_python(args, env=env, timeout=timeout), stdin)
+
+    def _output(self, argv: list[str], open_channel: Callable, stdin: str | None) -> str:
         try:
-            channel = self.open_channel(command, timeout=timeout)
+            channel = open_channel()
             if stdin is not None:
                 channel.sendall(stdin.encode())
             channel.shutdown_write()
@@ -271,9 +306,9 @@ class Connection:
                               + " | ".join(detail))
         return out
 
-    def stream(self, argv: list[str], *, stdin: str, env: dict, on_line: LineSink) -> int:
-        channel = self.open_channel(f"env {shell_join([f'{k}={v}' for k, v in env.items()])} "
-                                    f"{shell_join(argv)}", timeout=30, combine=True)
+    def stream_python(self, args: list[str], *, stdin: str, env: dict,
+                      on_line: LineSink) -> int:
+        channel = self.open_python(args, env=env, timeout=30, combine=True)
         channel.settimeout(None)
         channel.sendall(stdin.encode())
         channel.shutdown_write()
@@ -346,9 +381,8 @@ class SSHProcess:
         if self._conn.lost:
             return
         try:
-            self._conn.run([*bare_python(self._conn.config), "-m", AGENT, "signal",
-                            self._pidfile, str(int(sig))],
-                           env={"PYTHONPATH": self._runtime}, timeout=10)
+            self._conn.run_python(["-m", AGENT, "signal", self._pidfile, str(int(sig))],
+                                  env={"PYTHONPATH": self._runtime}, timeout=10)
         except TargetError:
             pass  # reported by the leftover check that follows every stop
 
@@ -398,20 +432,27 @@ class SSHTarget:
 
         def check(conn: Connection) -> dict:
             conn.connect()
+            conn.agent = self._serve_command()
             self.connections[conn.name] = conn
             return self._preflight(conn, "\n".join(digests))
 
         return self._each(check, conns)
+
+    def _serve_command(self) -> str:
+        """Starts the host's resident agent, through the guard like any other command."""
+        wd = self.config.workdir
+        return shell_join([*bare_python(self.config), "-c", GUARD, wd, self.runtime,
+                           package_hash(), "serve"])
 
     def _preflight(self, conn: Connection, digests: str) -> dict:
         """One command on the warm path. Nothing in the workdir runs before GUARD (sent
         whole, run by the host's own Python) has checked that the workdir is the login
         user's alone and that the runtime there hashes to this tfsubmit's code."""
         wd = self.config.workdir
-        guard = [*bare_python(self.config), "-c", GUARD, wd, self.runtime, package_hash(),
-                 "preflight", wd, str(self.config.min_free_mb)]
+        guard = ["-c", GUARD, wd, self.runtime, package_hash(), "preflight", wd,
+                 str(self.config.min_free_mb)]
         try:
-            report = json.loads(conn.run(guard, stdin=digests, timeout=60))
+            report = json.loads(conn.run_python(guard, stdin=digests, timeout=60))
         except (TargetError, ValueError) as exc:
             raise TargetError(f"{conn.where}: python {self.config.python!r} cannot check the "
                               f"workdir ({exc}); set `python:` on the target") from None
@@ -428,8 +469,8 @@ class SSHTarget:
                 return report
             if report.get("runtime_ino"):
                 replaced = report["runtime_hash"]
-                conn.run([*bare_python(self.config), "-c", SET_ASIDE, self.runtime,
-                          str(report["runtime_ino"])], timeout=60)
+                conn.run_python(["-c", SET_ASIDE, self.runtime, str(report["runtime_ino"])],
+                                timeout=60)
             if attempt == 0:
                 try:
                     conn.run(["mkdir", "-p", posixpath.join(wd, "objects"),
@@ -439,7 +480,7 @@ class SSHTarget:
                         from None
             self._install_runtime(conn)
             try:
-                report = json.loads(conn.run(guard, stdin=digests, timeout=60))
+                report = json.loads(conn.run_python(guard, stdin=digests, timeout=60))
             except (TargetError, ValueError) as exc:
                 raise TargetError(f"{conn.where}: python {self.config.python!r} does not run "
                                   f"tfsubmit's helper ({exc}); set `python:` on the target") \
@@ -550,9 +591,8 @@ class SSHTarget:
             else:
                 log(f"env@{conn.name}: {line}")
 
-        code = conn.stream([*bare_python(self.config), "-m", AGENT, command, *args],
-                           stdin=json.dumps(request), env={"PYTHONPATH": self.runtime},
-                           on_line=on_line)
+        code = conn.stream_python(["-m", AGENT, command, *args], stdin=json.dumps(request),
+                                  env={"PYTHONPATH": self.runtime}, on_line=on_line)
         if code != 0 or not result:
             raise TargetError(f"{conn.where}: `{command}` failed (exit code {code}) while "
                               "preparing the run or its environment; see the lines above")
@@ -568,11 +608,9 @@ class SSHTarget:
                    "pidfile": pidfile, "path": posixpath.dirname(spec.argv[0])}
         # The agent holds the task as its subreaper; marked so the run's `ps` finds what it
         # adopted (a double-forked helper with an empty environment, say).
-        keeper = f"{KEEPER_MARKER}={spec.env.get(RUN_MARKER, '')}"
-        channel = conn.open_channel(
-            f"env PYTHONPATH={shlex.quote(self.runtime)} {shlex.quote(keeper)} "
-            + shell_join([*bare_python(self.config), "-m", AGENT, "run"]),
-            timeout=30, combine=True)
+        channel = conn.open_python(
+            ["-m", AGENT, "run"], timeout=30, combine=True,
+            env={"PYTHONPATH": self.runtime, KEEPER_MARKER: spec.env.get(RUN_MARKER, "")})
         channel.settimeout(None)
         channel.sendall((json.dumps(request) + "\n").encode())
         channel.shutdown_write()
@@ -592,8 +630,8 @@ class SSHTarget:
             if conn.lost:
                 continue
             try:
-                out = conn.run([*bare_python(self.config), "-m", AGENT, "ps", run_id],
-                               env={"PYTHONPATH": self.runtime}, timeout=15)
+                out = conn.run_python(["-m", AGENT, "ps", run_id],
+                                      env={"PYTHONPATH": self.runtime}, timeout=15)
             except TargetError as exc:  # unreachable now: skip it, check the others
                 conn.lost = str(exc)
                 continue

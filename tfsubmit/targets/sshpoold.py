@@ -6,6 +6,7 @@ and its protocol: `sshpool.py`, the side runners use.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import struct
@@ -41,6 +42,11 @@ class _Kept:
         self.keep = keep
         self.channels = 0
         self.last_used = time.monotonic()
+        # The host's resident agents (agentd.py) on this connection, one per command that
+        # starts one (a workdir and tfsubmit version): its channel, port, token and pid
+        self.agents: dict[str, tuple[paramiko.Channel, int, str, int]] = {}
+        self.agent_lock = threading.Lock()
+        self.agent_refused: str | None = None  # why this host cannot have one
 
     @property
     def alive(self) -> bool:
@@ -70,7 +76,8 @@ class Pool:
                 entries = self.kept.setdefault(key, [])
                 entries[:] = [e for e in entries if e.alive or e.channels]
                 for entry in entries if not fresh else ():
-                    if entry.alive and entry.channels < MAX_CHANNELS:
+                    room = MAX_CHANNELS - len(entry.agents)  # their sessions count
+                    if entry.alive and entry.channels < room:
                         entry.channels += 1
                         entry.last_used = time.monotonic()
                         entry.keep = max(entry.keep, config.keep_connections)
@@ -140,7 +147,9 @@ class Pool:
         if kind == "stats":
             with self.lock:
                 kept = [{"id": e.id, "address": key[0], "port": key[1], "user": key[2],
-                         "key_file": key[3], "channels": e.channels}
+                         "key_file": key[3], "channels": e.channels,
+                         "agents": [a[3] for a in e.agents.values()],
+                         "agent_refused": e.agent_refused}
                         for key, es in self.kept.items() for e in es]
             return _answer(sock, ok=True, kept=kept, connects=self.connects, pid=os.getpid())
         if kind == "drop":
@@ -157,6 +166,8 @@ class Pool:
         try:
             if kind == "connect":
                 return _answer(sock, ok=True, reused=reused)
+            if kind == "agent":
+                return self._agent_command(sock, entry, req)
             timeout = float(req.get("timeout") or 30)
             try:
                 channel = self._open(entry, req, min(timeout, config.connect_timeout)
@@ -185,6 +196,62 @@ class Pool:
         finally:
             if entry is not None:
                 self.release(entry)
+
+    def _agent_command(self, sock: socket.socket, entry: _Kept, req: dict) -> None:
+        """A command run by the host's resident agent (started on first use); answers
+        `unavailable` when the host cannot have one (the runner then runs the command in a
+        session of its own, as without the pool)."""
+        timeout = float(req.get("timeout") or 30)
+        agent = self._agent(entry, req["serve"], timeout)
+        channel = None
+        if agent is not None:
+            transport = entry.conn.client.get_transport()
+            try:
+                channel = transport.open_channel("direct-tcpip", ("127.0.0.1", agent[1]),
+                                                 ("127.0.0.1", 0), timeout=timeout)
+            except paramiko.ChannelException as exc:
+                with entry.agent_lock:
+                    if entry.agents.get(req["serve"]) is agent:
+                        del entry.agents[req["serve"]]
+                    if exc.code == 1:  # administratively prohibited: sshd forwards nothing
+                        entry.agent_refused = f"sshd refuses forwarding ({exc.text})"
+                agent[0].close()
+        if channel is None:
+            return _answer(sock, unavailable=entry.agent_refused or "no resident agent")
+        channel.sendall((json.dumps({"token": agent[2], "argv": req["argv"],
+                                     "env": req.get("env") or {},
+                                     "combine": bool(req.get("combine"))}) + "\n").encode())
+        _answer(sock, ok=True)
+        _splice(sock, channel)
+
+    @staticmethod
+    def _agent(entry: _Kept, serve: str, timeout: float):
+        """The entry's resident agent, started with `serve` if it has none yet."""
+        with entry.agent_lock:
+            agent = entry.agents.pop(serve, None)
+            if agent is not None and not agent[0].exit_status_ready():
+                entry.agents[serve] = agent
+                return agent
+            if entry.agent_refused:
+                return None
+            try:
+                channel = entry.conn.client.get_transport().open_session(timeout=timeout)
+                channel.settimeout(timeout)
+                channel.exec_command(serve)
+                report = json.loads(channel.makefile("rb").readline() or b"{}")
+            except (paramiko.SSHException, OSError, ValueError):
+                return None
+            if "port" not in report:  # the runtime is not installed yet, say: later
+                channel.close()
+                if report.get("refused"):
+                    entry.agent_refused = report["refused"]
+                return None
+            channel.settimeout(None)
+            agent = (channel, int(report["port"]), str(report["token"]), int(report["pid"]))
+            if len(entry.agents) >= MAX_CHANNELS // 2:  # the oldest goes (its session ends)
+                entry.agents.pop(next(iter(entry.agents)))[0].close()
+            entry.agents[serve] = agent
+            return agent
 
     @staticmethod
     def _open(entry: _Kept, req: dict, timeout: float):

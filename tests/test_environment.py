@@ -60,3 +60,15 @@ def test_runtime_copy_is_keyed_by_content(tmp_path):
     first = runtime_dir(tmp_path)
     assert (first / "tfsubmit" / "runtime" / "context.py").is_file()
     assert runtime_dir(tmp_path) == first
+
+
+def test_runtime_copies_made_at_once_by_threads_of_one_process_do_not_collide(tmp_path):
+    """Two trials of a sweep on a Slurm target once installed it from one runner process
+    into one temporary folder named after the pid: one removed the other's files."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        made = set(pool.map(lambda _: runtime_dir(tmp_path / "runtime"), range(8)))
+    [runtime] = made
+    assert (runtime / "tfsubmit" / "runtime" / "context.py").is_file()
+    assert [p.name for p in (tmp_path / "runtime").iterdir()] == [runtime.name]

@@ -6,6 +6,7 @@ import functools
 import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -35,8 +36,11 @@ def runtime_dir(workspace_runtime: Path) -> Path:
     package, sources = package_sources()
     target = workspace_runtime / package_hash()
     if not (target / "tfsubmit" / "__init__.py").exists():
-        tmp = workspace_runtime / f".{target.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A folder of its own: trials of a sweep install it from threads of one process
+        workspace_runtime.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=workspace_runtime))
+        tmp.chmod(0o755)  # as a plain mkdir leaves it: readable where jobs run as others
         for path in sources:
             dest = tmp / "tfsubmit" / path.relative_to(package)
             dest.parent.mkdir(parents=True, exist_ok=True)

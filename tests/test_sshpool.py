@@ -221,3 +221,50 @@ def test_a_host_that_refuses_forwarding_runs_each_command_in_a_session_of_its_ow
         assert "forwarding" in entry["agent_refused"]
     finally:
         refusing.stop()
+
+
+def test_a_task_started_by_the_agent_is_found_with_what_it_left_by_the_runs_ps(hosts,
+                                                                                tmp_path):
+    """A keeper forked by the resident agent lacks its run's marker in its environment: its
+    note in the workdir's keepers folder is what `ps` finds it by, with a double-forked,
+    setsid, empty-environment daemon it adopted."""
+    from pathlib import Path
+
+    config = _config(hosts, tmp_path)
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    (workdir / "outputs").mkdir()
+    shutil.copy(Path(__file__).parent / "jobs" / "daemon.py", workdir)
+    run_id = f"keeper-{uuid.uuid4().hex[:6]}"
+    target = SSHTarget("keeper", config)
+    try:
+        target.connect()
+        address = hosts.addresses[0]
+        agent = _agent_pids(config)[0][0]
+        handle = target.start(ProcessSpec(
+            host=address, argv=("python3", "daemon.py"), env={"TFSUBMIT_RUN_ID": run_id},
+            cwd=str(workdir), role="worker", index=0))
+        assert next(iter(handle.lines())) == "daemon started"
+        daemon = int((workdir / "outputs" / "daemon.pid").read_text())
+        notes = list((tmp_path / "remote" / "keepers" / run_id).iterdir())
+        assert len(notes) == 1
+        keeper = int(notes[0].name)
+        assert "TFSUBMIT_KEEPER_OF" not in open(f"/proc/{keeper}/environ").read()  # forked
+        assert _forked_by_pid(keeper) == agent
+        assert (address, daemon) in target.leftovers(run_id)
+        # (the test hosts are one machine: every host's `ps` sees it; one kills it)
+        target.kill([(host, pid) for host, pid in target.leftovers(run_id) if host == address])
+        assert wait_until(lambda: handle.poll() is not None, 60, "the task to end")
+        assert wait_until(lambda: target.leftovers(run_id) == [], 60, "nothing left")
+        assert wait_until(lambda: not (tmp_path / "remote" / "keepers" / run_id).exists(), 60,
+                          "the keeper's note to go")
+    finally:
+        target.close()
+
+
+def _forked_by_pid(pid: int) -> int:
+    """The grandparent of `pid`."""
+    def parent(of: int) -> int:
+        return int(open(f"/proc/{of}/stat").read().rsplit(")", 1)[1].split()[1])
+
+    return parent(parent(pid))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -112,23 +112,25 @@ def descendants(pid: int) -> list[int]:
     return sorted(found)
 
 
-def processes_of_run(run_id: str, *, keeper: int | None = None) -> list[int]:
+def processes_of_run(run_id: str, *, keeper: int | None = None,
+                     keepers: Iterable[int] = ()) -> list[int]:
     """PIDs of the live processes of run `run_id` on this machine.
 
     Those started with TFSUBMIT_RUN_ID=run_id, everything below them, and everything below
-    the run's keepers (host agents started with TFSUBMIT_KEEPER_OF=run_id, and `keeper`, a
-    subreaper such as the run's runner): a helper that left the process group (setsid),
-    double-forked and dropped its environment is still found, as the keeper adopted it.
-    Below a keeper, processes of other runs and tfsubmit's own services (and what is below
-    them) are not the run's. Keepers themselves are not listed.
+    the run's keepers (host agents started with TFSUBMIT_KEEPER_OF=run_id; `keepers`, host
+    agents forked without it (agentd.py); `keeper`, a subreaper such as the run's runner):
+    a helper that left the process group (setsid), double-forked and dropped its
+    environment is still found, as the keeper adopted it. Below a keeper, processes of
+    other runs and tfsubmit's own services (and what is below them) are not the run's.
+    Keepers themselves are not listed.
     """
     parents = _parents()
     children = _children(parents)
     markers = {pid: _markers(pid) for pid in parents}
     keepers = {pid for pid, m in markers.items()
-               if m.get(KEEPER_MARKER) == run_id and RUN_MARKER not in m}
-    if keeper is not None:
-        keepers.add(keeper)
+               if m.get(KEEPER_MARKER) == run_id and RUN_MARKER not in m} \
+        | {pid for pid in keepers if pid in parents} \
+        | ({keeper} if keeper is not None else set())
     roots = [pid for pid, m in markers.items() if m.get(RUN_MARKER) == run_id]
     found: set[int] = set()
     stack = roots + [child for k in keepers for child in children.get(k, [])]

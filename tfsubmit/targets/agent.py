@@ -11,9 +11,11 @@ per code version and calls these over SSH, so a host needs nothing but Python 3.
     stage                           stdin: JSON {objects, dest, manifest, cache, env}:
                                     make DEST's folders, write the manifest's files there
                                     from OBJECTS, then build-env
-    ps RUN_ID                       -> JSON list of live pids of the run
+    ps RUN_ID [KEEPERS]             -> JSON list of live pids of the run (KEEPERS: the
+                                    folder where `run` registers its keepers)
     kill RUN_ID                     -> SIGKILL them; JSON list of pids killed
-    run                             stdin: one JSON line {argv, env, cwd, pidfile, path}:
+    run                             stdin: one JSON line {argv, env, cwd, pidfile, path,
+                                    keepers}:
                                     start it in a new session (its pid, the group id, goes
                                     to pidfile), relay its output, exit with its code
                                     (128 + N when killed by signal N); as a subreaper,
@@ -118,6 +120,7 @@ def run_process() -> int:
 
     become_subreaper()
     request = json.loads(sys.stdin.readline())
+    registered = _register_keeper(request.get("keepers"))
     env = {**os.environ, **request["env"]}
     env.pop("TFSUBMIT_KEEPER_OF", None)  # the agent's own mark (service.processes), not the task's
     if request.get("path"):
@@ -138,7 +141,54 @@ def run_process() -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     _stop_adopted()
+    if registered:
+        registered.unlink(missing_ok=True)
+        try:
+            registered.parent.rmdir()  # the run's last keeper
+        except OSError:
+            pass
     return 128 - code if code < 0 else code
+
+
+def _identity(pid: int) -> str | None:
+    """What tells this process from a later one with its pid: boot id and start time."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot} {started}"
+
+
+def _register_keeper(keepers: str | None) -> Path | None:
+    """A keeper forked by the resident agent (agentd.py) has the agent's environment, not
+    its run's marker: it leaves a note where `ps` looks (KEEPERS/PID: its identity)."""
+    identity = _identity(os.getpid())
+    if not keepers or identity is None:
+        return None
+    try:
+        Path(keepers).mkdir(parents=True, exist_ok=True)
+        note = Path(keepers, str(os.getpid()))
+        note.write_text(identity)
+    except OSError:
+        return None
+    return note
+
+
+def registered_keepers(keepers: str) -> list[int]:
+    """The live keepers that left a note in KEEPERS (a pid reused since is not one)."""
+    found = []
+    try:
+        notes = list(Path(keepers).iterdir())
+    except OSError:
+        return []
+    for note in notes:
+        try:
+            if note.name.isdigit() and note.read_text() == _identity(int(note.name)):
+                found.append(int(note.name))
+        except OSError:
+            continue
+    return found
 
 
 def _stop_adopted() -> None:
@@ -181,7 +231,8 @@ def main(argv: list[str]) -> int:
     elif command == "ps":
         from tfsubmit.service.processes import processes_of_run
 
-        print(json.dumps(processes_of_run(*args)))
+        keepers = registered_keepers(args[1]) if len(args) > 1 else []
+        print(json.dumps(processes_of_run(args[0], keepers=keepers)))
     elif command == "kill":
         print(json.dumps(kill(*args)))
     elif command == "run":

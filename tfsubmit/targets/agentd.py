@@ -12,16 +12,18 @@ per connection and command that starts it (a workdir and a tfsubmit version).
 
 One TCP connection per command, reached by the pool through the SSH connection (a
 `direct-tcpip` channel: sshd connects, nothing is forked). The pool sends one JSON line
-{"token", "argv", "env", "combine"}; a wrong token gets the connection closed (a 128-bit secret only
+{"token", "argv", "env", "combine"}, and waits for one keep-alive frame: the command is
+taken (an agent killed a moment ago may still complete a connection). A wrong token gets
+the connection closed (a 128-bit secret only
 the pool and this process know: any user of the host may connect to a loopback port). The
 rest of what arrives is the command's standard input (EOF = the end); what goes back are
 the frames of `sshpool.py` (o stdout, e stderr, k keep-alive, x exit status), so the pool
 relays them as they are. `argv` is what follows `python -S` in the command it stands for:
 `-c SOURCE ARGS...` (the guard) or `-m tfsubmit.targets.agent COMMAND ARGS...`, and
 `combine` merges its stderr into stdout (as a channel's `set_combine_stderr`); both run in
-a fork of this process, except `agent run`, which is executed afresh (`python -S -m ...`
-with `env`): the keeper of a task must carry its run's marker in its environment, where
-a run's leftover check looks for it.
+a fork of this process, with `env` added to its environment. A task's keeper (`agent run`)
+forked here has this process's environment, not its run's marker: it registers itself
+where the run's `ps` looks (agent.py).
 
 Standard library only, like agent.py.
 """
@@ -33,7 +35,6 @@ import json
 import os
 import secrets
 import select
-import signal
 import socket
 import struct
 import sys
@@ -77,6 +78,8 @@ def serve() -> int:
 
 def _preload() -> None:
     """What the commands import, imported once here instead of in every fork."""
+    import ctypes  # noqa: F401 (a keeper becomes a subreaper with it)
+
     import tfsubmit.service.processes  # noqa: F401
     import tfsubmit.spec.environment  # noqa: F401
     import tfsubmit.store.layout  # noqa: F401
@@ -110,6 +113,10 @@ def _read_line(conn: socket.socket) -> tuple[bytes, bytes]:
 
 def _command(conn: socket.socket, token: str) -> int:
     """One command (in a fork of the agent): check the token, run it, relay it."""
+    devnull = os.open(os.devnull, os.O_RDWR)  # the agent's channel is not this command's:
+    for fd in (0, 1, 2):  # a task running for days must not hold it open
+        os.dup2(devnull, fd)
+    os.close(devnull)
     conn.settimeout(30)
     line, rest = _read_line(conn)
     try:
@@ -120,6 +127,8 @@ def _command(conn: socket.socket, token: str) -> int:
     if not ok:
         conn.close()
         return 1
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.sendall(HEADER.pack(b"k", 0))  # taken: the pool answers its client only now
     conn.settimeout(None)
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -140,14 +149,7 @@ def _command(conn: socket.socket, token: str) -> int:
 
 def _run(argv: list[str], env: dict[str, str]) -> int:
     """The command, in this process (fds 0, 1 and 2 are its pipes)."""
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as in a fresh `python`
     os.environ.update(env)
-    if argv[:3] == ["-m", "tfsubmit.targets.agent", "run"]:
-        try:
-            os.execve(sys.executable, [sys.executable, "-S", *argv], dict(os.environ))
-        except OSError as exc:
-            os.write(2, f"tfsubmit: cannot start the agent: {exc}\n".encode())
-            return 127
     sys.stdin = open(0, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
@@ -191,7 +193,6 @@ def _relay(conn: socket.socket, pid: int, stdin: bytes, in_w: int, out_r: int,
     out in one write (small writes in a row wait for acknowledgements). A connection gone
     (a frame, the keep-alive included, that cannot be sent) closes the command's output
     pipes, as sshd does when a channel closes."""
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock = conn.fileno()
     try:
         exited = os.pidfd_open(pid)  # readable once the command has exited (Linux 5.3)

@@ -328,7 +328,9 @@ class Connection:
         def beat() -> None:
             while not self._stop.wait(self.config.heartbeat_seconds):
                 try:
-                    channel = self.open_channel("true", timeout=5)
+                    # The host agent answers without an sshd session where there is one
+                    channel = (self.open_python(["-c", ""], timeout=5) if self.pooled
+                               and self.agent else self.open_channel("true", timeout=5))
                     channel.recv_exit_status()
                     channel.close()
                 except Exception as exc:  # noqa: BLE001 (any failure means the same)
@@ -604,17 +606,24 @@ class SSHTarget:
     def start(self, spec: ProcessSpec) -> SSHProcess:
         conn = self.connections[spec.host]
         pidfile = posixpath.join(spec.cwd, METRICS_DIR, f"{spec.role}-{spec.index}.pid")
+        run_id = spec.env.get(RUN_MARKER, "")
         request = {"argv": list(spec.argv), "env": dict(spec.env), "cwd": spec.cwd,
-                   "pidfile": pidfile, "path": posixpath.dirname(spec.argv[0])}
-        # The agent holds the task as its subreaper; marked so the run's `ps` finds what it
+                   "pidfile": pidfile, "path": posixpath.dirname(spec.argv[0]),
+                   "keepers": self._keepers(run_id) if run_id else None}
+        # The agent holds the task as its subreaper; found by the run's `ps` (its marker, or
+        # its note in the keepers folder when the host agent forked it) with what it
         # adopted (a double-forked helper with an empty environment, say).
         channel = conn.open_python(
             ["-m", AGENT, "run"], timeout=30, combine=True,
-            env={"PYTHONPATH": self.runtime, KEEPER_MARKER: spec.env.get(RUN_MARKER, "")})
+            env={"PYTHONPATH": self.runtime, KEEPER_MARKER: run_id})
         channel.settimeout(None)
         channel.sendall((json.dumps(request) + "\n").encode())
         channel.shutdown_write()
         return SSHProcess(spec, conn, channel, pidfile, self.runtime)
+
+    def _keepers(self, run_id: str) -> str:
+        """Where a run's task keepers register on a host (agent.py's `run` and `ps`)."""
+        return posixpath.join(self.config.workdir, "keepers", run_id)
 
     def attach(self, run_id: str, nodes: list[Node]) -> list[str]:
         """Connect to the target's hosts again (those that answer)."""
@@ -630,7 +639,7 @@ class SSHTarget:
             if conn.lost:
                 continue
             try:
-                out = conn.run_python(["-m", AGENT, "ps", run_id],
+                out = conn.run_python(["-m", AGENT, "ps", run_id, self._keepers(run_id)],
                                       env={"PYTHONPATH": self.runtime}, timeout=15)
             except TargetError as exc:  # unreachable now: skip it, check the others
                 conn.lost = str(exc)

@@ -166,12 +166,11 @@ class Pool:
         try:
             if kind == "connect":
                 return _answer(sock, ok=True, reused=reused)
-            if kind == "agent":
-                return self._agent_command(sock, entry, req)
             timeout = float(req.get("timeout") or 30)
+            open_channel = self._agent_channel if kind == "agent" else self._open
             try:
-                channel = self._open(entry, req, min(timeout, config.connect_timeout)
-                                     if reused else timeout)
+                channel = open_channel(entry, req, min(timeout, config.connect_timeout)
+                                       if reused else timeout)
             except Exception as exc:  # noqa: BLE001 (paramiko's errors are many kinds)
                 if not reused:
                     raise
@@ -182,9 +181,12 @@ class Pool:
                 if not isinstance(exc, paramiko.ChannelException):
                     self.discard(stale)
                 entry, _ = self.acquire(config, host, fresh=True)
-                channel = self._open(entry, req, timeout)
+                channel = open_channel(entry, req, timeout)
+            if channel is None:  # the runner runs it in a session of its own
+                return _answer(sock, unavailable=entry.agent_refused or "no resident agent")
+            channel.settimeout(None)
             _answer(sock, ok=True)
-            if kind == "sftp":
+            if kind in ("sftp", "agent"):  # the agent sends frames itself
                 _splice(sock, channel)
             else:
                 _relay(sock, channel)
@@ -197,11 +199,10 @@ class Pool:
             if entry is not None:
                 self.release(entry)
 
-    def _agent_command(self, sock: socket.socket, entry: _Kept, req: dict) -> None:
-        """A command run by the host's resident agent (started on first use); answers
-        `unavailable` when the host cannot have one (the runner then runs the command in a
-        session of its own, as without the pool)."""
-        timeout = float(req.get("timeout") or 30)
+    def _agent_channel(self, entry: _Kept, req: dict, timeout: float):
+        """A channel to the host's resident agent (started on first use) that has taken
+        the command; None when the host has no agent (refused, or gone). A connection that
+        does not answer raises, as `_open` does."""
         agent = self._agent(entry, req["serve"], timeout)
         channel = None
         if agent is not None:
@@ -216,13 +217,24 @@ class Pool:
                     if exc.code == 1:  # administratively prohibited: sshd forwards nothing
                         entry.agent_refused = f"sshd refuses forwarding ({exc.text})"
                 agent[0].close()
-        if channel is None:
-            return _answer(sock, unavailable=entry.agent_refused or "no resident agent")
-        channel.sendall((json.dumps({"token": agent[2], "argv": req["argv"],
-                                     "env": req.get("env") or {},
-                                     "combine": bool(req.get("combine"))}) + "\n").encode())
-        _answer(sock, ok=True)
-        _splice(sock, channel)
+        if channel is not None:
+            channel.settimeout(timeout)
+            try:
+                channel.sendall((json.dumps({"token": agent[2], "argv": req["argv"],
+                                             "env": req.get("env") or {},
+                                             "combine": bool(req.get("combine"))})
+                                 + "\n").encode())
+                taken = _recv_exact(channel, HEADER.size) == HEADER.pack(b"k", 0)
+            except (OSError, paramiko.SSHException):
+                taken = False
+            if not taken:  # the agent is gone (killed, say): the client runs it itself
+                channel.close()
+                channel = None
+                with entry.agent_lock:
+                    if entry.agents.get(req["serve"]) is agent:
+                        del entry.agents[req["serve"]]
+                agent[0].close()
+        return channel
 
     @staticmethod
     def _agent(entry: _Kept, serve: str, timeout: float):
@@ -234,12 +246,13 @@ class Pool:
                 return agent
             if entry.agent_refused:
                 return None
+            channel = entry.conn.client.get_transport().open_session(timeout=timeout)
+            channel.settimeout(timeout)
+            channel.exec_command(serve)
             try:
-                channel = entry.conn.client.get_transport().open_session(timeout=timeout)
-                channel.settimeout(timeout)
-                channel.exec_command(serve)
                 report = json.loads(channel.makefile("rb").readline() or b"{}")
-            except (paramiko.SSHException, OSError, ValueError):
+            except (OSError, ValueError):  # no answer: the runner runs the command itself
+                channel.close()
                 return None
             if "port" not in report:  # the runtime is not installed yet, say: later
                 channel.close()
@@ -263,6 +276,16 @@ class Pool:
                 channel.set_combine_stderr(True)
             channel.exec_command(req["command"])
         return channel
+
+
+def _recv_exact(channel, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = channel.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def _answer(sock: socket.socket, **fields) -> None:

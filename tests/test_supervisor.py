@@ -108,3 +108,37 @@ def test_base_env_drops_the_orchestrators_python_settings(tmp_path, monkeypatch)
 def test_unknown_target_is_named(tmp_path):
     with pytest.raises(TargetError, match="compute_target: unknown target 'gpu-cluster'"):
         get_target("gpu-cluster", tmp_path)
+
+
+class _TogetherLocal(LocalTarget):
+    """The local target, its processes started together (as an SSH target's are)."""
+
+    concurrent_start = True
+
+
+def test_processes_started_together_are_all_stopped_when_one_cannot_start(tmp_path):
+    run_id = "together-1"
+    specs = [_spec("print('up', flush=True); import time; time.sleep(300)", tmp_path, run_id,
+                   index=i) for i in range(4)]
+    specs[2] = ProcessSpec(host="local", argv=(str(tmp_path / "no-such-program"),),
+                           env={"TFSUBMIT_RUN_ID": run_id}, cwd=str(tmp_path), role="worker",
+                           index=2)
+    log = RunLog(tmp_path / "output.log")
+    with pytest.raises(FileNotFoundError, match="no-such-program"):
+        supervise(_TogetherLocal(), specs, run_id=run_id, log=log, log_dir=tmp_path / "logs",
+                  cancel=threading.Event())
+    log.close()
+    assert processes_of_run(run_id) == []  # the three that started were stopped
+
+
+def test_processes_started_together_run_as_one_job(tmp_path):
+    run_id = "together-2"
+    specs = [_spec(f"print('task {i}')", tmp_path, run_id, index=i) for i in range(6)]
+    log = RunLog(tmp_path / "output.log")
+    outcome = supervise(_TogetherLocal(), specs, run_id=run_id, log=log,
+                        log_dir=tmp_path / "logs", cancel=threading.Event())
+    log.close()
+    assert outcome.status == "Completed"
+    assert [(r.index, r.exit_code) for r in outcome.results] == [(i, 0) for i in range(6)]
+    merged = (tmp_path / "output.log").read_text()
+    assert all(f"[worker:{i}@local] task {i}" in merged for i in range(6))

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,8 +193,18 @@ class _Run:
         self.attempt_started = time.monotonic()
         self.progressed = False
         self.handles = []
-        for i in range(len(self.specs)):
-            self.handles.append(self.start(i))
+        if not getattr(self.target, "concurrent_start", False) or len(self.specs) < 2:
+            for i in range(len(self.specs)):
+                self.handles.append(self.start(i))
+            return
+        # Together (an SSH target's 18 processes one after another took 0.4 s here); every
+        # one started is kept, so that a failure still stops the others.
+        with ThreadPoolExecutor(max_workers=min(32, len(self.specs))) as pool:
+            futures = [pool.submit(self.start, i) for i in range(len(self.specs))]
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        self.handles = [f.result() for f in futures if f.exception() is None]
+        if failed:
+            raise failed[0]
 
     def _read(self, i: int, handle: Handle) -> None:
         try:

@@ -113,7 +113,12 @@ class Target(Protocol):
         ...
 
     def start(self, spec: ProcessSpec) -> Handle:
+        """Start one process; returns once it is started (its output follows)."""
         ...
+
+    # start() may be called from several threads at once: a job's processes are then
+    # started together (each start waits on its own host). Optional; absent means False.
+    concurrent_start: bool
 
     def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
         """(host, process) of every live process of the run, also those that left the group."""

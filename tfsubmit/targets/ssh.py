@@ -393,6 +393,8 @@ class SSHTarget:
     """The user's machines over SSH; each host builds the job's environment while
     provisioning, with the same hash scheme as the local target."""
 
+    concurrent_start = True  # each start is a request to its host's connection
+
     def __init__(self, name: str, config: SSHTargetConfig) -> None:
         self.name = name
         self.config = config

@@ -4,18 +4,19 @@
 
 Starts 16 real sshd test hosts on 127.0.0.2..17, then for 1, 4, 8 and 16 hosts times
   1. connect + pre-flight (the runtime already on the hosts) + start a trivial process on
-     every host and wait for all of them to exit, each time as a new submission does (a new
-     SSHTarget): cold, a connection per submission (`keep_connections: 0`), and warm,
-     through tfsubmit's SSH connection pool with the hosts' connections kept from the
-     submission before (no key exchange);
+     every host (together, as the supervisor starts a job's processes) and wait for all of
+     them to exit, each time as a new submission does (a new SSHTarget): cold, a
+     connection per submission (`keep_connections: 0`), and warm, through tfsubmit's SSH
+     connection pool with the hosts' connections (and host agents) kept from the
+     submission before (no key exchange, no Python started per command);
   2. a ps topology submitted through the whole pipeline (1 chief, one worker per host,
      1 ps; a stand-in script instead of TensorFlow, the environment already built):
      from submit until every task has started, cold and warm as above,
 and prints the median times and the ratios 16-host / 1-host (goal: under 2).
 Here all 16 "hosts" and the client share this machine's cores, so each host's CPU work
-(sshd's key exchange, starting the Python helper) adds up in a way it would not on 16
-real machines; the second ratio, against 16 hosts done one after another, shows the
-parallelism itself.
+(sshd's key exchange, starting the Python helper, the agent's forks) adds up as it would
+not on 16 real machines; the second ratio, against 16 hosts done one after another, shows
+the parallelism itself.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,11 +56,10 @@ def fan_out(config: SSHTargetConfig, workdir: str) -> float:
     started = time.perf_counter()
     try:
         target.connect()
-        handles = [
-            target.start(ProcessSpec(host=host.address, argv=("true",), env={}, cwd=workdir,
-                                     role="worker", index=i))
-            for i, host in enumerate(config.hosts)
-        ]
+        specs = [ProcessSpec(host=host.address, argv=("true",), env={}, cwd=workdir,
+                             role="worker", index=i) for i, host in enumerate(config.hosts)]
+        with ThreadPoolExecutor(len(specs)) as pool:  # together, as the supervisor does
+            handles = list(pool.map(target.start, specs))
         while any(handle.poll() is None for handle in handles):
             time.sleep(0.005)
         codes = {handle.poll() for handle in handles}

@@ -195,6 +195,10 @@ def _stop_adopted() -> None:
     """SIGKILL every descendant left (orphans this subreaper adopted), and collect them."""
     from tfsubmit.service.processes import descendants, kill_pids, reap_adopted
 
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return  # no child at all, so nothing below: no need to read every process's stat
     left = descendants(os.getpid())
     if left:
         kill_pids(left)

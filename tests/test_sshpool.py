@@ -10,7 +10,7 @@ import signal
 import uuid
 
 import pytest
-from conftest import wait_until
+from conftest import run_cli, wait_until
 
 from tfsubmit.errors import TargetError
 from tfsubmit.spec.process import ProcessSpec
@@ -268,3 +268,57 @@ def _forked_by_pid(pid: int) -> int:
         return int(open(f"/proc/{of}/stat").read().rsplit(")", 1)[1].split()[1])
 
     return parent(parent(pid))
+
+
+def test_tfsubmit_connections_lists_them_and_closes_the_idle_ones_only(hosts, tmp_path):
+    config = _config(hosts, tmp_path)
+    busy_host, idle_host = hosts.addresses
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    first = SSHTarget("first", config)  # installs the runtime (SFTP channels: closed)
+    first.connect()
+    first.close()
+    target = SSHTarget("conns", config)
+    handle = None
+    try:
+        target.connect()
+        handle = target.start(ProcessSpec(  # holds a channel on busy_host's connection
+            host=busy_host, argv=("python3", "-c", "import time; print('up', flush=True); "
+                                  "time.sleep(300)"),
+            env={}, cwd=str(workdir), role="worker", index=0))
+        assert next(iter(handle.lines())) == "up"
+        assert wait_until(lambda: [e["channels"] for e in _kept(config)] == [1, 0], 60,
+                          "only the job's channel in use")
+
+        listed = run_cli("connections", timeout=60)
+        assert listed.returncode == 0, listed.stderr
+        lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]
+                 if f"key {config.key_file} " in line}  # (earlier tests' connections too)
+        assert "1 channel(s) in use" in lines[f"root@{busy_host}:2222"]
+        assert "idle " in lines[f"root@{idle_host}:2222"]
+        assert "host agent pid" in lines[f"root@{idle_host}:2222"]
+
+        bad = run_cli("connections", "close", "10.9.9.9", timeout=60)  # nothing kept there
+        assert bad.returncode == 2 and "no connection to 10.9.9.9 is kept" in bad.stderr
+        not_ip = run_cli("connections", "close", "host-a", timeout=60)
+        assert not_ip.returncode == 2 and "'host-a' is not an IP address" in not_ip.stderr
+        assert [e["address"] for e in _kept(config)] == [busy_host, idle_host]  # untouched
+
+        closed = run_cli("connections", "close", idle_host, busy_host, timeout=60)
+        assert closed.returncode == 0, closed.stderr
+        assert f"root@{idle_host}:2222" in closed.stdout.splitlines()[0]  # "Closed N ..."
+        assert f"Left open: root@{busy_host}:2222, 1 channel(s) in use" in closed.stdout
+        assert [e["address"] for e in _kept(config)] == [busy_host]
+        assert handle.poll() is None  # the job's connection and process untouched
+    finally:
+        if handle is not None:
+            handle.signal_group(signal.SIGKILL)
+            wait_until(lambda: handle.poll() is not None, 60, "the job to end")
+        target.close()
+    assert wait_until(lambda: [e["channels"] for e in _kept(config)] == [0], 60,
+                      "the job's channel to close")
+    everything = run_cli("connections", "close", timeout=60)
+    assert everything.returncode == 0 and f"root@{busy_host}:2222" in everything.stdout
+    assert wait_until(lambda: sshpool.call("stats") is None, 60, "the emptied pool to exit")
+    after = run_cli("connections", timeout=60)
+    assert after.returncode == 0 and "No SSH connections are kept" in after.stdout

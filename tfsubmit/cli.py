@@ -9,6 +9,7 @@
     tfsubmit logs RUN [--follow] [--task ROLE:INDEX] [--grep REGEX]
     tfsubmit cancel RUN
     tfsubmit server start|stop|status
+    tfsubmit connections [list | close [ADDRESS ...]]
     tfsubmit --version
 
 RUN is a run id, a unique start of one, or `latest`.
@@ -300,6 +301,65 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connections(args: argparse.Namespace) -> int:
+    """The SSH connections tfsubmit's pool keeps (targets/sshpool.py): list them, or close
+    the idle ones (a host's sshd or key changed, say) instead of waiting keep_connections."""
+    import ipaddress
+
+    from tfsubmit.errors import TargetError
+    from tfsubmit.targets import sshpool
+
+    for address in args.addresses:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise TargetError(f"ADDRESS {address!r} is not an IP address; give a host as "
+                              "its target lists it (hosts are IP addresses in targets.yaml)"
+                              ) from None
+    if args.addresses and args.action != "close":
+        raise TargetError("ADDRESS is only for `tfsubmit connections close`")
+    stats = sshpool.call("stats")
+    kept = stats["kept"] if stats else []
+    missing = [a for a in args.addresses if a not in {e["address"] for e in kept}]
+    if missing:
+        raise TargetError(
+            f"no connection to {', '.join(missing)} is kept; kept: "
+            + (", ".join(sorted({e["address"] for e in kept})) or "none")
+            + " (see `tfsubmit connections`)")
+    if not kept:
+        print("No SSH connections are kept (tfsubmit's connection pool is not running)")
+        return 0
+    if args.action == "list":
+        print(f"tfsubmit's SSH connection pool (pid {stats['pid']}): {len(kept)} kept "
+              f"connection(s), {stats['connects']} made since it started")
+        for entry in sorted(kept, key=lambda e: (e["address"], e["port"], e["id"])):
+            print(f"  {_where(entry)}  {_use(entry)}  key {entry['key_file']}  "
+                  + (f"host agent pid {', '.join(map(str, entry['agents']))}"
+                     if entry["agents"] else
+                     f"no host agent ({entry['agent_refused']})" if entry["agent_refused"]
+                     else "no host agent yet"))
+        return 0
+    done = sshpool.call("close", addresses=args.addresses or None) or {"closed": [], "busy": []}
+    if done["closed"]:
+        print(f"Closed {len(done['closed'])} connection(s): "
+              + ", ".join(_where(e) for e in done["closed"]))
+    for entry in done["busy"]:
+        print(f"Left open: {_where(entry)}, {entry['channels']} channel(s) in use by a "
+              f"running job; it closes once idle for {entry['keep']:g} s (or cancel the run "
+              "and close it again)")
+    return 0
+
+
+def _where(entry: dict) -> str:
+    return f"{entry['user']}@{entry['address']}:{entry['port']}"
+
+
+def _use(entry: dict) -> str:
+    if entry["channels"]:
+        return f"{entry['channels']} channel(s) in use"
+    return f"idle {entry['idle_s']:.0f} s of {entry['keep']:g}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfsubmit import __version__
 
@@ -370,6 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="for `start`: keep the server's data in PostgreSQL instead of its "
                      "own SQLite file (remembered for later starts; the URL is kept 0600)")
     srv.set_defaults(func=_server)
+
+    conns = commands.add_parser("connections", help="the SSH connections kept between "
+                                "submissions: list them, or close the idle ones")
+    conns.add_argument("action", nargs="?", choices=("list", "close"), default="list",
+                       help="list them (default), or close the idle ones: all, or those to "
+                       "the ADDRESSes (a connection a running job uses stays open)")
+    conns.add_argument("addresses", nargs="*", metavar="ADDRESS",
+                       help="for `close`: only the connections to these hosts")
+    conns.set_defaults(func=_connections)
     return parser
 
 

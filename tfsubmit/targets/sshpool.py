@@ -241,7 +241,9 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
 
 
 def call(kind: str, **fields) -> dict | None:
-    """A request that needs no host ("stats", "drop", "stop"); None when no pool runs."""
+    """A request that needs no host ("stats"; "drop" ADDRESS PORT, every connection to it;
+    "close" [ADDRESSES], the idle ones, `tfsubmit connections close`); None when no pool
+    runs."""
     sock = _dial(start=False)
     if sock is None:
         return None

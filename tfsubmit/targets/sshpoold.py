@@ -111,6 +111,31 @@ class Pool:
             self.discard(entry)
         return len(gone)
 
+    def close_idle(self, addresses: list[str] | None) -> dict:
+        """Close the connections (to `addresses`, or all) that no channel uses now, with
+        their host agents; the ones in use by a running job stay (they close once idle).
+        Taken out of the pool under its lock, so no request gets one of them meanwhile."""
+        with self.lock:
+            chosen = [(key, e) for key, es in self.kept.items() for e in es
+                      if addresses is None or key[0] in addresses]
+            closing = [(key, e) for key, e in chosen if e.channels == 0]
+            for key, entry in closing:
+                self.kept[key].remove(entry)
+            busy = [self._describe(key, e) for key, e in chosen if e.channels]
+            if not any(self.kept.values()):
+                self.stopping = True  # nothing left to keep: the pool exits now
+        for _, entry in closing:
+            entry.conn.close()
+        return {"closed": [self._describe(key, e) for key, e in closing], "busy": busy}
+
+    @staticmethod
+    def _describe(key: tuple, entry: _Kept) -> dict:
+        idle = time.monotonic() - entry.last_used if entry.channels == 0 else 0.0
+        return {"id": entry.id, "address": key[0], "port": key[1], "user": key[2],
+                "key_file": key[3], "channels": entry.channels, "keep": entry.keep,
+                "idle_s": round(idle, 1), "agents": [a[3] for a in entry.agents.values()],
+                "agent_refused": entry.agent_refused}
+
     def sweep(self) -> bool:
         """Close connections idle past their keep time; True when the pool may exit."""
         now = time.monotonic()
@@ -123,7 +148,7 @@ class Pool:
             busy = self.clients or any(self.kept.values())
             if busy:
                 self.idle_since = now
-            return self.stopping or (not busy and now - self.idle_since > 5.0)
+            return not busy and (self.stopping or now - self.idle_since > 5.0)
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -146,17 +171,12 @@ class Pool:
         kind = req["kind"]
         if kind == "stats":
             with self.lock:
-                kept = [{"id": e.id, "address": key[0], "port": key[1], "user": key[2],
-                         "key_file": key[3], "channels": e.channels,
-                         "agents": [a[3] for a in e.agents.values()],
-                         "agent_refused": e.agent_refused}
-                        for key, es in self.kept.items() for e in es]
+                kept = [self._describe(key, e) for key, es in self.kept.items() for e in es]
             return _answer(sock, ok=True, kept=kept, connects=self.connects, pid=os.getpid())
         if kind == "drop":
             return _answer(sock, ok=True, dropped=self.drop(req["address"], req["port"]))
-        if kind == "stop":
-            self.stopping = True
-            return _answer(sock, ok=True)
+        if kind == "close":
+            return _answer(sock, ok=True, **self.close_idle(req.get("addresses")))
         config = SSHTargetConfig.model_validate(req["config"])
         host = SSHHost.model_validate(req["host"])
         try:

@@ -262,6 +262,36 @@ def test_a_task_started_by_the_agent_is_found_with_what_it_left_by_the_runs_ps(h
         target.close()
 
 
+def test_the_note_of_a_keeper_killed_outright_is_removed_by_the_runs_ps(hosts, tmp_path):
+    """SIGKILL leaves a keeper no time to remove its note: the run's `ps` (the leftover
+    check after every stop) removes it, and the run's folder with its last note."""
+    config = _config(hosts, tmp_path)
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    run_id = f"killed-{uuid.uuid4().hex[:6]}"
+    notes = tmp_path / "remote" / "keepers" / run_id
+    target = SSHTarget("killed", config)
+    try:
+        target.connect()
+        handle = target.start(ProcessSpec(
+            host=hosts.addresses[0], argv=("python3", "-c", "import time; print('up', "
+                                           "flush=True); time.sleep(300)"),
+            env={"TFSUBMIT_RUN_ID": run_id}, cwd=str(workdir), role="worker", index=0))
+        assert next(iter(handle.lines())) == "up"
+        (keeper,) = [int(note.name) for note in notes.iterdir()]
+        os.kill(keeper, signal.SIGKILL)
+        assert wait_until(lambda: not os.path.exists(f"/proc/{keeper}"), 60, "the keeper gone")
+        assert (notes / str(keeper)).exists()  # it had no time to remove its note
+        left = target.leftovers(run_id)  # the task, found by its marker
+        assert left and keeper not in {pid for _, pid in left}
+        assert not notes.exists()
+        target.kill([(host, pid) for host, pid in left if host == hosts.addresses[0]])
+        assert wait_until(lambda: target.leftovers(run_id) == [], 60, "nothing left")
+        assert wait_until(lambda: handle.poll() is not None, 60, "the task's end to be seen")
+    finally:
+        target.close()
+
+
 def _forked_by_pid(pid: int) -> int:
     """The grandparent of `pid`."""
     def parent(of: int) -> int:

@@ -166,28 +166,43 @@ def _register_keeper(keepers: str | None) -> Path | None:
     identity = _identity(os.getpid())
     if not keepers or identity is None:
         return None
-    try:
-        Path(keepers).mkdir(parents=True, exist_ok=True)
-        note = Path(keepers, str(os.getpid()))
-        note.write_text(identity)
-    except OSError:
-        return None
-    return note
+    note = Path(keepers, str(os.getpid()))
+    draft = Path(keepers, f".{os.getpid()}")
+    for _ in range(5):  # a `ps` may remove the folder it finds empty, just made
+        try:
+            Path(keepers).mkdir(parents=True, exist_ok=True)
+            draft.write_text(identity)
+            draft.rename(note)  # whole or not there: `ps` removes a note it finds wrong
+            return note
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+    return None
 
 
 def registered_keepers(keepers: str) -> list[int]:
-    """The live keepers that left a note in KEEPERS (a pid reused since is not one)."""
+    """The live keepers that left a note in KEEPERS. A note whose keeper is gone (killed
+    before it could remove it, or its pid reused since) is removed, and the folder with
+    the run's last one."""
     found = []
     try:
-        notes = list(Path(keepers).iterdir())
+        notes = [note for note in Path(keepers).iterdir() if note.name.isdigit()]
     except OSError:
         return []
     for note in notes:
         try:
-            if note.name.isdigit() and note.read_text() == _identity(int(note.name)):
+            if note.read_text() == _identity(int(note.name)):
                 found.append(int(note.name))
+            else:
+                note.unlink()
         except OSError:
             continue
+    if not found:
+        try:
+            Path(keepers).rmdir()
+        except OSError:
+            pass  # a keeper registering meanwhile, or a draft of one
     return found
 
 

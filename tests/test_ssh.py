@@ -112,6 +112,33 @@ def test_a_host_with_this_runtime_is_checked_in_one_command(hosts, tmp_path):
             target.close()
 
 
+def test_abandoned_runtime_uploads_are_removed_by_a_later_pre_flight(hosts, tmp_path):
+    """A runtime upload cut off midway (`<hash>.part-*`) or a runtime set aside but not
+    removed (`.old-*`) goes once untouched for an hour; a fresh one (another host's upload
+    under way) and the runtimes themselves stay."""
+    import os
+
+    config = SSHTargetConfig(**hosts.target_config(workdir=str(tmp_path / "wd")))
+    runtimes = tmp_path / "wd" / "runtime"
+    stale = [runtimes / "0123456789abcdef.part-1a2b3c4d", runtimes / "fedcba9876543210.old-9f8e"]
+    fresh = runtimes / "0123456789abcdef.part-5e6f7a8b"
+    for folder in (*stale, fresh):
+        (folder / "tfsubmit").mkdir(parents=True)
+        (folder / "tfsubmit" / "__init__.py").write_text("")
+    hour_ago = time.time() - 3700
+    for folder in stale:
+        os.utime(folder, (hour_ago, hour_ago))
+    target = SSHTarget("sweeper", config)
+    try:
+        reports = target.connect()
+        removed = {name for report in reports.values() for name in report["removed"]}
+        assert removed == {folder.name for folder in stale}  # (the hosts share this workdir)
+    finally:
+        target.close()
+    assert sorted(p.name for p in runtimes.iterdir()) == sorted(
+        [fresh.name, Path(target.runtime).name])
+
+
 def test_every_failing_host_is_reported_at_once(workspace, hosts, tmp_path):
     config = SSHTargetConfig(**{**hosts.target_config(),
                                 "hosts": [{"address": "127.0.0.2"}, {"address": "127.0.0.9"},

@@ -5,7 +5,8 @@ per code version and calls these over SSH, so a host needs nothing but Python 3.
 
     preflight WORKDIR MIN_FREE_MB   stdin: object hashes, one a line (may be none)
                                     -> JSON: python, version, free_mb, runtime, and
-                                    `missing`: the hashes WORKDIR/objects lacks
+                                    `missing`: the hashes WORKDIR/objects lacks;
+                                    `removed`: abandoned runtime uploads it removed
     build-env CACHE                 stdin: EnvironmentSpec JSON -> install lines, then
                                     `TFSUBMIT-ENV {json}` as the last line
     stage                           stdin: JSON {objects, dest, manifest, cache, env}:
@@ -64,7 +65,36 @@ def preflight(workdir: str, min_free_mb: str) -> dict:
     if free_mb < int(min_free_mb):
         report["error"] = f"only {free_mb} MB free in {workdir} (need {min_free_mb} MB)"
     report["missing"] = missing(str(root / "objects"))
+    report["removed"] = remove_abandoned(root / "runtime")
     return report
+
+
+ABANDONED_SECONDS = 3600.0
+
+
+def remove_abandoned(runtimes: Path) -> list[str]:
+    """Runtime uploads that never finished (`<hash>.part-*`: the connection died midway) and
+    runtimes set aside but not removed (`<hash>.old-*`), untouched for an hour: an upload
+    by another host sharing this workdir takes seconds, so these are nobody's."""
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(runtimes))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if ".part-" not in entry.name and ".old-" not in entry.name:
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < ABANDONED_SECONDS:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.name)
+    return removed
 
 
 def missing(objects: str) -> list[str]:

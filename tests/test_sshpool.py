@@ -4,10 +4,12 @@ while a job runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import run_cli, wait_until
@@ -352,3 +354,77 @@ def test_tfsubmit_connections_lists_them_and_closes_the_idle_ones_only(hosts, tm
     assert wait_until(lambda: sshpool.call("stats") is None, 60, "the emptied pool to exit")
     after = run_cli("connections", timeout=60)
     assert after.returncode == 0 and "No SSH connections are kept" in after.stdout
+
+
+def test_the_agents_guard_hashes_the_runtime_again_once_any_file_of_it_changed(hosts,
+                                                                              tmp_path):
+    """The guard run by a resident agent skips hashing the runtime when its files are as
+    the agent's own guard saw them; a same-size edit with its mtime put back is still
+    seen (its ctime changed), and the runtime is replaced as a planted one is."""
+    config = _config(hosts, tmp_path)
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    target = SSHTarget("checked", config)
+    try:
+        target.connect()
+        _run_true(target, str(workdir))  # the agents run
+        assert all(_agent_pids(config))
+    finally:
+        target.close()
+    errors = Path(target.runtime) / "tfsubmit" / "errors.py"
+    before = errors.stat()
+    text = errors.read_text()
+    errors.write_text(text.replace("class", "clas_", 1))  # same size
+    os.utime(errors, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert errors.stat().st_size == before.st_size
+    again = SSHTarget("again", config)
+    try:
+        reports = again.connect()
+        assert any(report.get("replaced_runtime") for report in reports.values())
+        assert all(report["ran"] for report in reports.values())
+    finally:
+        again.close()
+    assert errors.read_text() == text
+
+
+def test_the_guard_trusts_what_its_agent_verified_only_while_its_files_are_unchanged(
+        tmp_path):
+    """The cache itself: a runtime that does not hash to HASH runs when the resident
+    agent's record of it (VERIFIED) matches its files' stat, and is refused otherwise."""
+    import subprocess
+    import sys
+
+    from tfsubmit.store.package import package_hash, package_sources
+    from tfsubmit.targets.ssh import GUARD
+
+    wd = tmp_path / "wd"
+    wd.mkdir(mode=0o700)
+    rt = wd / "runtime" / package_hash()
+    package, sources = package_sources()
+    for path in sources:
+        dest = rt / path.relative_to(package.parent)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(path.read_bytes())
+    with (rt / "tfsubmit" / "errors.py").open("a") as changed:
+        changed.write("# not the code of this hash\n")
+    record = f"""
+import sys, types
+from pathlib import Path
+rt, want = {str(rt)!r}, {package_hash()!r}
+files = sorted(p for p in Path(rt, "tfsubmit").rglob("*.py") if "__pycache__" not in p.parts)
+seen = [(str(p), s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns)
+        for p, s in ((p, p.stat()) for p in files)]
+if sys.argv[1] == "recorded":
+    sys.modules["tfsubmit.targets.agentd"] = types.SimpleNamespace(VERIFIED={{(rt, want): seen}})
+sys.argv = ["-c", {str(wd)!r}, rt, want, "preflight", {str(wd)!r}, "0"]
+exec(compile({GUARD!r}, "<guard>", "exec"), {{"__name__": "__main__"}})
+"""
+
+    def guard(mode: str) -> dict:
+        done = subprocess.run([sys.executable, "-S", "-c", record, mode], input="",
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    assert guard("recorded")["ran"] is True  # trusted: as recorded, not hashed again
+    assert "ran" not in guard("none") and guard("none")["runtime_hash"] != package_hash()

@@ -41,9 +41,14 @@ import sys
 
 HEADER = struct.Struct(">cI")  # as sshpool.HEADER
 KEEPALIVE_SECONDS = 2.0
+# (runtime, its hash) -> what the guard that started this agent saw of the runtime's files
+# when it hashed them (path, inode, size, mtime, ctime): the guard, run again in a fork of
+# this process, hashes them again only if they changed (git's index does the same)
+VERIFIED: dict[tuple[str, str], list] = {}
 
 
-def serve() -> int:
+def serve(verified: dict | None = None) -> int:
+    VERIFIED.update(verified or {})
     _preload()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:

@@ -16,7 +16,10 @@ and prints the median times and the ratios 16-host / 1-host (goal: under 2).
 Here all 16 "hosts" and the client share this machine's cores, so each host's CPU work
 (sshd's key exchange, starting the Python helper, the agent's forks) adds up as it would
 not on 16 real machines; the second ratio, against 16 hosts done one after another, shows
-the parallelism itself.
+the parallelism itself. So each line of the first figure also says the CPU time the whole
+machine spent per submission (all processes, from /proc/stat), the floor that puts under
+the wall time on this machine's cores, and tfsubmit's own side of it (this process and
+the SSH pool; the rest is the hosts' sshd, agents and commands).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tfsubmit import Experiment, TensorFlow  # noqa: E402
 from tfsubmit.service.server import ensure_server, stop_server  # noqa: E402
 from tfsubmit.spec.process import ProcessSpec  # noqa: E402
 from tfsubmit.store.layout import Workspace  # noqa: E402
+from tfsubmit.targets import sshpool  # noqa: E402
 from tfsubmit.targets.config import SSHTargetConfig, save_target  # noqa: E402
 from tfsubmit.targets.ssh import SSHTarget  # noqa: E402
 
@@ -48,6 +52,34 @@ task = json.loads(os.environ["TF_CONFIG"])["task"]
 print("started", task["type"], task["index"], flush=True)
 time.sleep(1 if task["type"] == "chief" else 300)
 """
+
+
+CORES = os.cpu_count() or 1
+
+
+def machine_cpu() -> float:
+    """CPU seconds every process of this machine has used (busy time in /proc/stat)."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu() -> float:
+    """CPU seconds of this process and of the SSH pool (tfsubmit's side of a fan-out)."""
+    times = os.times()
+    used = times.user + times.system
+    stats = sshpool.call("stats")
+    if stats:
+        with open(f"/proc/{stats['pid']}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        used += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def cpu_note(machine: float, client: float) -> str:
+    return (f"; machine CPU {machine:.3f} s a submission (its floor on {CORES} cores: "
+            f"{machine / CORES:.3f} s), tfsubmit's side {client:.3f} s")
 
 
 def fan_out(config: SSHTargetConfig, workdir: str) -> float:
@@ -123,11 +155,15 @@ def main() -> None:
                     config = SSHTargetConfig(**{**base, "hosts": base["hosts"][:count],
                                                 "keep_connections": keep})
                     fan_out(config, str(workdir))  # runtime uploaded, page cache hot, pool
+                    machine, client = machine_cpu(), client_cpu()
                     times = [fan_out(config, str(workdir)) for _ in range(args.repeats)]
+                    machine = (machine_cpu() - machine) / args.repeats
+                    client = (client_cpu() - client) / args.repeats
                     results[count] = statistics.median(times)
                     print(f"connect+pre-flight+start on {count:2d} host(s), "
                           f"{'warm' if keep else 'cold'}: median {results[count]:.3f} s "
-                          f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
+                          f"(runs: {', '.join(f'{t:.3f}' for t in times)})"
+                          f"{cpu_note(machine, client)}", flush=True)
             ps_cold, ps_warm = ps_topology(hosts, Path(tmp), args.repeats)
         finally:
             hosts.stop()

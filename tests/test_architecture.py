@@ -50,3 +50,32 @@ def test_no_import_cycle_between_modules():
     # Every import counts, in-function ones too: none may hide a cycle.
     graph = grimp.build_graph("tfsubmit", exclude_type_checking_imports=True)
     assert _cycles(graph) == []
+
+
+def test_no_module_or_class_defines_a_name_twice():
+    """A second `def` of a name replaces the first for every caller in the module (ruff's
+    F811 passes it when the first was used): `tfsubmit runs` once printed nothing because
+    a helper for another command took its `_where`'s name. In tests, a test of the same
+    name as another would never run."""
+    import ast
+    from pathlib import Path
+
+    import tfsubmit
+
+    twice = []
+    for path in sorted([*Path(tfsubmit.__file__).parent.rglob("*.py"),
+                        *Path(__file__).parent.glob("*.py"),
+                        *Path(__file__).parent.parent.joinpath("benchmarks").glob("*.py")]):
+        tree = ast.parse(path.read_text(), str(path))
+        for body, where in [(tree.body, path.name)] + [
+                (node.body, f"{path.name}:{node.name}") for node in ast.walk(tree)
+                if isinstance(node, ast.ClassDef)]:
+            seen: set[str] = set()
+            for node in body:
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    if node.name in seen and not any(
+                            isinstance(d, ast.Attribute) and d.attr == "setter"
+                            for d in node.decorator_list):
+                        twice.append(f"{where}: {node.name}")
+                    seen.add(node.name)
+    assert twice == []

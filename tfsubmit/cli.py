@@ -333,7 +333,7 @@ def _connections(args: argparse.Namespace) -> int:
         print(f"tfsubmit's SSH connection pool (pid {stats['pid']}): {len(kept)} kept "
               f"connection(s), {stats['connects']} made since it started")
         for entry in sorted(kept, key=lambda e: (e["address"], e["port"], e["id"])):
-            print(f"  {_where(entry)}  {_use(entry)}  key {entry['key_file']}  "
+            print(f"  {_login(entry)}  {_use(entry)}  key {entry['key_file']}  "
                   + (f"host agent pid {', '.join(map(str, entry['agents']))}"
                      if entry["agents"] else
                      f"no host agent ({entry['agent_refused']})" if entry["agent_refused"]
@@ -342,15 +342,16 @@ def _connections(args: argparse.Namespace) -> int:
     done = sshpool.call("close", addresses=args.addresses or None) or {"closed": [], "busy": []}
     if done["closed"]:
         print(f"Closed {len(done['closed'])} connection(s): "
-              + ", ".join(_where(e) for e in done["closed"]))
+              + ", ".join(_login(e) for e in done["closed"]))
     for entry in done["busy"]:
-        print(f"Left open: {_where(entry)}, {entry['channels']} channel(s) in use by a "
+        print(f"Left open: {_login(entry)}, {entry['channels']} channel(s) in use by a "
               f"running job; it closes once idle for {entry['keep']:g} s (or cancel the run "
               "and close it again)")
     return 0
 
 
-def _where(entry: dict) -> str:
+def _login(entry: dict) -> str:
+    """A kept connection as `user@address:port`."""
     return f"{entry['user']}@{entry['address']}:{entry['port']}"
 
 

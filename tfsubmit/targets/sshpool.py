@@ -62,8 +62,12 @@ def request(config, host, kind: str, *, start: bool = True, **fields) -> socket.
     if sock is None:
         return None
     try:
-        send_message(sock, {"kind": kind, "config": config.model_dump(),
-                             "host": host.model_dump(), **fields})
+        # The target's settings with this one host: a request's size and the pool's work
+        # on it do not grow with the number of hosts (16 hosts: 16 x 3 requests)
+        one = host.model_dump()
+        send_message(sock, {"kind": kind, "config": {**config.model_dump(exclude={"hosts"}),
+                                                     "hosts": [one]},
+                             "host": one, **fields})
         answer = recv_message(sock) or {}
     except (OSError, ValueError):
         sock.close()

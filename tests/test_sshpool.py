@@ -43,6 +43,17 @@ def _run_true(target: SSHTarget, workdir: str) -> None:
     assert {h.poll() for h in handles} == {0}
 
 
+def _start_sleeper(target: SSHTarget, host: str, workdir, run_id: str | None = None):
+    """A task that prints "up" and sleeps 300 s on `host`, started and up (its handle)."""
+    handle = target.start(ProcessSpec(
+        host=host, argv=("python3", "-c", "import time; print('up', flush=True); "
+                         "time.sleep(300)"),
+        env={"TFSUBMIT_RUN_ID": run_id} if run_id else {}, cwd=str(workdir), role="worker",
+        index=0))
+    assert next(iter(handle.lines())) == "up"
+    return handle
+
+
 def test_a_second_submission_reuses_the_first_ones_connections(hosts, tmp_path):
     config = _config(hosts, tmp_path)
     workdir = tmp_path / "job"
@@ -108,11 +119,7 @@ def test_a_pool_killed_while_a_job_runs_is_a_lost_host_and_the_next_run_gets_a_n
     target = SSHTarget("victim", config)
     try:
         target.connect()
-        handle = target.start(ProcessSpec(
-            host=hosts.addresses[0], argv=("python3", "-c", "import time; print('up', "
-                                           "flush=True); time.sleep(300)"),
-            env={"TFSUBMIT_RUN_ID": run_id}, cwd=str(workdir), role="worker", index=0))
-        assert next(iter(handle.lines())) == "up"
+        handle = _start_sleeper(target, hosts.addresses[0], workdir, run_id)
         pid = sshpool.call("stats")["pid"]
         os.kill(pid, signal.SIGKILL)
 
@@ -275,11 +282,7 @@ def test_the_note_of_a_keeper_killed_outright_is_removed_by_the_runs_ps(hosts, t
     target = SSHTarget("killed", config)
     try:
         target.connect()
-        handle = target.start(ProcessSpec(
-            host=hosts.addresses[0], argv=("python3", "-c", "import time; print('up', "
-                                           "flush=True); time.sleep(300)"),
-            env={"TFSUBMIT_RUN_ID": run_id}, cwd=str(workdir), role="worker", index=0))
-        assert next(iter(handle.lines())) == "up"
+        handle = _start_sleeper(target, hosts.addresses[0], workdir, run_id)
         (keeper,) = [int(note.name) for note in notes.iterdir()]
         os.kill(keeper, signal.SIGKILL)
         assert wait_until(lambda: not os.path.exists(f"/proc/{keeper}"), 60, "the keeper gone")
@@ -314,11 +317,7 @@ def test_tfsubmit_connections_lists_them_and_closes_the_idle_ones_only(hosts, tm
     handle = None
     try:
         target.connect()
-        handle = target.start(ProcessSpec(  # holds a channel on busy_host's connection
-            host=busy_host, argv=("python3", "-c", "import time; print('up', flush=True); "
-                                  "time.sleep(300)"),
-            env={}, cwd=str(workdir), role="worker", index=0))
-        assert next(iter(handle.lines())) == "up"
+        handle = _start_sleeper(target, busy_host, workdir)  # a channel on busy_host's
         assert wait_until(lambda: [e["channels"] for e in _kept(config)] == [1, 0], 60,
                           "only the job's channel in use")
 

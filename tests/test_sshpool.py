@@ -317,7 +317,7 @@ def test_tfsubmit_connections_lists_them_and_closes_the_idle_ones_only(hosts, tm
     handle = None
     try:
         target.connect()
-        handle = _start_sleeper(target, busy_host, workdir)  # a channel on busy_host's
+        handle = _start_sleeper(target, busy_host, workdir)  # holds a channel
         assert wait_until(lambda: [e["channels"] for e in _kept(config)] == [1, 0], 60,
                           "only the job's channel in use")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,8 +117,6 @@ def test_abandoned_runtime_uploads_are_removed_by_a_later_pre_flight(hosts, tmp_
     """A runtime upload cut off midway (`<hash>.part-*`) or a runtime set aside but not
     removed (`.old-*`) goes once untouched for an hour; a fresh one (another host's upload
     under way) and the runtimes themselves stay."""
-    import os
-
     config = SSHTargetConfig(**hosts.target_config(workdir=str(tmp_path / "wd")))
     runtimes = tmp_path / "wd" / "runtime"
     stale = [runtimes / "0123456789abcdef.part-1a2b3c4d", runtimes / "fedcba9876543210.old-9f8e"]

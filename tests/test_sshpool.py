@@ -43,6 +43,13 @@ def _run_true(target: SSHTarget, workdir: str) -> None:
     assert {h.poll() for h in handles} == {0}
 
 
+def _job_dir(tmp_path) -> Path:
+    """A job's working folder, as the pipeline makes it (with its .tfsubmit folder)."""
+    workdir = tmp_path / "job"
+    (workdir / ".tfsubmit").mkdir(parents=True)
+    return workdir
+
+
 def _start_sleeper(target: SSHTarget, host: str, workdir, run_id: str | None = None):
     """A task that prints "up" and sleeps 300 s on `host`, started and up (its handle)."""
     handle = target.start(ProcessSpec(
@@ -56,8 +63,7 @@ def _start_sleeper(target: SSHTarget, host: str, workdir, run_id: str | None = N
 
 def test_a_second_submission_reuses_the_first_ones_connections(hosts, tmp_path):
     config = _config(hosts, tmp_path)
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     first = SSHTarget("first", config)
     try:
         first.connect()
@@ -113,8 +119,7 @@ def test_an_idle_connection_is_closed_after_keep_connections(hosts, tmp_path):
 def test_a_pool_killed_while_a_job_runs_is_a_lost_host_and_the_next_run_gets_a_new_pool(
         hosts, tmp_path):
     config = _config(hosts, tmp_path)
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     run_id = f"pool-{uuid.uuid4().hex[:6]}"
     target = SSHTarget("victim", config)
     try:
@@ -168,8 +173,7 @@ def _forked_by(target: SSHTarget, address: str) -> int:
 
 def test_commands_are_forked_by_a_resident_agent_on_each_kept_connection(hosts, tmp_path):
     config = _config(hosts, tmp_path)
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     target = SSHTarget("agent", config)
     try:
         target.connect()  # installs the runtime; the agent starts once it is there
@@ -216,8 +220,7 @@ def test_a_host_that_refuses_forwarding_runs_each_command_in_a_session_of_its_ow
     refusing.start()
     try:
         config = _config(refusing, tmp_path)
-        workdir = tmp_path / "job"
-        (workdir / ".tfsubmit").mkdir(parents=True)
+        workdir = _job_dir(tmp_path)
         target = SSHTarget("refusing", config)
         try:
             target.connect()
@@ -237,11 +240,8 @@ def test_a_task_started_by_the_agent_is_found_with_what_it_left_by_the_runs_ps(h
     """A keeper forked by the resident agent lacks its run's marker in its environment: its
     note in the workdir's keepers folder is what `ps` finds it by, with a double-forked,
     setsid, empty-environment daemon it adopted."""
-    from pathlib import Path
-
     config = _config(hosts, tmp_path)
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     (workdir / "outputs").mkdir()
     shutil.copy(Path(__file__).parent / "jobs" / "daemon.py", workdir)
     run_id = f"keeper-{uuid.uuid4().hex[:6]}"
@@ -275,8 +275,7 @@ def test_the_note_of_a_keeper_killed_outright_is_removed_by_the_runs_ps(hosts, t
     """SIGKILL leaves a keeper no time to remove its note: the run's `ps` (the leftover
     check after every stop) removes it, and the run's folder with its last note."""
     config = _config(hosts, tmp_path)
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     run_id = f"killed-{uuid.uuid4().hex[:6]}"
     notes = tmp_path / "remote" / "keepers" / run_id
     target = SSHTarget("killed", config)
@@ -308,8 +307,7 @@ def _forked_by_pid(pid: int) -> int:
 def test_tfsubmit_connections_lists_them_and_closes_the_idle_ones_only(hosts, tmp_path):
     config = _config(hosts, tmp_path)
     busy_host, idle_host = hosts.addresses
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     first = SSHTarget("first", config)  # installs the runtime (SFTP channels: closed)
     first.connect()
     first.close()
@@ -361,8 +359,7 @@ def test_the_agents_guard_hashes_the_runtime_again_once_any_file_of_it_changed(h
     the agent's own guard saw them; a same-size edit with its mtime put back is still
     seen (its ctime changed), and the runtime is replaced as a planted one is."""
     config = _config(hosts, tmp_path)
-    workdir = tmp_path / "job"
-    (workdir / ".tfsubmit").mkdir(parents=True)
+    workdir = _job_dir(tmp_path)
     target = SSHTarget("checked", config)
     try:
         target.connect()

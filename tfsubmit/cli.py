@@ -296,7 +296,13 @@ def _server(args: argparse.Namespace) -> int:
         info = server.server_status(workspace)
         state = "running" if info.running else "not running"
         where = "embedded" if info.embedded else "PREFECT_API_URL"
-        print(f"{where} Prefect server {state}" + (f": {info.api_url}" if info.api_url else ""))
+        print(f"{where} Prefect server {state}"
+              + (f": UI {info.ui_url} (API {info.api_url})" if info.api_url else ""))
+        if info.running:
+            worker = server.worker_running(workspace, info.api_url)
+            print(f"runs go to deployment {server.deployment_name(workspace)}, work pool "
+                  f"{server.pool_name(workspace)}; its worker is "
+                  + ("running" if worker else "not running (the next submission starts it)"))
         return 0 if info.running else 1
     return 0
 

@@ -1,7 +1,9 @@
 """The user's face: `Experiment(name).submit(job) -> Run`.
 
-Submitting prepares the run folder and starts a detached runner process that executes the
-Prefect flow; the `Run` reads the run folder, so any process can follow, list or cancel it.
+Submitting prepares the run folder and creates a flow run of the workspace's
+`submit-training` deployment, which the workspace's Prefect worker starts (Prefect's engine
+runs the flow and its tasks); the `Run` reads the run folder, so any process can follow,
+list or cancel it.
 With `deployment=`, the job becomes a flow run of a Prefect deployment instead, executed by
 that deployment's worker; the `DeploymentRun` returned reads everything through the API.
 """
@@ -13,13 +15,12 @@ from pathlib import Path
 
 from tfsubmit.api.runs import BaseRun, DeploymentRun, Run, SweepRun, block_finder
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.service import forkserver
-from tfsubmit.service.forkserver import start_runner
+from tfsubmit.service.handover import hand_over
 from tfsubmit.service.prefect_api import PrefectAPI
-from tfsubmit.service.server import api_url, ensure_server, start_in_background, starts_later
+from tfsubmit.service.server import api_url
 from tfsubmit.spec.job import TrainingJob, validate_experiment_name
 from tfsubmit.spec.sweep import Sweep
-from tfsubmit.store.layout import LATER_ENV, Workspace
+from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import RunRecord
 from tfsubmit.targets.config import get_target
 
@@ -52,7 +53,7 @@ class Experiment:
         self._check_target(job)
         run_id = self.workspace.new_run_id(self.name)
         record = RunRecord.create(self.workspace, run_id, self.name, job.to_dict())
-        hand_over(self.workspace, record, job.secret_values(), may_start_early=True)
+        hand_over(self.workspace, record, job.secret_values(), say=_say)
         return Run(run_id, workspace=self.workspace.root)
 
     def _submit_sweep(self, sweep: Sweep) -> SweepRun:
@@ -61,7 +62,8 @@ class Experiment:
         record = RunRecord.create(self.workspace, run_id, self.name, sweep.to_dict(),
                                   kind="sweep", primary_metric=sweep.primary_metric,
                                   goal=sweep.goal, total_runs=sweep.total_runs)
-        hand_over(self.workspace, record, sweep.estimator.secret_values())
+        hand_over(self.workspace, record, sweep.estimator.secret_values(), flow="sweep",
+                  say=_say)
         return SweepRun(run_id, workspace=self.workspace.root)
 
     def _check_target(self, job: TrainingJob) -> None:
@@ -85,37 +87,6 @@ class Experiment:
 def _say(text: str) -> None:
     """A line for whoever submits, beside the run's own (stderr: stdout stays the run's)."""
     print(f"tfsubmit: {text}", file=sys.stderr, flush=True)
-
-
-def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str], *,
-              may_start_early: bool = False) -> None:
-    """Start the run's runner with the runner lock `record` holds (and the job's secret
-    values), then let go of the lock; a runner that cannot be started ends the run Failed,
-    saying why.
-
-    With `may_start_early` (a training run) and the embedded server not up yet (the first
-    submission on a fresh workspace), the server starts in the background and the run
-    starts at once, without Prefect; it reports to Prefect once the server answers."""
-    try:
-        if may_start_early and not forkserver.is_current(workspace) \
-                and starts_later(workspace):
-            start_in_background(workspace)
-            _say(f"starting the embedded Prefect server of workspace {workspace.root} in the "
-                 "background (first use, or it was stopped; 10-40 s, once); the run starts "
-                 "now and reports to Prefect once the server answers")
-            start_runner(workspace, record.paths, record.lock_fd, secrets,
-                         extra_env={LATER_ENV: record.paths.root.name})
-            return
-        if not forkserver.is_current(workspace):
-            # Start the server and the fork server here, under their lock, so that many
-            # submitters at once start one of each and every runner is forked, not spawned.
-            ensure_server(workspace, say=_say)
-        start_runner(workspace, record.paths, record.lock_fd, secrets)
-    except BaseException as exc:
-        record.failed(f"its runner could not be started: {exc}")
-        raise
-    finally:
-        record.release_lock()
 
 
 def submit_to_deployment(job: TrainingJob, deployment: str, *, experiment: str,

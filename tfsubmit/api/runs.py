@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import RunFailedError, RunNotFoundError, TfsubmitError
-from tfsubmit.pipeline.reap import catch_up, reap
+from tfsubmit.pipeline.reap import reap
 from tfsubmit.runtime.context import Run as InJobRun
 from tfsubmit.runtime.metrics import (
     IMAGES_DIR,
@@ -34,14 +34,14 @@ from tfsubmit.runtime.metrics import (
     read_records,
     tasks_of,
 )
-from tfsubmit.service.forkserver import start_runner
+from tfsubmit.service.handover import hand_over
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, flow_run_link, status_of
 from tfsubmit.service.processes import kill_pids, pid_alive, still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.store import runlock
 from tfsubmit.store.cancel import request_cancel, withdraw_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
-from tfsubmit.store.record import TERMINAL_STATUSES, RunRecord
+from tfsubmit.store.record import CANCELED, QUEUED, TERMINAL_STATUSES, RunRecord
 
 POLL_SECONDS = 0.2
 
@@ -313,16 +313,45 @@ class Run(BaseRun):
     def _record(self) -> dict[str, Any]:
         """The run record; a run whose runner died is reaped here."""
         record = self.record.read()
-        if record.get("status") in TERMINAL_STATUSES:
-            if record.get("prefect_pending") and catch_up(self.paths):
-                record = self.record.read()  # Prefect missed its end (the API was down)
+        if record.get("status") in TERMINAL_STATUSES or self._runner_alive():
             return record
-        if self._runner_alive():
-            return record
+        if record.get("status") == QUEUED:  # its flow run waits for the workspace's worker
+            return self._queued(record)
         # Nobody is responsible for the run: its runner died. The reaper ends it (and stops
         # what is left of it); should a runner have just ended it, the record says so.
         reaped = reap(self.workspace, self.paths, find_block=block_finder(self.workspace))
         return reaped.record if reaped else self.record.read()
+
+    def _queued(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A Queued run stays Queued while its flow run waits; one whose flow run ended in
+        Prefect before it started (canceled there, say) ends the same way."""
+        flow_run_id, url = record.get("flow_run_id"), api_url(self.workspace, start=False)
+        if not (flow_run_id and url):
+            return record
+        api = PrefectAPI(url, timeout=5)
+        try:
+            flow_run = api.flow_run(flow_run_id)
+        except TfsubmitError:
+            return record  # the API is down: the run waits with it
+        finally:
+            api.close()
+        status = status_of(flow_run)
+        if status not in TERMINAL_STATUSES:
+            return record
+        return self._end_queued(status, "its flow run ended in Prefect before it started: "
+                                + ((flow_run.get("state") or {}).get("message") or status))
+
+    def _end_queued(self, status: str, reason: str) -> dict[str, Any]:
+        lock_fd = runlock.acquire(self.paths.runner_lock)
+        if lock_fd is None:  # its flow run has just taken it
+            return self.record.read()
+        record = RunRecord(self.paths, lock_fd)
+        try:
+            if record.read().get("status") != QUEUED:
+                return record.read()
+            return record.canceled(reason) if status == CANCELED else record.failed(reason)
+        finally:
+            record.release_lock()
 
     def _metric_records(self) -> list[dict[str, Any]]:
         return read_records(self.paths.metric_files())
@@ -398,6 +427,9 @@ class Run(BaseRun):
     def cancel(self, *, timeout: float = 60.0) -> None:
         """Stop the run: every process of it, on every host, is terminated (TERM, grace,
         KILL) and checked gone, even of a run already marked ended; logs and outputs stay."""
+        facts = self.record.read()
+        if facts.get("status") == QUEUED and not self._runner_alive():
+            self._cancel_queued(facts)
         if self.get_status() not in TERMINAL_STATUSES:
             request_cancel(self.paths)
             deadline = time.monotonic() + timeout
@@ -419,6 +451,21 @@ class Run(BaseRun):
         if reaped.survivors:
             shown = ", ".join(f"{pid}@{host}" for host, pid in reaped.survivors)
             raise TfsubmitError(f"run {self.id}: processes {shown} survived SIGKILL")
+
+
+    def _cancel_queued(self, facts: dict[str, Any]) -> None:
+        """A run whose flow run has not started: it ends Canceled here, and its flow run is
+        canceled in Prefect (one that starts meanwhile finds the run ended and leaves it)."""
+        self._end_queued(CANCELED, "canceled by the user before it started")
+        url = api_url(self.workspace, start=False)
+        if facts.get("flow_run_id") and url:
+            api = PrefectAPI(url, timeout=10)
+            try:
+                api.cancel(facts["flow_run_id"], "canceled by the user before it started")
+            except TfsubmitError:
+                pass  # the flow run, if it starts, finds its run ended
+            finally:
+                api.close()
 
 
 class SweepRun(Run):
@@ -452,13 +499,7 @@ class SweepRun(Run):
         withdraw_cancel(self.paths)
         record = RunRecord(self.paths, lock_fd)
         record.requeued(resumed=time.time())
-        try:
-            start_runner(self.workspace, self.paths, lock_fd)
-        except BaseException as exc:
-            record.failed(f"its runner could not be started: {exc}")
-            raise
-        finally:
-            record.release_lock()
+        hand_over(self.workspace, record, {}, flow="sweep")
         return self
 
 
@@ -614,7 +655,7 @@ class DeploymentRun(BaseRun):
         worker ends the flow run's process. Waits until the run has ended."""
         if self.get_status() in TERMINAL_STATUSES:
             return
-        self.api.set_state(self.flow_run_id, "CANCELLING", "canceled by the user")
+        self.api.cancel(self.flow_run_id)
         deadline = time.monotonic() + timeout
         while self.get_status() not in TERMINAL_STATUSES:
             if time.monotonic() > deadline:

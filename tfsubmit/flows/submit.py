@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,13 +13,11 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from tfsubmit.errors import TfsubmitError
 from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
-from tfsubmit.pipeline.context import Submission, open_submission
+from tfsubmit.pipeline.context import Submission, hold_secrets, open_submission
 from tfsubmit.pipeline.execute import Steps, run_steps
-from tfsubmit.service.prefect_api import PrefectAPI
-from tfsubmit.store.cancel import CANCELED_FROM_PREFECT, request_cancel
-from tfsubmit.store.layout import RUNNER_ENV
+from tfsubmit.service.forkserver import held
+from tfsubmit.store.layout import Workspace, read_record
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
 from tfsubmit.tasks import (
@@ -34,30 +31,13 @@ from tfsubmit.tasks._kept import MISSING, forget, result_of
 from tfsubmit.tasks.blocks import load_block_target
 from tfsubmit.tasks.progress import RunArtifacts
 
-# Seconds between looks at the flow run's state for a cancel from Prefect.
-PREFECT_CANCEL_POLL = 2.0
-
-
-def _watch_prefect_cancel(sub: Submission, flow_run_id: str, done: threading.Event) -> None:
-    """A cancel from the UI or API sets the flow run Cancelling: stop the job's processes in
-    order, as `Run.cancel()` does (whether a worker or tfsubmit's runner executes it)."""
-    api = PrefectAPI(os.environ["PREFECT_API_URL"], timeout=10)
-    while not done.wait(PREFECT_CANCEL_POLL):
-        try:
-            asked = api.cancel_asked(flow_run_id)
-        except TfsubmitError:
-            continue
-        if asked:
-            request_cancel(sub.paths, CANCELED_FROM_PREFECT)
-            return
-
 
 class Reporting:
     """The run's link to the Prefect API. Each step runs as a Prefect task while the API
     answers; once a call fails (the server died, or stays overloaded past the client's
     retries) the run goes on without it, each step's body called directly, so a job whose
     processes finished is recorded from their exit codes, not failed for want of a server.
-    The runner brings the flow run's state up to date when the API answers again."""
+    Prefect's engine reports the flow run's end if the API answers again by then."""
 
     def __init__(self, sub: Submission) -> None:
         self.sub = sub
@@ -72,26 +52,37 @@ class Reporting:
                 self._lose(exc)
 
     def step(self, task: Task, *args: Any) -> Any:
+        """Run `task` (its body directly once the API is lost); what its body returned,
+        even where the task ended Failed or Cancelled (a job that failed), or what it
+        raised."""
         if self.lost is not None:
-            return task.fn(*args)
+            return _value(task.fn(*args))
         try:
-            return task(*args)
+            state = task(*args, return_state=True)
         except Exception as exc:
             if not isinstance(exc, httpx.HTTPError):
                 raise
             self._lose(exc)
             started, value = result_of(self.sub.run_id, task.name)
             if value is not MISSING:
-                return value  # it ran; only its report to Prefect was lost
+                return _value(value)  # it ran; only its report to Prefect was lost
             if started:
                 raise  # the body itself failed, and so did the report of it
-            return task.fn(*args)
+            return _value(task.fn(*args))
+        value = _value(state)
+        if isinstance(value, BaseException):
+            raise value
+        return value
 
     def _lose(self, exc: Exception) -> None:
         self.lost = f"{type(exc).__name__}: {exc}"
-        self.sub.record.note(prefect_pending=True)
         self.sub.log.event(f"the Prefect API stopped answering ({self.lost}); the run goes on "
                            "and reports to it again once it answers")
+
+
+def _value(result: Any) -> Any:
+    """What a task's body returned: a State's data (a launch whose job failed) or itself."""
+    return result.result(raise_on_failure=False) if isinstance(result, State) else result
 
 
 def _target_of(sub: Submission) -> Target:
@@ -102,7 +93,7 @@ def _target_of(sub: Submission) -> Target:
 
 @flow(name="submit-training", flow_run_name=flow_run_name, log_prints=False)
 def submit_training(
-    job: dict[str, Any] | str,
+    job: dict[str, Any] | str | None = None,
     experiment: str | None = None,
     run_id: str | None = None,
     workspace: str | None = None,
@@ -110,12 +101,18 @@ def submit_training(
     """Run one training job end to end.
 
     Args:
-        job: the job spec as a mapping, or the path of a job YAML file.
+        job: the job spec as a mapping, or the path of a job YAML file; None for a run
+            whose folder Experiment.submit made (its job.json).
         experiment: experiment name (default: the YAML's `experiment`, else "default").
-        run_id: an existing run folder to use (made by `Experiment.submit`), or None.
+        run_id: the run folder Experiment.submit made, or None for a new run.
         workspace: the workspace folder (default: TFSUBMIT_WORKSPACE or ~/.tfsubmit).
     """
-    sub = open_submission(job, experiment, run_id, workspace)
+    if run_id is not None:
+        take_hand_over(run_id)
+    sub = open_submission(job, experiment, run_id, workspace,
+                          attempt=flow_run.run_count or 1)
+    if sub is None:  # it ended before its flow run started (canceled while queued)
+        return prefect_state(read_record(Workspace(workspace).run_paths(run_id).record))
     reporting = Reporting(sub)
     reporting.call(label_flow_run, sub.run_id, sub.experiment)
     artifacts = RunArtifacts(sub.run_id)
@@ -125,11 +122,6 @@ def submit_training(
         prepared=time.time(),
         topology=sub.job.topology,
     )
-    under_runner = os.environ.get(RUNNER_ENV) == sub.run_id
-    done = threading.Event()
-    if os.environ.get("PREFECT_API_URL"):  # a cancel from the UI or API, however it started
-        threading.Thread(target=_watch_prefect_cancel, args=(sub, str(flow_run.id), done),
-                         daemon=True).start()
     step = reporting.step
     steps = Steps(  # each one a Prefect task while the API answers
         snapshot=lambda sub: step(snapshot_source, sub),
@@ -141,14 +133,28 @@ def submit_training(
     target, nodes, outcome = run_steps(sub, lambda: _target_of(sub), steps,
                                        stop_signals=(TerminationSignal,))
     try:
-        record = reporting.step(collect_outputs, sub, target, nodes, outcome, artifacts)
+        reporting.step(collect_outputs, sub, target, nodes, outcome, artifacts)
     finally:
-        done.set()
         forget(sub.run_id)
         if target is not None:
             target.close()
-    if not under_runner:  # e.g. a Prefect deployment's worker: nobody else ends the run
-        record = sub.record.end()
-        sub.record.release_lock()
+    record = sub.record.end()
+    sub.record.release_lock()
     sub.log.close()
     return prefect_state(record)
+
+
+def take_hand_over(run_id: str) -> None:
+    """What the submitter of `run_id` handed the fork server (its secret values, its
+    environment and working directory), taken by this flow run's process."""
+    given = held(run_id)
+    if given is None:
+        return
+    hold_secrets(given["secrets"])
+    # The job sees the submitter's environment; Prefect's own settings stay the worker's.
+    os.environ.update({key: value for key, value in given["env"].items()
+                       if not key.startswith("PREFECT")})
+    try:
+        os.chdir(given["cwd"])
+    except OSError:
+        pass  # removed since: relative paths of the job are already resolved

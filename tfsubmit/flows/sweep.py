@@ -14,12 +14,13 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
-from tfsubmit.flows.submit import submit_training
+from tfsubmit.flows.submit import submit_training, take_hand_over
+from tfsubmit.pipeline.context import take_run
 from tfsubmit.service.prefect_api import artifact_key
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.sweep import Sweep
-from tfsubmit.store.layout import RUNNER_ENV, Workspace
-from tfsubmit.store.record import CANCELED, COMPLETED, FAILED, RunRecord
+from tfsubmit.store.layout import Workspace, read_json, read_record
+from tfsubmit.store.record import CANCELED, COMPLETED, FAILED
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.tuning.report import plot_png, summary_markdown, trial_rows
 from tfsubmit.tuning.tuner import Tuner, open_study
@@ -41,19 +42,24 @@ def publish_summary(tuner: Tuner) -> None:
 
 
 @flow(name="sweep", flow_run_name=flow_run_name, log_prints=False)
-def run_sweep(sweep: dict[str, Any], experiment: str, run_id: str,
-              workspace: str | None = None) -> State:
+def run_sweep(run_id: str, workspace: str | None = None, sweep: dict[str, Any] | None = None,
+              experiment: str | None = None) -> State:
     """Run (or resume) the sweep whose run folder `run_id` Experiment.submit made.
 
     Args:
-        sweep: the sweep spec (Sweep.to_dict()).
-        experiment: the experiment of the sweep and its trials.
-        run_id: the sweep's run id (its folder holds the study and the trial table).
+        run_id: the sweep's run id (its folder holds the spec, the study and the trials).
         workspace: the workspace folder (default: TFSUBMIT_WORKSPACE or ~/.tfsubmit).
+        sweep: the sweep spec (Sweep.to_dict()); default: the one in the run folder.
+        experiment: the experiment of the sweep and its trials; default: the run's.
     """
     ws = Workspace(workspace)
-    paths = ws.run_paths(run_id)
-    record = RunRecord(paths)
+    take_hand_over(run_id)
+    record = take_run(ws, run_id, attempt=1)  # a sweep goes on with `resume`, never retried
+    if record is None:  # it ended before its flow run started (canceled while queued)
+        return prefect_state(read_record(ws.run_paths(run_id).record), "sweep")
+    paths = record.paths
+    sweep = sweep or read_json(paths.job)
+    experiment = experiment or record.read().get("experiment") or "default"
     log = RunLog(paths.output_log, forward=get_run_logger().info)
     label_flow_run(run_id, experiment)
     record.running(flow_run_id=str(flow_run.id),
@@ -86,7 +92,7 @@ def run_sweep(sweep: dict[str, Any], experiment: str, run_id: str,
         if tuner is not None:
             publish_summary(tuner)
         settled = record.settle(outcome, error=error, finished=time.time())
-        if os.environ.get(RUNNER_ENV) != run_id:  # nobody else ends the run
-            record.end()
+        record.end()
+        record.release_lock()
         log.close()
     return prefect_state(settled, "sweep")

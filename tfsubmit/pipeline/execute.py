@@ -1,24 +1,20 @@
-"""One run's steps in order (snapshot, environment, nodes, launch) and its settling (collect),
-with or without Prefect around them.
+"""One run's steps in order (snapshot, environment, nodes, launch) and its settling (collect).
 
-The `submit-training` flow runs each step as a Prefect task (`flows/submit.py`); a run whose
-server is not up yet (the first submission on a fresh workspace) runs the very same steps
-directly (`direct_steps`), and tells Prefect once its server answers. Either way a step's
-failure becomes the run's outcome here, in one place.
+The `submit-training` flow runs each step as a Prefect task (`flows/submit.py`), or its body
+directly once the API stopped answering; either way a step's failure becomes the run's
+outcome here, in one place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.pipeline import collect, environment, launch, provision, snapshot
+from tfsubmit.pipeline import collect
 from tfsubmit.pipeline.context import RunCanceled, Submission
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.spec.environment import Environment
@@ -38,19 +34,6 @@ class Steps:
     environment: Callable[[Submission, Target], Environment]
     provision: Callable[[Submission, Target, Snapshot, Environment], list[Node]]
     launch: Callable[[Submission, Target, list[Node], Environment], Outcome]
-
-
-def direct_steps(on_metrics: Callable[[list[dict]], None] | None = None) -> Steps:
-    """The pipeline's own functions, logging to the run's log only; `on_metrics` gets the
-    job's metrics every second while it runs."""
-    return Steps(
-        snapshot=lambda sub: snapshot.snapshot_source(sub, sub.log),
-        environment=lambda sub, target: environment.resolve_environment(sub, target, sub.log),
-        provision=lambda sub, target, snap, env: provision.provision_nodes(
-            sub, target, snap, env, sub.log),
-        launch=lambda sub, target, nodes, env: launch.launch_topology(
-            sub, target, nodes, env, sub.log, on_metrics=on_metrics),
-    )
 
 
 def run_steps(sub: Submission, get_target: Callable[[], Target], steps: Steps, *,
@@ -125,30 +108,3 @@ def settle(sub: Submission, target: Target | None, nodes: list[Node], outcome: O
     log.event(f"run {sub.run_id} {outcome.status}"
               + (f": {final['error']}" if final["error"] else ""))
     return record
-
-
-class RunView(Protocol):
-    """Who shows a run run directly (the runner's Prefect mirror): each step, the collect
-    step, the live metrics and the final artifacts."""
-
-    def steps(self, direct: Steps) -> Steps: ...
-
-    def task_run(self, name: str) -> AbstractContextManager[None]: ...
-
-    def metrics(self, records: list[dict]) -> None: ...
-
-    def publish(self, records: list[dict], final: dict[str, Any], outcome: Outcome) -> None: ...
-
-
-def run_directly(sub: Submission, get_target: Callable[[], Target],
-                 view: RunView | None = None) -> dict[str, Any]:
-    """The whole run without Prefect's engine (shown by `view`, if any); returns its
-    settled record."""
-    steps = direct_steps(view.metrics if view else None)
-    target, nodes, outcome = run_steps(sub, get_target, view.steps(steps) if view else steps)
-    try:
-        with view.task_run("collect_outputs") if view else contextlib.nullcontext():
-            return settle(sub, target, nodes, outcome, publish=view.publish if view else None)
-    finally:
-        if target is not None:
-            target.close()

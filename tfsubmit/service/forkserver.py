@@ -1,16 +1,21 @@
-"""Starting a run's runner: forked by a warm fork server, else spawned from scratch.
+"""The workspace's fork server: Prefect's engine started by fork, not by a new Python.
 
-Starting a runner from scratch costs a Python start plus its imports. The fork server
-(`python -m tfsubmit.service.runner --fork-server WORKSPACE`) imports what a runner needs
-once (not Prefect), waits on a Unix socket in the workspace, and forks one child per
-submission; the child takes the submitter's environment and working directory, starts its
-own session, and runs the runner's `main` as a spawned runner would. The server holds no
-threads when it forks. This module holds both sides of the socket and imports neither the
-runner nor the flows: the runner hands `serve` its `main`.
+The workspace's Prefect worker starts each flow run of tfsubmit's deployments with the
+deployment's `command`, `python -m tfsubmit.service.flowrun` (see that module). That small
+process asks this server, over a Unix socket in the workspace, to fork a child that runs
+`python -m prefect.engine`'s main with the command's environment, working directory and
+standard streams, so the flow run pays for no Python start and no Prefect import (the
+server imported both once). The child tells the command its pid (to forward signals to)
+and its exit status. Prefect's engine does everything else, exactly as in a process of its
+own.
 
-It is keyed by a hash of tfsubmit's code: a submitter whose code differs (an upgrade, an
-edit) does not use it and spawns a runner instead. Without a fork server, submission
-works the same, only slower to start.
+The server also holds what a submitter hands over for its run and must never be written
+down: the job's secret values, and the submitter's environment and working directory.
+Each forked child inherits them in memory; the flow takes its run's (`held`).
+
+The server holds no threads when it forks. It is keyed by a hash of tfsubmit's code and
+the API it serves: a different code or API does not use it. This module imports neither
+Prefect nor the flows: `service/runner.py` hands `serve` what to preload and run.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tfsubmit.service.processes import (
     SERVICE_MARKER,
@@ -31,87 +37,91 @@ from tfsubmit.service.processes import (
     signal_group,
     terminate_then_kill,
 )
-from tfsubmit.store.layout import SECRETS_ENV, RunPaths, Workspace, read_json, write_json
+from tfsubmit.store.layout import Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
-from tfsubmit.store.record import RunRecord
+from tfsubmit.store.record import QUEUED, RunRecord
 
 CONNECT_TIMEOUT = 2.0
-# A loaded machine may take a while to answer; a late answer is no harm (see start_runner).
+# A loaded machine may take a while to answer.
 REPLY_TIMEOUT = 10.0
-RUNNER_MODULE = "tfsubmit.service.runner"
-LOCK_FD_ARG = "--lock-fd"
+SERVER_MODULE = "tfsubmit.service.runner"
+
+# What submitters handed over, by run id: {"env", "cwd", "secrets"} (memory only).
+_HELD: dict[str, dict[str, Any]] = {}
 
 
-def start_runner(workspace: Workspace, paths: RunPaths, lock_fd: int,
-                 secrets: dict[str, str] | None = None, *, extra_env: dict[str, str] | None = None
-                 ) -> None:
-    """Start the runner of run `paths`, detached, handing it the run's runner lock
-    (`lock_fd`, held by the caller, who may release it once this returns) and the job's
-    secret values (in its environment, never on disk).
-
-    Should the fork server fork a runner after all when it answered too late and one was
-    spawned instead, both start, but only the first to claim the Queued run runs it."""
-    env = {**os.environ, SECRETS_ENV: json.dumps(secrets)} if secrets else dict(os.environ)
-    env.update(extra_env or {})
-    if not request_runner(workspace, paths.root, lock_fd, env):
-        pid = _spawn_runner(paths, lock_fd, env)
-        paths.runner_pid.write_text(str(pid))  # the runner writes its own once it has claimed
+def held(run_id: str) -> dict[str, Any] | None:
+    """What the submitter of `run_id` handed over, in this process (a child of the fork
+    server forked after the hand-over); None when nothing was."""
+    return _HELD.get(run_id)
 
 
-def _spawn_runner(paths: RunPaths, lock_fd: int, env: dict[str, str]) -> int:
-    """Start a runner from scratch (no warm fork server for this workspace and code)."""
-    with _private_file(paths.runner_log) as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", RUNNER_MODULE, str(paths.root), LOCK_FD_ARG, str(lock_fd)],
-            env=env,
-            umask=0o077,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            pass_fds=(lock_fd,),
-            start_new_session=True,  # the run outlives this process, like a cloud job
-        )
-    return process.pid
+# -- the submitter's side ------------------------------------------------------------------------
 
 
-def request_runner(workspace: Workspace, run_dir: Path, lock_fd: int,
-                   env: dict[str, str]) -> bool:
-    """Ask a running fork server for a runner of `run_dir`, passing it the run's lock over
-    the socket (a file only this user can open); False when there is none to ask or it does
-    not answer in time. It answers once it has the request; the runner is forked after
-    (and writes its own pid file)."""
+def hand_over(workspace: Workspace, run_id: str, *, env: dict[str, str], cwd: str,
+              secrets: dict[str, str]) -> bool:
+    """Give the fork server what run `run_id` needs and no file may hold; False when no
+    current fork server took it."""
+    reply = _ask(workspace, {"op": "hold", "run_id": run_id, "env": env, "cwd": cwd,
+                             "secrets": secrets})
+    return bool(reply and reply.get("held"))
+
+
+def _ask(workspace: Workspace, request: dict[str, Any], fds: list[int] | None = None
+         ) -> dict[str, Any] | None:
     if not is_current(workspace):
-        return False
-    request = {"run_dir": str(run_dir), "env": env, "cwd": os.getcwd()}
+        return None
     payload = json.dumps(request).encode() + b"\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(str(workspace.forkserver_socket))
             sock.settimeout(REPLY_TIMEOUT)
-            socket.send_fds(sock, [payload[:1]], [lock_fd])  # the lock rides on the first byte
+            socket.send_fds(sock, [payload[:1]], fds or [])  # fds ride on the first byte
             sock.sendall(payload[1:])
-            reply = sock.makefile().readline()
-        return bool(json.loads(reply)["taken"])
-    except (OSError, ValueError, KeyError):
-        return False
+            return json.loads(sock.makefile().readline())
+    except (OSError, ValueError):
+        return None
 
 
-def start(workspace: Workspace) -> int:
-    """Start a fork server for this workspace, detached; returns its pid."""
+def connect_engine(socket_path: Path, env: dict[str, str], cwd: str) -> socket.socket:
+    """Ask the fork server at `socket_path` for a Prefect engine with this process's
+    standard streams; returns the connection on which the child says its pid and, at its
+    end, its exit status (OSError when there is no server to ask)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(socket_path))
+        payload = json.dumps({"op": "engine", "env": env, "cwd": cwd}).encode() + b"\n"
+        socket.send_fds(sock, [payload[:1]], [0, 1, 2])
+        sock.sendall(payload[1:])
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+# -- starting and stopping it --------------------------------------------------------------------
+
+
+def start(workspace: Workspace, api_url: str) -> int:
+    """Start a fork server for this workspace and API, detached; returns its pid."""
     workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log = _private_file(workspace.forkserver_log)
-    process = subprocess.Popen(
-        [sys.executable, "-m", RUNNER_MODULE, "--fork-server", str(workspace.root)],
-        env={**os.environ, SERVICE_MARKER: "fork-server"},
-        umask=0o077,  # its socket, and every run's files, are this user's alone
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with _private_file(workspace.forkserver_log) as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", SERVER_MODULE, "--fork-server", str(workspace.root)],
+            env={**os.environ, "PREFECT_API_URL": api_url, SERVICE_MARKER: "fork-server"},
+            umask=0o077,  # its socket, and every run's files, are this user's alone
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     # Recorded at once, so a concurrent `ensure` does not start a second one.
-    write_json(workspace.forkserver_state, {"pid": process.pid, "code": code_hash()})
+    write_json(workspace.forkserver_state,
+               {"pid": process.pid, "code": code_hash(), "api_url": api_url})
     return process.pid
 
 
@@ -120,151 +130,136 @@ def _private_file(path: Path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
 
 
-def is_current(workspace: Workspace) -> bool:
-    """A fork server runs for this workspace with this very code."""
-    state = read_json(workspace.forkserver_state)
-    return bool(state and state.get("code") == code_hash() and pid_alive(state["pid"]))
+def state(workspace: Workspace) -> dict[str, Any] | None:
+    """The running fork server's state (pid, code, API, deployments once registered)."""
+    found = read_json(workspace.forkserver_state)
+    return found if found and pid_alive(found["pid"]) else None
 
 
-def ensure(workspace: Workspace) -> None:
-    if is_current(workspace):
+def is_current(workspace: Workspace, api_url: str | None = None) -> bool:
+    """A fork server runs for this workspace with this very code (and `api_url`)."""
+    found = state(workspace)
+    return bool(found and found.get("code") == code_hash()
+                and (api_url is None or found.get("api_url") == api_url))
+
+
+def ensure(workspace: Workspace, api_url: str) -> None:
+    if is_current(workspace, api_url):
         return
-    state = read_json(workspace.forkserver_state)
-    if state and pid_alive(state["pid"]):
-        stop(workspace)  # an older tfsubmit's: replace it
-    start(workspace)
+    if state(workspace):
+        stop(workspace)  # an older tfsubmit's, or another API's: replace it
+    start(workspace, api_url)
 
 
 def stop(workspace: Workspace) -> bool:
-    state = read_json(workspace.forkserver_state)
+    found = read_json(workspace.forkserver_state)
     workspace.forkserver_state.unlink(missing_ok=True)
-    if not state or not pid_alive(state["pid"]):
+    if not found or not pid_alive(found["pid"]):
         return False
-    pid = state["pid"]
+    pid = found["pid"]
     terminate_then_kill(lambda sig: signal_group(pid, sig), lambda: pid_alive(pid), grace=5)
     return True
 
 
-def serve(workspace: Workspace, main: Callable[[list[str]], int], *,
-          every: tuple[float, Callable[[], object]] | None = None) -> None:
-    """Fork `main([run_dir])` for each request (the caller has imported what runners
-    need); and, with `every`, call `every[1]` each `every[0]` seconds, in a child of the
-    server's own (never in a thread of it: it holds none when it forks; never in its loop: a
-    slow call would hold submissions up). The child is in the server's process group, so
-    stopping the server stops it."""
+# -- the server ----------------------------------------------------------------------------------
+
+
+def serve(workspace: Workspace, engine: Callable[[], int], *,
+          ready: dict[str, Any] | None = None) -> None:
+    """Answer hand-overs and fork `engine()` for each engine request (the caller has
+    imported what it needs, and holds no thread). `ready`: facts added to the state file
+    once the socket listens (e.g. the deployments registered)."""
+    if threading.active_count() != 1:
+        raise RuntimeError("the fork server must hold no thread when it forks: "
+                           f"{threading.enumerate()}")
     path = workspace.forkserver_socket
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
-    listener.listen(128)  # a burst of submitters queues here, not in connect timeouts
+    listener.listen(128)  # a burst of requests queues here, not in connect timeouts
     listener.settimeout(1.0)
-    write_json(workspace.forkserver_state, {"pid": os.getpid(), "code": code_hash()})
+    write_json(workspace.forkserver_state, {"pid": os.getpid(), "code": code_hash(),
+                                            "api_url": os.environ.get("PREFECT_API_URL"),
+                                            **(ready or {})})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if every is not None:
-        _start_ticker(*every)
-    taken: list[dict] = []  # answered, their runners not forked yet
     try:
         while True:
             _reap()
-            # Whoever is waiting is answered before the next runner is forked: a burst of
-            # submissions waits for one answer each (and one fork at most), not for every
-            # fork before its own.
-            if taken:
-                listener.setblocking(False)
-            else:
-                listener.settimeout(1.0)
             try:
-                while True:
-                    request = _take(listener.accept()[0])
-                    if request is not None:
-                        taken.append(request)
-                    listener.setblocking(False)  # and whoever else is waiting
-            except (BlockingIOError, InterruptedError, TimeoutError):
-                pass
-            if taken:
-                request = taken.pop(0)
-                _fork_runner(request, listener, main, others=taken)
+                conn = listener.accept()[0]
+            except (TimeoutError, InterruptedError):
+                continue
+            _answer(workspace, conn, listener, engine)
     finally:
         listener.close()
         path.unlink(missing_ok=True)
 
 
-def _take(conn: socket.socket) -> dict | None:
-    """Read one request (and the run's lock riding with it) and say it is taken."""
-    with conn:
+def _answer(workspace: Workspace, conn: socket.socket, listener: socket.socket,
+            engine: Callable[[], int]) -> None:
+    fds: list[int] = []
+    try:
         conn.settimeout(CONNECT_TIMEOUT)
-        fds: list[int] = []
-        try:
-            first, fds, _, _ = socket.recv_fds(conn, 1, 1)
-            request = json.loads(first + conn.makefile("rb").readline())
-            request["lock_fd"] = fds[0]
-        except (OSError, ValueError, IndexError):
-            for fd in fds:
-                os.close(fd)
-            return None
-        try:
-            conn.sendall(json.dumps({"taken": True}).encode() + b"\n")
-        except OSError:
-            pass  # the submitter gave up waiting; the runner claims the run anyway
-        return request
+        first, fds, _, _ = socket.recv_fds(conn, 1, 3)
+        request = json.loads(first + conn.makefile("rb").readline())
+        if request.get("op") == "hold":
+            _HELD[request["run_id"]] = {key: request[key] for key in ("env", "cwd", "secrets")}
+            conn.sendall(b'{"held": true}\n')
+        elif request.get("op") == "engine" and len(fds) == 3:
+            _forget_started(workspace)
+            _fork_engine(request, conn, fds, listener, engine)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"tfsubmit fork server: a request failed: {exc!r}", file=sys.stderr, flush=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
 
 
-def _fork_runner(request: dict, listener: socket.socket, main, *, others: list[dict]) -> None:
-    """Fork the runner of `request`; it keeps that run's lock and none of `others`' (runs
-    answered but not forked yet: a lock held by the wrong runner would keep a dead run
-    looking alive)."""
+def _forget_started(workspace: Workspace) -> None:
+    """Hand-overs of runs that are no longer Queued were taken (or never will be)."""
+    for run_id in list(_HELD):
+        try:
+            status = RunRecord(workspace.paths_of(run_id)).read().get("status")
+        except Exception:  # noqa: BLE001 (a run folder removed or damaged: nothing to keep)
+            status = None
+        if status != QUEUED:
+            _HELD.pop(run_id, None)
+
+
+def _fork_engine(request: dict, conn: socket.socket, fds: list[int],
+                 listener: socket.socket, engine: Callable[[], int]) -> None:
     try:
         pid = os.fork()
-    except OSError as exc:  # the machine is out of processes or memory
-        RunRecord(RunPaths(Path(request["run_dir"]))).failed(
-            f"its runner could not be started: the fork server could not fork ({exc})")
-        os.close(request["lock_fd"])
+    except OSError as exc:  # out of processes or memory: the command says so and exits 1
+        conn.sendall(json.dumps({"error": f"the fork server could not fork ({exc})"}).encode()
+                     + b"\n")
         return
-    if pid == 0:
-        listener.close()
-        for other in others:
-            os.close(other["lock_fd"])
-        _become_runner(request, main)
-    os.close(request["lock_fd"])  # the runner holds it now
-
-
-def _start_ticker(seconds: float, tick: Callable[[], object]) -> int:
-    parent = os.getpid()
-    pid = os.fork()
     if pid:
-        return pid
-    code = 0
-    try:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        while os.getppid() == parent:
-            began = time.monotonic()
-            try:
-                tick()
-            except Exception as exc:  # noqa: BLE001 (a look that failed; the next one may not)
-                print(f"tfsubmit fork server: {exc!r}", file=sys.stderr, flush=True)
-            time.sleep(max(0.0, seconds - (time.monotonic() - began)))
-    finally:
-        os._exit(code)
-
-
-def _become_runner(request: dict, main) -> None:
-    """In the forked child: take the submitter's context, then run the flow. Never returns."""
+        return
     code = 1
     try:
-        os.setsid()
+        listener.close()
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        run_dir = Path(request["run_dir"])
-        log = os.open(RunPaths(run_dir).runner_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
+        os.setsid()
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
         os.environ.clear()
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
-        code = main([str(run_dir), LOCK_FD_ARG, str(request["lock_fd"])])
+        conn.settimeout(None)
+        conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+        code = engine()
+    except BaseException as exc:  # noqa: BLE001 (the command must hear of any end)
+        print(f"tfsubmit fork server child: {exc!r}", file=sys.stderr, flush=True)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # never unwind into the server's loop (it would close its socket)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        except (OSError, ValueError):
+            pass
+        os._exit(code)  # never unwind into the server's loop
 
 
 def _reap() -> None:

@@ -127,31 +127,15 @@ class PrefectAPI:
             body["flows"] = {"name": {"any_": flow_names}}
         return self.call("POST", "/flow_runs/filter", body)
 
-    def record_flow_run(self, flow_name: str, *, name: str, tags: list[str],
-                        parameters: dict, state_type: str, message: str = "") -> dict[str, Any]:
-        """A flow run of `flow_name` made from outside Prefect's engine, in state
-        `state_type`: a run mirrored as it goes (RUNNING), or one reported after the fact
-        in its final state."""
-        flow = self.call("POST", "/flows/", {"name": flow_name})
-        return self.call("POST", "/flow_runs/", {
-            "flow_id": flow["id"], "name": name, "tags": tags, "parameters": parameters,
-            "state": {"type": state_type, "message": message},
-        })
-
-    def post_logs(self, flow_run_id: str, lines: list[tuple[float, str, str | None]]) -> None:
-        """Log lines (time, text, task run id or None) into a flow run's log, in batches."""
-        from datetime import datetime, timezone
-
-        entries = [{"name": "tfsubmit", "level": 20, "message": text, "flow_run_id": flow_run_id,
-                    "task_run_id": task_run_id,
-                    "timestamp": datetime.fromtimestamp(when, timezone.utc).isoformat()}
-                   for when, text, task_run_id in lines]
-        for start in range(0, len(entries), PAGE):
-            self.call("POST", "/logs/", entries[start:start + PAGE])
-
-    def set_state(self, flow_run_id: str, state_type: str, message: str = "") -> dict[str, Any]:
-        return self.call("POST", f"/flow_runs/{flow_run_id}/set_state",
-                         {"state": {"type": state_type, "message": message}, "force": True})
+    def cancel(self, flow_run_id: str, message: str = "canceled by the user") -> None:
+        """Propose Cancelling, as the UI's Cancel and `prefect flow-run cancel` do (never
+        forced: Prefect's orchestration rules decide, and its worker stops the run's
+        process); a run not started yet is Cancelled at once."""
+        flow_run = self.flow_run(flow_run_id)
+        started = (flow_run.get("state") or {}).get("type") in ("RUNNING", "PENDING")
+        self.call("POST", f"/flow_runs/{flow_run_id}/set_state",
+                  {"state": {"type": "CANCELLING" if started else "CANCELLED",
+                             "message": message}})
 
     # -- logs and artifacts --------------------------------------------------------------------
 
@@ -183,9 +167,8 @@ class PrefectAPI:
 
 
 def flow_run_link(api: str, flow_run_id: str) -> str:
-    """The flow run's page in the Prefect UI (the current UI lives under /v2; `/` redirects
-    there, while old deep links without it open the previous UI)."""
-    return f"{api.rstrip('/').removesuffix('/api')}/v2/runs/flow-run/{flow_run_id}"
+    """The flow run's page in the Prefect UI (the default UI, which `/` serves)."""
+    return f"{api.rstrip('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}"
 
 
 def status_of(flow_run: dict[str, Any]) -> str:

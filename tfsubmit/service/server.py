@@ -8,8 +8,8 @@ submission starts `prefect server start` on 127.0.0.1 with its SQLite database i
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -113,18 +113,18 @@ def _prefect_cli() -> list[str]:
 
 def ensure_server(workspace: Workspace, *, port: int | None = None,
                   database: str | None = None,
-                  say: Callable[[str], None] = lambda text: None,
-                  unless_stopped_since: float | None = None) -> ServerInfo:
-    """The API to use: PREFECT_API_URL, or the embedded server, started if needed (on
-    `database`, a PostgreSQL URL, when given: kept for later starts too). `say` hears a
-    line when a start begins and when the server is ready, with its time. A start in the
-    background (`unless_stopped_since`: when it was asked for) gives up when the server
-    was stopped after that (`tfsubmit server stop` wins over a start still queued)."""
+                  say: Callable[[str], None] = lambda text: None) -> ServerInfo:
+    """The API to use, and the workspace's flow service on it: PREFECT_API_URL, or the
+    embedded server, started if needed (on `database`, a PostgreSQL URL, when given: kept
+    for later starts too); then the fork server (which registers the workspace's
+    deployments) and the worker that runs their flow runs. `say` hears a line when a start
+    begins and when the server is ready, with its time."""
     info = server_status(workspace)
     if database is not None and database != database_url(workspace) and info.running:
         raise ServerError("the embedded server is running on another database; stop it "
                           "first (`tfsubmit server stop`)")
-    if info.running and info.embedded and forkserver.is_current(workspace):
+    if info.running and forkserver.is_current(workspace, info.api_url) \
+            and worker_running(workspace, info.api_url):
         return info
     if not info.embedded and not info.running:
         raise ServerError(
@@ -134,8 +134,6 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
     workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
     with workspace.server_lock.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one starter; the others find it running
-        if unless_stopped_since is not None and _stopped_at(workspace) > unless_stopped_since:
-            raise ServerError("the server was stopped after this start was asked for")
         if database is not None:
             _set_database(workspace, database)
         info = server_status(workspace)
@@ -143,74 +141,110 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
             began = time.monotonic()
             say(f"starting the embedded Prefect server of workspace {workspace.root} "
                 "(first use, or it was stopped); this takes 10-40 s, once")
-            info = _await_started(workspace) or _start(workspace, port or _free_port())
+            info = _await_started(workspace) or _start(
+                workspace, port or _saved_port(workspace) or _free_port())
             say(f"Prefect server ready in {time.monotonic() - began:.1f} s: UI {info.ui_url}")
-        forkserver.ensure(workspace)
+        forkserver.ensure(workspace, info.api_url)
+        _ensure_worker(workspace, info.api_url)
         return info
 
 
-def start_in_background(workspace: Workspace) -> None:
-    """Start the embedded server (and the fork server) in a detached process, without
-    waiting for it: `ensure_server` there, under the same lock as everywhere."""
-    workspace.prefect_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    code = ("import sys\n"
-            "from tfsubmit.service.server import ensure_server\n"
-            "from tfsubmit.store.layout import Workspace\n"
-            "ensure_server(Workspace(sys.argv[1]), unless_stopped_since=float(sys.argv[2]))\n")
-    with (workspace.prefect_home / "background-start.log").open("ab") as log:
-        starter = subprocess.Popen([sys.executable, "-c", code, str(workspace.root),
-                                    repr(time.time())],
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True,
-                                   env={**os.environ, SERVICE_MARKER: "server"})
-    _starter_pidfile(workspace).write_text(str(starter.pid))
+def pool_name(workspace: Workspace) -> str:
+    """The workspace's work pool, and the name of its deployments (one workspace's runs
+    never go to another's worker, even on a shared Prefect server)."""
+    return "tfsubmit-" + hashlib.sha256(str(workspace.root).encode()).hexdigest()[:8]
 
 
-def _stopped_file(workspace: Workspace) -> Path:
-    return workspace.prefect_home / "stopped-at"
+def deployment_name(workspace: Workspace, flow: str = "submit-training") -> str:
+    """What `prefect deployment run` takes for the workspace's deployment of `flow`."""
+    return f"{flow}/{pool_name(workspace)}"
 
 
-def _stopped_at(workspace: Workspace) -> float:
+def deployment_ids(workspace: Workspace, timeout: float = START_TIMEOUT) -> dict[str, str]:
+    """The ids of the workspace's deployments by flow name, once its fork server has
+    registered them (ServerError when it does not within `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = forkserver.state(workspace)
+        if found is None:
+            break
+        if found.get("deployments"):
+            return found["deployments"]
+        time.sleep(0.1)
+    raise ServerError(f"the workspace's flow service did not register its deployments; see "
+                      f"{workspace.forkserver_log}")
+
+
+def concurrency_limit() -> int:
+    """How many flow runs the workspace's worker runs at once: TFSUBMIT_CONCURRENCY, else
+    sized to the machine (two per core, at least four)."""
+    raw = os.environ.get("TFSUBMIT_CONCURRENCY", "")
     try:
-        return float(_stopped_file(workspace).read_text())
-    except (OSError, ValueError):
-        return 0.0
+        limit = int(raw) if raw else max(4, 2 * (os.cpu_count() or 1))
+    except ValueError:
+        raise ServerError(f"TFSUBMIT_CONCURRENCY={raw!r}: give a whole number of runs, "
+                          "e.g. 8") from None
+    if limit < 1:
+        raise ServerError(f"TFSUBMIT_CONCURRENCY={raw!r}: give 1 or more")
+    return limit
 
 
-def _starter_pidfile(workspace: Workspace) -> Path:
-    return workspace.prefect_home / "background-start.pid"
+# Seconds between the worker's looks for flow runs to start (Prefect's default is 10).
+WORKER_POLL_SECONDS = "1"
 
 
-def _starter_alive(workspace: Workspace) -> int | None:
+def worker_running(workspace: Workspace, api_url: str) -> bool:
+    found = read_json(workspace.worker_state)
+    return bool(found and found.get("api_url") == api_url and pid_alive(found["pid"]))
+
+
+def _ensure_worker(workspace: Workspace, api_url: str) -> None:
+    if worker_running(workspace, api_url):
+        return
+    stop_worker(workspace)
+    env = {**os.environ, **prefect_env(workspace), "PREFECT_API_URL": api_url,
+           "PREFECT_WORKER_QUERY_SECONDS": WORKER_POLL_SECONDS,
+           SERVICE_MARKER: "prefect-worker"}
+    with workspace.worker_log.open("ab") as log:
+        process = subprocess.Popen(
+            [*_prefect_cli(), "worker", "start", "--pool", pool_name(workspace),
+             "--type", "process", "--limit", str(concurrency_limit()),
+             "--name", f"{pool_name(workspace)}-worker"],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            umask=0o077, start_new_session=True)
+    write_json(workspace.worker_state, {"pid": process.pid, "api_url": api_url})
+
+
+def stop_worker(workspace: Workspace) -> bool:
+    found = read_json(workspace.worker_state)
+    workspace.worker_state.unlink(missing_ok=True)
+    if not found or not pid_alive(found["pid"]):
+        return False
+    pid = found["pid"]
+
+    def alive() -> bool:
+        _reap(pid)
+        return pid_alive(pid)
+
+    # The worker's flow runs are sessions of their own (forked engines): they go on.
+    terminate_then_kill(lambda sig: signal_group(pid, sig), alive, grace=10,
+                        wait=lambda seconds: time.sleep(max(seconds, 0.1)))
+    return True
+
+
+def _saved_port(workspace: Workspace) -> int | None:
+    """The port the embedded server had last time: kept, so UI links and bookmarks stay
+    good across restarts (unless another program took it meanwhile)."""
     try:
-        pid = int(_starter_pidfile(workspace).read_text())
+        port = int(workspace.server_port.read_text())
     except (OSError, ValueError):
         return None
-    _reap(pid)
-    return pid if pid_alive(pid) else None
-
-
-def wait_for_server(workspace: Workspace, timeout: float | None = None) -> str | None:
-    """The embedded server's API once it answers, never starting one: None when nobody is
-    starting it (it was stopped, or its start failed) or after `timeout` seconds."""
-    deadline = time.monotonic() + (timeout or START_TIMEOUT)
-    while time.monotonic() < deadline:
-        info = server_status(workspace)
-        if info.running:
-            return info.api_url
-        state = read_json(workspace.server_state)
-        booting = bool(state) and pid_alive(state["pid"])
-        if not booting and _starter_alive(workspace) is None:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
             return None
-        time.sleep(0.5)
-    return None
-
-
-def starts_later(workspace: Workspace) -> bool:
-    """Whether a run may start before the server answers: the embedded server (not a
-    PREFECT_API_URL of the user's) is not running yet."""
-    info = server_status(workspace)
-    return info.embedded and not info.running
+    return port
 
 
 def _await_started(workspace: Workspace) -> ServerInfo | None:
@@ -257,6 +291,7 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
             start_new_session=True,  # outlives the submitting process, on purpose
         )
     write_json(workspace.server_state, {"pid": process.pid, "port": port, "api_url": api_url})
+    workspace.server_port.write_text(str(port))
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -273,18 +308,9 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
 
 
 def stop_server(workspace: Workspace, *, timeout: float = 15.0) -> bool:
-    """Stop the embedded server and the fork server; returns False when none was running."""
-    try:  # starts queued before this: give up (best effort: the disk may be full)
-        _stopped_file(workspace).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _stopped_file(workspace).write_text(repr(time.time()))
-    except OSError:
-        pass
-    starter = _starter_alive(workspace)
-    if starter is not None:  # a start in the background: stop it first, or it starts one
-        signal_group(starter, signal.SIGKILL)
-        while pid_alive(starter):
-            _reap(starter)
-            time.sleep(0.05)
+    """Stop the workspace's worker, fork server and embedded server; returns False when no
+    server was running. Flow runs already started go on (they are sessions of their own)."""
+    stop_worker(workspace)
     forkserver.stop(workspace)
     state = read_json(workspace.server_state)
     if not state or not pid_alive(state["pid"]):

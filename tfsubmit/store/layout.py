@@ -31,14 +31,6 @@ from typing import Any
 from tfsubmit.errors import RunNotFoundError, StorageError, TfsubmitError
 from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR, METRICS_GLOB
 
-# The variable tfsubmit's runner sets to the id of the run it executes: a flow run that
-# finds its own run id there leaves the run's final status to the runner.
-RUNNER_ENV = "TFSUBMIT_RUNNER_OF"
-# Set (to the run id) for a runner started while the embedded server was not up yet: the run
-# goes on without Prefect and reports to it once it answers.
-LATER_ENV = "TFSUBMIT_PREFECT_LATER"
-# Carries a job's secret values (JSON) from the submitter to its runner, in memory only.
-SECRETS_ENV = "TFSUBMIT_SECRETS"
 # A run id names one folder under runs/: never empty, no path separator, no leading dot.
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 # The folders of a node's working directory that tfsubmit collects after a run.
@@ -128,6 +120,17 @@ class RunPaths:
         return self.root / "metrics.jsonl"
 
     @property
+    def attempts(self) -> Path:
+        """Earlier attempts of a run Prefect retried: attempts/<n>/ holds attempt n's
+        record, logs, metrics and outputs as they were."""
+        return self.root / "attempts"
+
+    # What one attempt of a run wrote, moved aside whole when Prefect retries the run.
+    ATTEMPT_FILES = ("run.json", "output.log", "runner.log", "metrics.jsonl", "logs",
+                     "outputs", "metrics", "manifest.json", "pip-freeze.txt",
+                     "cancel.requested")
+
+    @property
     def images(self) -> Path:
         """Images the job logged (log_image), every node's, once collected."""
         return self.root / IMAGES_DIR
@@ -212,6 +215,19 @@ class Workspace:
     @property
     def forkserver_log(self) -> Path:
         return self.prefect_home / "forkserver.log"
+
+    @property
+    def server_port(self) -> Path:
+        """The embedded server's last port, kept across stops."""
+        return self.prefect_home / "server.port"
+
+    @property
+    def worker_state(self) -> Path:
+        return self.prefect_home / "worker.json"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.prefect_home / "worker.log"
 
     # -- runs -----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -179,6 +180,29 @@ class RunRecord:
         """An interrupted run (a sweep) starts again; its old outcome is forgotten."""
         with self._locked() as record:
             record.update(status=QUEUED, outcome=None, error=None, finished=None, **facts)
+            return record
+
+    def new_attempt(self) -> dict[str, Any]:
+        """Prefect retried the run's flow run: the attempt that ended is moved, as it was,
+        to attempts/<n>/ and the run starts again, Queued, as attempt n+1 (its record
+        lists the earlier ones). Needs the run's lock (`lock_fd`)."""
+        with self._locked() as record:
+            number = record.get("attempt", 1)
+            kept = self.paths.attempts / str(number)
+            kept.mkdir(parents=True, mode=0o700)
+            for name in RunPaths.ATTEMPT_FILES:
+                if (self.paths.root / name).exists():
+                    os.replace(self.paths.root / name, kept / name)
+            for folder in (self.paths.logs, self.paths.outputs):
+                folder.mkdir(mode=0o700)
+            self.paths.output_log.touch(mode=0o600)
+            earlier = [*record.get("attempts", []),
+                       {"attempt": number, "status": record.get("status"),
+                        "error": record.get("error"), "folder": str(kept)}]
+            fresh = {key: record[key] for key in ("id", "experiment", "created", "workspace",
+                                                  "compute_target", "kind") if key in record}
+            record.clear()
+            record.update(fresh, status=QUEUED, attempt=number + 1, attempts=earlier)
             return record
 
     # -- writing --------------------------------------------------------------------------------

@@ -27,7 +27,17 @@ def acquire(path: Path) -> int | None:
     except BaseException:
         os.close(fd)
         raise
+    _MINE[fd] = os.path.realpath(path)
     return fd
+
+
+# The locks this process holds: fd -> path.
+_MINE: dict[int, str] = {}
+
+
+def held_here(path: Path) -> bool:
+    """Whether this very process holds the lock at `path` (a sweep, for its trials)."""
+    return os.path.realpath(path) in _MINE.values()
 
 
 def held(path: Path) -> bool:
@@ -47,4 +57,5 @@ def held(path: Path) -> bool:
 
 def release(fd: int | None) -> None:
     if fd is not None:
+        _MINE.pop(fd, None)
         os.close(fd)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, Failed, State
 
 from tfsubmit.pipeline import launch
 from tfsubmit.pipeline.context import Submission
@@ -17,7 +18,7 @@ from tfsubmit.tasks.progress import RunArtifacts
 @task(name="launch_topology", cache_policy=NO_CACHE)
 @kept("launch_topology")
 def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Environment,
-                    artifacts: RunArtifacts) -> Outcome:
+                    artifacts: RunArtifacts) -> Outcome | State:
     """Plan the job's processes, run them on the nodes, and stream every line.
 
     Args:
@@ -28,8 +29,14 @@ def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Env
         artifacts: the run's live artifacts, updated as the job logs metrics.
 
     Returns:
-        The outcome: Completed, Failed or Canceled, with each process's exit code.
+        The outcome, with each process's exit code: as is when the job completed, as the
+        data of the task's Failed or Cancelled state when it did not.
     """
     with forwarded(sub.log) as log:
-        return launch.launch_topology(sub, target, nodes, env, log,
-                                      on_metrics=artifacts.publish)
+        outcome = launch.launch_topology(sub, target, nodes, env, log,
+                                         on_metrics=artifacts.publish)
+    if outcome.status == "Failed":
+        return Failed(message=outcome.reason or "the job failed", data=outcome)
+    if outcome.status == "Canceled":
+        return Cancelled(message=outcome.reason or "canceled", data=outcome)
+    return outcome

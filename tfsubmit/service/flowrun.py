@@ -1,0 +1,69 @@
+"""The command the workspace's Prefect worker runs for each flow run of tfsubmit's
+deployments: `python -m tfsubmit.service.flowrun`, in place of `python -m prefect.engine`.
+
+It asks the workspace's fork server (`service/forkserver.py`) for a forked Prefect engine
+that takes this process's environment (PREFECT__FLOW_RUN_ID, the worker's control channel),
+working directory and standard streams, forwards the signals the worker sends (a cancel's
+SIGTERM) to it, and exits with its exit status, so that to the worker it is the engine.
+Without a fork server (stopped, or another tfsubmit's) it becomes `python -m prefect.engine`
+itself. It imports only the standard library and this package's bare face.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tfsubmit.service.forkserver import connect_engine
+
+# Set by the workspace's deployments: where the fork server listens.
+SOCKET_ENV = "TFSUBMIT_FORKSERVER_SOCKET"
+
+
+def main() -> int:
+    socket_path = os.environ.get(SOCKET_ENV)
+    try:
+        if not socket_path:
+            raise OSError("no fork server named")
+        conn = connect_engine(Path(socket_path), dict(os.environ), os.getcwd())
+    except OSError:
+        return _engine_here()
+    replies = conn.makefile("rb")
+    first = json.loads(replies.readline() or b"{}")
+    if "pid" not in first:
+        print(f"tfsubmit: the fork server could not start the flow run's engine: "
+              f"{first.get('error') or 'it closed the connection'}", file=sys.stderr)
+        return 1
+    child = first["pid"]
+
+    def forward(signum, _frame) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    while True:
+        try:
+            line = replies.readline()
+            break
+        except InterruptedError:
+            continue
+    if not line:  # killed outright (the machine's OOM killer, say)
+        print("tfsubmit: the flow run's engine process ended without an exit status",
+              file=sys.stderr)
+        return 1
+    return int(json.loads(line).get("exit", 1))
+
+
+def _engine_here() -> int:
+    os.execv(sys.executable, [sys.executable, "-m", "prefect.engine", *sys.argv[1:]])
+    return 1  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,9 @@ from prefect.states import State
 from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
 from tfsubmit.pipeline.context import Submission, hold_secrets, open_submission
 from tfsubmit.pipeline.execute import Steps, run_steps
+from tfsubmit.pipeline.reap import reap_abandoned
 from tfsubmit.service.forkserver import held
+from tfsubmit.service.server import healthy
 from tfsubmit.store.layout import Workspace, read_record
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
@@ -113,6 +116,7 @@ def submit_training(
                           attempt=flow_run.run_count or 1)
     if sub is None:  # it ended before its flow run started (canceled while queued)
         return prefect_state(read_record(Workspace(workspace).run_paths(run_id).record))
+    reap_in_background(sub.workspace, sub.run_id)
     reporting = Reporting(sub)
     reporting.call(label_flow_run, sub.run_id, sub.experiment)
     artifacts = RunArtifacts(sub.run_id)
@@ -140,8 +144,36 @@ def submit_training(
             target.close()
     record = sub.record.end()
     sub.record.release_lock()
+    if reporting.lost is not None:
+        _await_api(sub)
     sub.log.close()
     return prefect_state(record)
+
+
+# How long a run that lost the Prefect API waits, once it has ended, for the API to answer
+# again, so that Prefect's engine reports the flow run's end (its record says it already).
+CATCH_UP_SECONDS = 600.0
+
+
+def _await_api(sub: Submission) -> None:
+    url = os.environ.get("PREFECT_API_URL", "")
+    sub.log.event(f"run {sub.run_id} has ended; its flow run's end reaches Prefect once the "
+                  f"API answers again (waiting up to {CATCH_UP_SECONDS:.0f} s)")
+    deadline = time.monotonic() + CATCH_UP_SECONDS
+    while time.monotonic() < deadline:
+        if healthy(url):
+            return
+        time.sleep(2.0)
+
+
+def reap_in_background(workspace: Workspace, own_id: str) -> None:
+    """Each run looks, in the background, for runs whose flow run's process died while
+    nobody read them, and reaps them (what is left of them would otherwise keep running)."""
+    api = os.environ.get("PREFECT_API_URL")
+    threading.Thread(target=reap_abandoned, args=(workspace,),
+                     kwargs={"skip": own_id,
+                             "find_block": lambda name: load_block_target(name, api)},
+                     daemon=True, name="reap-abandoned").start()
 
 
 def take_hand_over(run_id: str) -> None:

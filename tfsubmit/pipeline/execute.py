@@ -62,10 +62,12 @@ def run_steps(sub: Submission, get_target: Callable[[], Target], steps: Steps, *
     except RunCanceled as exc:
         outcome = Outcome("Canceled", str(exc))
     except stop_signals:
-        # The flow run's process was stopped (a cancel through a Prefect worker): the job's
-        # processes are already stopped; keep its logs and outputs.
+        # The flow run's process was stopped (a cancel from Prefect, through its worker): the
+        # job's processes are already stopped; keep its logs and outputs.
         sub.log.event("the flow run's process was told to stop (SIGTERM); canceling")
-        outcome = Outcome("Canceled", "canceled: the flow run was stopped by its worker")
+        outcome = Outcome("Canceled", "canceled from Prefect (the UI, the API or `prefect "
+                                      "flow-run cancel`): the flow run was stopped by its "
+                                      "worker")
     except TfsubmitError as exc:
         if sub.cancel.is_set():  # a step stopped by the cancel (an environment build, say)
             sub.log.event(f"canceled while {exc}")

@@ -154,13 +154,16 @@ def labels(records: list[dict[str, Any]], kind: str) -> dict[str, str]:
 
 def json_safe(value: Any) -> Any:
     """NaN and infinity as strings ("nan", "inf"), as Prefect's own tables write them: JSON
-    has no words for them."""
+    has no words for them; text that is not valid Unicode (a name taken from a non-UTF-8
+    file name) with its odd bytes written as backslash escapes, since no API takes it."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, list):
         return [json_safe(item) for item in value]
     if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
     return value
 
 

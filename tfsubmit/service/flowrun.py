@@ -21,9 +21,15 @@ from tfsubmit.service.forkserver import connect_engine
 
 # Set by the workspace's deployments: where the fork server listens.
 SOCKET_ENV = "TFSUBMIT_FORKSERVER_SOCKET"
+# How long the fork server may take to fork the engine before this process runs it itself.
+REPLY_SECONDS = 10.0
 
 
 def main() -> int:
+    # A session of its own: stopping or restarting the worker (`tfsubmit server stop`
+    # signals its process group) leaves the flow runs it started running; a cancel is sent
+    # to this process itself.
+    os.setsid()
     socket_path = os.environ.get(SOCKET_ENV)
     try:
         if not socket_path:
@@ -32,7 +38,17 @@ def main() -> int:
     except OSError:
         return _engine_here()
     replies = conn.makefile("rb")
-    first = json.loads(replies.readline() or b"{}")
+    conn.settimeout(REPLY_SECONDS)
+    try:
+        first = json.loads(replies.readline() or b"{}")
+    except TimeoutError:
+        # A fork server too busy (or stopped) to answer: run the engine here. Should it
+        # fork one later, that child finds this connection closed and runs nothing.
+        conn.close()
+        print(f"tfsubmit: the fork server did not answer in {REPLY_SECONDS:.0f} s; starting "
+              "the flow run's engine in a Python of its own", file=sys.stderr, flush=True)
+        return _engine_here()
+    conn.settimeout(None)
     if "pid" not in first:
         print(f"tfsubmit: the fork server could not start the flow run's engine: "
               f"{first.get('error') or 'it closed the connection'}", file=sys.stderr)

@@ -96,7 +96,6 @@ def connect_engine(socket_path: Path, env: dict[str, str], cwd: str) -> socket.s
         payload = json.dumps({"op": "engine", "env": env, "cwd": cwd}).encode() + b"\n"
         socket.send_fds(sock, [payload[:1]], [0, 1, 2])
         sock.sendall(payload[1:])
-        sock.settimeout(None)
         return sock
     except BaseException:
         sock.close()
@@ -182,6 +181,7 @@ def serve(workspace: Workspace, engine: Callable[[], int], *,
                                             "api_url": os.environ.get("PREFECT_API_URL"),
                                             **(ready or {})})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = os.getpid()
     try:
         while True:
             _reap()
@@ -191,8 +191,9 @@ def serve(workspace: Workspace, engine: Callable[[], int], *,
                 continue
             _answer(workspace, conn, listener, engine)
     finally:
-        listener.close()
-        path.unlink(missing_ok=True)
+        if os.getpid() == server:  # not in a forked child on its way out
+            listener.close()
+            path.unlink(missing_ok=True)
 
 
 def _answer(workspace: Workspace, conn: socket.socket, listener: socket.socket,
@@ -252,14 +253,16 @@ def _fork_engine(request: dict, conn: socket.socket, fds: list[int],
         code = engine()
     except BaseException as exc:  # noqa: BLE001 (the command must hear of any end)
         print(f"tfsubmit fork server child: {exc!r}", file=sys.stderr, flush=True)
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
-        except (OSError, ValueError):
-            pass
-        os._exit(code)  # never unwind into the server's loop
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+    except (OSError, ValueError):
+        pass
+    # Out through the server's frames (which leave its socket alone in a child) to Python's
+    # own exit, as a process of its own would: Prefect's exit hooks send the last log lines
+    # and events.
+    raise SystemExit(code)
 
 
 def _reap() -> None:

@@ -7,6 +7,7 @@ reach the API. A leaf: it starts nothing (service.server.api_url finds or starts
 
 from __future__ import annotations
 
+import random
 import time
 from typing import Any
 
@@ -30,7 +31,7 @@ STATUS_OF_STATE = {
 
 # A busy server's answers that mean "try again", and the pauses before each new try.
 BUSY = (429, 502, 503)
-BUSY_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0)
+BUSY_RETRY_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0)
 
 
 # The most rows the Prefect API returns for one filter call.
@@ -51,8 +52,9 @@ class PrefectAPI:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request. A busy server's "try again" (429, 502, 503: its SQLite database
-        locked, say; the request was rolled back) is retried after 0.5, 1, 2 and 4 s; a
-        server that does not answer at all fails at once."""
+        locked, say; the request was rolled back) is retried after pauses growing from 0.25 s to
+        8 s, each drawn from half to one and a half times that (about 32 s in all); a server
+        that does not answer at all fails at once."""
         for delay in (*BUSY_RETRY_SECONDS, None):
             try:
                 response = self._http.request(method, path, json=body)
@@ -61,7 +63,8 @@ class PrefectAPI:
                                   "start it or set PREFECT_API_URL") from None
             if response.status_code not in BUSY or delay is None:
                 break
-            time.sleep(delay)
+            # Spread out: submitters refused together must not all come back together.
+            time.sleep(delay * random.uniform(0.5, 1.5))
         if response.status_code == 404:
             raise RunNotFoundError(f"not found in the Prefect API at {self.url}: {path}")
         if response.status_code >= 400:

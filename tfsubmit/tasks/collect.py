@@ -8,7 +8,7 @@ from tfsubmit.pipeline.collect import summary_markdown
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.pipeline.execute import settle
 from tfsubmit.pipeline.supervise import Outcome
-from tfsubmit.runtime.metrics import series
+from tfsubmit.runtime.metrics import json_safe, series
 from tfsubmit.service.prefect_api import artifact_key
 from tfsubmit.spec.process import Node
 from tfsubmit.targets.base import Target
@@ -46,8 +46,8 @@ def _publish(sub: Submission, artifacts: RunArtifacts, metrics: list[dict], fina
     publish_images(sub.run_id, sub.paths.root, metrics)
     create_markdown_artifact(
         key=artifact_key(sub.run_id, "summary"),
-        markdown=summary_markdown({**sub.record.read(), **final, "status": outcome.status},
-                                  series(metrics)),
+        markdown=json_safe(summary_markdown(
+            {**sub.record.read(), **final, "status": outcome.status}, series(metrics))),
         description=f"Summary of run {sub.run_id}",
     )
     create_link_artifact(

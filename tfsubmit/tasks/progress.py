@@ -73,7 +73,7 @@ class RunArtifacts:
         table = metrics_table(records)
         if self.metrics_id is None:
             self.metrics_id = create_table_artifact(
-                table=table, key=artifact_key(self.run_id, "metrics"),
+                table=json_safe(table), key=artifact_key(self.run_id, "metrics"),
                 description=METRICS_DESCRIPTION.format(run=self.run_id),
             )
             return
@@ -85,7 +85,7 @@ class RunArtifacts:
         shown = progress(metrics, final)
         if shown is None:
             return
-        percent, description = shown
+        percent, description = shown[0], json_safe(shown[1])
         if self.progress_id is None:
             self.progress_id = create_progress_artifact(
                 percent, key=artifact_key(self.run_id, "progress"), description=description)
@@ -98,5 +98,5 @@ def publish_images(run_id: str, root: Path, records: list[dict]) -> None:
     under its name and task; nothing when it logged none."""
     markdown = images_markdown(run_id, root, records)
     if markdown is not None:
-        create_markdown_artifact(key=artifact_key(run_id, "images"), markdown=markdown,
+        create_markdown_artifact(key=artifact_key(run_id, "images"), markdown=json_safe(markdown),
                                  description=f"Images logged by run {run_id}")

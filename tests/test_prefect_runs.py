@@ -1,0 +1,146 @@
+"""Every submission is a real Prefect flow run, executed by Prefect's engine.
+
+Runs are submitted from Python and from the CLI to the workspace's real embedded server and
+worker, then read back from the real Prefect API: the task runs really ran, their events
+were emitted, a failed job's launch task is Failed; Prefect's own cancel (`prefect flow-run
+cancel`) and retry (`prefect flow-run retry`) work on them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import datetime
+from pathlib import Path
+
+from conftest import TFSUBMIT, run_cli, wait_for_line, wait_until
+
+from tfsubmit import Experiment, TensorFlow
+from tfsubmit.api.runs import open_run
+from tfsubmit.service.processes import processes_of_run
+from tfsubmit.service.server import deployment_ids, server_status
+
+PREFECT = str(Path(TFSUBMIT[0]).with_name("prefect"))
+STEPS = ["snapshot_source", "resolve_environment", "provision_nodes", "launch_topology",
+         "collect_outputs"]
+
+
+def _when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _tasks(prefect_api, flow_run_id: str) -> dict[str, dict]:
+    found = prefect_api("/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return {task["name"].rsplit("-", 1)[0]: task for task in found}
+
+
+def _flow_run_ended(prefect_api, flow_run_id: str) -> dict:
+    return wait_until(
+        lambda: (lambda run: run if run["state"]["type"] in (
+            "COMPLETED", "FAILED", "CANCELLED", "CRASHED") else None)(
+            prefect_api(f"/flow_runs/{flow_run_id}")),
+        60, "the flow run's final state")
+
+
+def _task_run_events(prefect_api, task_ids: set[str]) -> list[str]:
+    """The `prefect.task-run.*` events Prefect recorded for these task runs."""
+    page = prefect_api("/events/filter", {
+        "filter": {"event": {"prefix": ["prefect.task-run."]},
+                   "resource": {"id": [f"prefect.task-run.{i}" for i in task_ids]}},
+        "limit": 200})
+    return [event["event"] for event in page["events"]]
+
+
+def _prefect(workspace, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_API_URL": server_status(workspace).api_url,
+           "PREFECT_HOME": str(workspace.prefect_home)}
+    return subprocess.run([PREFECT, *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_a_python_submission_is_a_deployment_flow_run_whose_tasks_ran(workspace, prefect_api,
+                                                                       job_dir):
+    run = Experiment("real-flow", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="finishes.py",
+                   script_params=["2"]))
+    flow_run_id = run.get_details()["flow_run_id"]
+    assert run.get_portal_url().endswith(f"/runs/flow-run/{flow_run_id}")  # from submission on
+    details = run.wait_for_completion(timeout=300)
+    flow_run = _flow_run_ended(prefect_api, flow_run_id)
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert flow_run["deployment_id"] == deployment_ids(workspace)["submit-training"]
+    assert flow_run["name"] == run.id and "real-flow" in flow_run["tags"]
+    tasks = _tasks(prefect_api, flow_run_id)
+    assert sorted(tasks) == sorted(STEPS)
+    for name, task in tasks.items():
+        assert task["state"]["type"] == "COMPLETED", name
+        assert task["run_count"] >= 1, name
+        assert _when(task["start_time"]) < _when(task["end_time"]), name
+    # The steps ran one after the other, and the launch task lasted the whole job (2 s).
+    starts = [_when(tasks[name]["start_time"]) for name in STEPS]
+    assert starts == sorted(starts)
+    launch = tasks["launch_topology"]
+    job_seconds = max(result["duration"] for result in details["processes"]) \
+        if details.get("processes") else 2.0
+    assert launch["total_run_time"] >= min(job_seconds, 2.0)
+    assert _when(launch["end_time"]) - _when(launch["start_time"]) >= 2.0
+    # The engine reported every state: Pending, Running and Completed for each task run.
+    ids = {task["id"] for task in tasks.values()}
+    events = wait_until(lambda: (lambda found: found if len(found) >= 3 * len(STEPS) else None)(
+        _task_run_events(prefect_api, ids)), 30, "the task runs' events")
+    assert sorted(set(events)) == ["prefect.task-run.Completed", "prefect.task-run.Pending",
+                                   "prefect.task-run.Running"]
+
+
+def test_a_failed_job_from_the_cli_fails_its_launch_task(workspace, prefect_api, job_dir):
+    (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: fail.py\n")
+    result = run_cli("submit", str(job_dir / "job.yaml"), "--experiment", "real-fail")
+    assert result.returncode == 1, result.stderr
+    assert "/runs/flow-run/" in result.stderr  # the UI link, printed at submission
+    run = open_run("latest", workspace=workspace.root)
+    flow_run = _flow_run_ended(prefect_api, run.get_details()["flow_run_id"])
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "exit code 3" in flow_run["state"]["message"] or "3" in flow_run["state"]["message"]
+    tasks = _tasks(prefect_api, flow_run["id"])
+    states = {name: task["state"]["type"] for name, task in tasks.items()}
+    assert states == {**dict.fromkeys(STEPS, "COMPLETED"), "launch_topology": "FAILED"}
+    # What the job wrote is kept all the same.
+    assert (run.paths.outputs / "partial.txt").exists()
+
+
+def test_prefect_flow_run_cancel_stops_the_run_in_order(workspace, prefect_api, job_dir):
+    run = Experiment("real-cancel", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py"))
+    wait_for_line(run, "ready: sleeping")
+    flow_run_id = run.get_details()["flow_run_id"]
+    result = _prefect(workspace, "flow-run", "cancel", flow_run_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    details = run.wait_for_completion(timeout=120, raise_on_error=False)
+    assert details["status"] == "Canceled", details
+    flow_run = _flow_run_ended(prefect_api, flow_run_id)
+    assert flow_run["state"]["type"] == "CANCELLED"
+    assert _tasks(prefect_api, flow_run_id)["launch_topology"]["state"]["type"] == "CANCELLED"
+    assert processes_of_run(run.id) == []  # the sleeper and both its children are gone
+    assert "ready: sleeping" in run.paths.output_log.read_text()  # the log is kept
+
+
+def test_prefect_flow_run_retry_makes_attempt_2_and_keeps_attempt_1(workspace, prefect_api,
+                                                                     job_dir):
+    run = Experiment("real-retry", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="fail.py"))
+    first = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert first["status"] == "Failed"
+    flow_run_id = first["flow_run_id"]
+    _flow_run_ended(prefect_api, flow_run_id)
+    result = _prefect(workspace, "flow-run", "retry", flow_run_id)
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: run.record.read().get("attempt") == 2
+               and run.get_status() == "Failed", 300, "attempt 2 to end")
+    details = run.get_details()
+    assert [a["attempt"] for a in details["attempts"]] == [1]
+    kept = Path(details["attempts"][0]["folder"])
+    assert (kept / "outputs" / "partial.txt").exists()
+    assert "about to fail" in (kept / "output.log").read_text()
+    assert (run.paths.outputs / "partial.txt").exists()  # attempt 2's own
+    assert run.paths.output_log.read_text().count("about to fail") == 1
+    assert prefect_api(f"/flow_runs/{flow_run_id}")["run_count"] == 2

@@ -24,17 +24,18 @@ from tfsubmit.store.package import runtime_dir  # noqa: E402
 
 
 @contextlib.contextmanager
-def warm_workspace(job: TensorFlow, warm_params: dict, setup=None
-                   ) -> Iterator[tuple[Workspace, Path]]:
-    """A temporary workspace with its server up and `job`'s environment built (one short
-    run with `warm_params`); yields it and a copy of the job's source for bare runs.
-    `setup(workspace)`, if given, runs first (to define the job's target, say)."""
+def warm_workspace(job: TensorFlow, warm_params: dict, setup=None, *,
+                   database: str | None = None) -> Iterator[tuple[Workspace, Path]]:
+    """A temporary workspace with its server up (on `database`, a PostgreSQL URL, when
+    given) and `job`'s environment built (one short run with `warm_params`); yields it and
+    a copy of the job's source for bare runs. `setup(workspace)`, if given, runs first (to
+    define the job's target, say)."""
     os.environ.pop("PREFECT_API_URL", None)
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with tempfile.TemporaryDirectory(prefix="tfsubmit-bench-") as tmp:
         workspace = Workspace(Path(tmp) / "ws")
         try:
-            ensure_server(workspace)
+            ensure_server(workspace, database=database)
             if setup is not None:
                 setup(workspace)
             print("warming up: environment, server, page cache ...", flush=True)

@@ -9,6 +9,8 @@ bash scripts/setup.sh
 # the load tests start their own PostgreSQL; the Slurm tests their own cluster.
 need=()
 command -v chromium >/dev/null || need+=(chromium)
+# ... and click in it (the Cancel button of a run's page) through chromedriver and selenium.
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 # The load tests run the Prefect server on a real PostgreSQL, which they start and stop.

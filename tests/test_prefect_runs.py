@@ -47,7 +47,7 @@ def _task_run_events(prefect_api, task_ids: set[str]) -> list[str]:
     page = prefect_api("/events/filter", {
         "filter": {"event": {"prefix": ["prefect.task-run."]},
                    "resource": {"id": [f"prefect.task-run.{i}" for i in task_ids]}},
-        "limit": 200})
+        "limit": 50})  # the API's largest page
     return [event["event"] for event in page["events"]]
 
 
@@ -122,6 +122,55 @@ def test_prefect_flow_run_cancel_stops_the_run_in_order(workspace, prefect_api, 
     assert _tasks(prefect_api, flow_run_id)["launch_topology"]["state"]["type"] == "CANCELLED"
     assert processes_of_run(run.id) == []  # the sleeper and both its children are gone
     assert "ready: sleeping" in run.paths.output_log.read_text()  # the log is kept
+
+
+def _chromium():
+    """A real headless Chromium (Debian's), driven by selenium through chromedriver."""
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+                f"--user-data-dir={tempfile.mkdtemp(prefix='tfsubmit-chromium-')}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def _button(browser, text: str, timeout: float = 60):
+    from selenium.webdriver.common.by import By
+
+    return wait_until(lambda: next((b for b in browser.find_elements(By.TAG_NAME, "button")
+                                    if b.text.strip() == text), None),
+                      timeout, f"the {text!r} button")
+
+
+def test_the_ui_cancel_button_cancels_a_submitted_run(workspace, prefect_api, job_dir):
+    """The run's page (its portal URL) has the Cancel button enabled while it runs; the
+    cancel it sends stops the job in order and ends the run Canceled, nothing left."""
+    run = Experiment("ui-cancel", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py"))
+    wait_for_line(run, "ready: sleeping")
+    browser = _chromium()
+    try:
+        browser.get(run.get_portal_url())
+        cancel = _button(browser, "Cancel")
+        assert cancel.is_enabled()
+        cancel.click()
+        _button(browser, "Confirm").click()
+        details = run.wait_for_completion(timeout=120, raise_on_error=False)
+    finally:
+        browser.quit()
+    assert details["status"] == "Canceled", details
+    assert details["reason"].startswith("canceled from Prefect")
+    flow_run = _flow_run_ended(prefect_api, details["flow_run_id"])
+    assert flow_run["state"]["type"] == "CANCELLED"
+    assert _tasks(prefect_api, flow_run["id"])["launch_topology"]["state"]["type"] == "CANCELLED"
+    assert processes_of_run(run.id) == []
 
 
 def test_prefect_flow_run_retry_makes_attempt_2_and_keeps_attempt_1(workspace, prefect_api,

@@ -19,6 +19,7 @@ from tfsubmit.pipeline.context import Submission, hold_secrets, open_submission
 from tfsubmit.pipeline.execute import Steps, run_steps
 from tfsubmit.pipeline.reap import reap_abandoned
 from tfsubmit.service.forkserver import held
+from tfsubmit.service.processes import become_subreaper
 from tfsubmit.service.server import healthy
 from tfsubmit.store.layout import Workspace, read_record
 from tfsubmit.targets.base import Target
@@ -110,6 +111,7 @@ def submit_training(
         run_id: the run folder Experiment.submit made, or None for a new run.
         workspace: the workspace folder (default: TFSUBMIT_WORKSPACE or ~/.tfsubmit).
     """
+    become_subreaper()  # the job's double-forked helpers stay this process's to stop
     if run_id is not None:
         take_hand_over(run_id)
     sub = open_submission(job, experiment, run_id, workspace,
@@ -144,7 +146,7 @@ def submit_training(
             target.close()
     record = sub.record.end()
     sub.record.release_lock()
-    if reporting.lost is not None:
+    if not healthy(os.environ.get("PREFECT_API_URL", "")):
         _await_api(sub)
     sub.log.close()
     return prefect_state(record)

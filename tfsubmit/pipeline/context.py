@@ -88,9 +88,8 @@ def open_submission(job: dict[str, Any] | str | None, experiment: str | None,
     if record is None:  # a deployment's flow run: this process makes the run and holds it
         record = RunRecord.create(ws, run_id or ws.new_run_id(experiment), experiment,
                                   spec.to_dict())
-        record.claim(os.getpid())
+        _claim(record)
     paths = record.paths
-    paths.runner_pid.write_text(str(os.getpid()))
     return Submission(job=spec, run_id=paths.root.name, experiment=experiment, workspace=ws,
                       paths=paths, record=record, log=RunLog(paths.output_log),
                       cancel=CancelFlag(paths), store=ObjectStore(ws.objects))
@@ -104,7 +103,7 @@ def take_run(ws: Workspace, run_id: str, attempt: int) -> RunRecord | None:
     if lock_fd is None:
         if runlock.held_here(paths.runner_lock):
             record = RunRecord(paths)
-            record.claim(os.getpid())
+            _claim(record)
             return record
         raise TfsubmitError(f"run {run_id} is being run by another process (its runner "
                             "lock is held); this flow run leaves it alone")
@@ -115,7 +114,15 @@ def take_run(ws: Workspace, run_id: str, attempt: int) -> RunRecord | None:
             record.release_lock()
             return None
         record.new_attempt()  # Prefect retried it, or its last process died mid-run
-    if not record.claim(os.getpid()):
+    if not _claim(record):
         record.release_lock()
         return None
     return record
+
+
+def _claim(record: RunRecord) -> bool:
+    """This process runs the Queued run (Preparing), and says so in its runner.pid."""
+    if not record.claim(os.getpid()):
+        return False
+    record.paths.runner_pid.write_text(str(os.getpid()))
+    return True

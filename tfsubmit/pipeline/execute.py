@@ -25,6 +25,10 @@ from tfsubmit.targets.base import Target
 
 T = TypeVar("T")
 
+# Why a run ends when Prefect's worker stopped its flow run's process (a cancel there).
+CANCELED_FROM_PREFECT = ("canceled from Prefect (the UI, the API or `prefect flow-run "
+                         "cancel`): the flow run was stopped by its worker")
+
 
 @dataclass(frozen=True)
 class Steps:
@@ -65,9 +69,7 @@ def run_steps(sub: Submission, get_target: Callable[[], Target], steps: Steps, *
         # The flow run's process was stopped (a cancel from Prefect, through its worker): the
         # job's processes are already stopped; keep its logs and outputs.
         sub.log.event("the flow run's process was told to stop (SIGTERM); canceling")
-        outcome = Outcome("Canceled", "canceled from Prefect (the UI, the API or `prefect "
-                                      "flow-run cancel`): the flow run was stopped by its "
-                                      "worker")
+        outcome = Outcome("Canceled", CANCELED_FROM_PREFECT)
     except TfsubmitError as exc:
         if sub.cancel.is_set():  # a step stopped by the cancel (an environment build, say)
             sub.log.event(f"canceled while {exc}")

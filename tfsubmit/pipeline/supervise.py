@@ -143,9 +143,14 @@ def supervise(
         run.kill_leftovers()
         ended = True
     finally:
-        run.close()
-        if not ended:  # stopped from outside (a signal, a bug): leave nothing of the job behind
-            run.kill_leftovers()
+        if not ended:  # stopped from outside (a cancel's signal, a bug): stop the job in
+            try:       # order (TERM, grace, KILL), and leave nothing of it behind
+                run.stop_all()
+            finally:
+                run.close()
+                run.kill_leftovers()
+        else:
+            run.close()
     results = [
         ProcessResult(h.spec.role, h.spec.index, h.spec.host, _poll(h),
                       str(log_dir / h.spec.log_name))

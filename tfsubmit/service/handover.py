@@ -4,6 +4,7 @@ workspace's worker."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 
@@ -34,9 +35,13 @@ def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str], 
         api = PrefectAPI(info.api_url)
         try:
             facts = record.read()
-            flow_run = api.create_flow_run(
-                deployment, name=run_id, tags=[facts.get("experiment") or "default"],
-                parameters={"run_id": run_id, "workspace": str(workspace.root)})
+            # One at a time from this workspace: many submitters at once on the embedded
+            # SQLite server otherwise lock each other out (503) past every retry.
+            with workspace.submit_lock.open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                flow_run = api.create_flow_run(
+                    deployment, name=run_id, tags=[facts.get("experiment") or "default"],
+                    parameters={"run_id": run_id, "workspace": str(workspace.root)})
         finally:
             api.close()
         record.note(flow_run_id=flow_run["id"], prefect_api_url=info.api_url)

@@ -222,6 +222,11 @@ class Workspace:
         return self.prefect_home / "server.port"
 
     @property
+    def submit_lock(self) -> Path:
+        """Held by a submitter while it creates its run's flow run."""
+        return self.prefect_home / "submit.lock"
+
+    @property
     def worker_state(self) -> Path:
         return self.prefect_home / "worker.json"
 

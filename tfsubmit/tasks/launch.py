@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import TerminationSignal
 from prefect.states import Cancelled, Failed, State
 
 from tfsubmit.pipeline import launch
 from tfsubmit.pipeline.context import Submission
+from tfsubmit.pipeline.execute import CANCELED_FROM_PREFECT
 from tfsubmit.pipeline.supervise import Outcome
 from tfsubmit.spec.environment import Environment
 from tfsubmit.spec.process import Node
@@ -33,8 +35,12 @@ def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Env
         data of the task's Failed or Cancelled state when it did not.
     """
     with forwarded(sub.log) as log:
-        outcome = launch.launch_topology(sub, target, nodes, env, log,
-                                         on_metrics=artifacts.publish)
+        try:
+            outcome = launch.launch_topology(sub, target, nodes, env, log,
+                                             on_metrics=artifacts.publish)
+        except TerminationSignal:  # a cancel from Prefect: the job was stopped in order
+            log.event("the flow run's process was told to stop (SIGTERM); the job is stopped")
+            outcome = Outcome("Canceled", CANCELED_FROM_PREFECT)
     if outcome.status == "Failed":
         return Failed(message=outcome.reason or "the job failed", data=outcome)
     if outcome.status == "Canceled":

@@ -637,7 +637,7 @@ def test_3_secret_values_reach_only_the_job(workspace, prefect_api):
     assert SECRET not in json.dumps(logs)
     for folder in (workspace.runs, run.paths.root, run.paths.outputs, run.paths.logs):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
-    for path in (run.paths.record, run.paths.job, run.paths.output_log, run.paths.runner_log):
+    for path in (run.paths.record, run.paths.job, run.paths.output_log):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
@@ -843,7 +843,10 @@ def test_6_losing_the_server_mid_run_keeps_the_outcome(tmp_path, how):
         assert "its flow run's end reaches Prefect once the API answers again" in log
         # The API is back (on the same port): the flow run's process, which waited for
         # it, lets Prefect's engine report the end.
-        api = PrefectAPI(ensure_server(workspace).api_url)
+        restarted = ensure_server(workspace).api_url
+        assert restarted == f"http://127.0.0.1:{read_json(workspace.server_state)['port']}/api"
+        api = PrefectAPI(restarted)
+        assert restarted == run.record.read()["prefect_api_url"]  # the same port, kept
         deadline = time.monotonic() + 120
         while api.flow_run(flow_run_id)["state"]["type"] != "COMPLETED":
             assert time.monotonic() < deadline

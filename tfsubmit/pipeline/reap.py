@@ -24,7 +24,8 @@ from tfsubmit.store.record import CANCELED, QUEUED, TERMINAL_STATUSES, RunRecord
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.config import BlockLookup, get_target
 
-RUNNER_GONE = "the run's runner process died (see runner.log in the run folder)"
+RUNNER_GONE = ("the run's runner process died (its flow run's process; see the worker's log, "
+               "prefect/worker.log in the workspace)")
 
 
 @dataclass

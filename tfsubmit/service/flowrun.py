@@ -21,6 +21,8 @@ from tfsubmit.service.forkserver import connect_engine
 
 # Set by the workspace's deployments: where the fork server listens.
 SOCKET_ENV = "TFSUBMIT_FORKSERVER_SOCKET"
+# Set by the workspace's deployments: how often a flow run's Prefect client retries.
+RETRIES_ENV = "TFSUBMIT_FLOW_RUN_CLIENT_RETRIES"
 # How long the fork server may take to fork the engine before this process runs it itself.
 REPLY_SECONDS = 10.0
 
@@ -30,6 +32,8 @@ def main() -> int:
     # signals its process group) leaves the flow runs it started running; a cancel is sent
     # to this process itself.
     os.setsid()
+    # The flow run's client retries as every tfsubmit process's does, not as its worker's.
+    os.environ["PREFECT_CLIENT_MAX_RETRIES"] = os.environ.get(RETRIES_ENV, "3")
     socket_path = os.environ.get(SOCKET_ENV)
     try:
         if not socket_path:

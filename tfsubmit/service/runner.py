@@ -17,8 +17,8 @@ import warnings
 from typing import Any
 
 from tfsubmit.service import forkserver
-from tfsubmit.service.flowrun import SOCKET_ENV
-from tfsubmit.service.server import pool_name
+from tfsubmit.service.flowrun import RETRIES_ENV, SOCKET_ENV
+from tfsubmit.service.server import CLIENT_RETRIES, pool_name
 from tfsubmit.store.layout import Workspace
 
 # The flows served, by flow name: (module:function entrypoint, what a run of it does).
@@ -58,7 +58,8 @@ def _register(workspace: Workspace) -> dict[str, str]:
             job_variables={
                 "command": f"{sys.executable} -m tfsubmit.service.flowrun",
                 "working_dir": str(workspace.root),
-                "env": {SOCKET_ENV: str(workspace.forkserver_socket)},
+                "env": {SOCKET_ENV: str(workspace.forkserver_socket),
+                        RETRIES_ENV: CLIENT_RETRIES},
             },
             tags=["tfsubmit"])
         deployment.entrypoint = entrypoint  # a module path: found wherever tfsubmit is

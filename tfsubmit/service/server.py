@@ -49,6 +49,9 @@ class ServerInfo:
 # Client retries of a busy server's 503 (SQLite locked) and of a lost connection: back-off
 # 2, 4, 8 s. The run's outcome never waits on them (see flows/submit.py).
 CLIENT_RETRIES = "3"
+# The worker's: it must not drop a flow run it could not hand its process to because the
+# server was busy a minute (back-off 2 to 64 s); no run waits on it once started.
+WORKER_CLIENT_RETRIES = "6"
 
 
 def prefect_env(workspace: Workspace) -> dict[str, str]:
@@ -204,6 +207,7 @@ def _ensure_worker(workspace: Workspace, api_url: str) -> None:
     stop_worker(workspace)
     env = {**os.environ, **prefect_env(workspace), "PREFECT_API_URL": api_url,
            "PREFECT_WORKER_QUERY_SECONDS": WORKER_POLL_SECONDS,
+           "PREFECT_CLIENT_MAX_RETRIES": WORKER_CLIENT_RETRIES,
            SERVICE_MARKER: "prefect-worker"}
     with workspace.worker_log.open("ab") as log:
         process = subprocess.Popen(
@@ -240,6 +244,9 @@ def _saved_port(workspace: Workspace) -> int | None:
     except (OSError, ValueError):
         return None
     with socket.socket() as sock:
+        # As the server binds it (uvicorn sets SO_REUSEADDR): a port whose last server was
+        # killed a moment ago still has connections in TIME_WAIT, and is free all the same.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:

@@ -78,10 +78,6 @@ class RunPaths:
         return self.root / "output.log"
 
     @property
-    def runner_log(self) -> Path:
-        return self.root / "runner.log"
-
-    @property
     def runner_pid(self) -> Path:
         """The pid of the process executing the run's flow (runner, worker or sweep)."""
         return self.root / "runner.pid"
@@ -126,7 +122,7 @@ class RunPaths:
         return self.root / "attempts"
 
     # What one attempt of a run wrote, moved aside whole when Prefect retries the run.
-    ATTEMPT_FILES = ("run.json", "output.log", "runner.log", "metrics.jsonl", "logs",
+    ATTEMPT_FILES = ("run.json", "output.log", "metrics.jsonl", "logs",
                      "outputs", "metrics", "manifest.json", "pip-freeze.txt",
                      "cancel.requested")
 

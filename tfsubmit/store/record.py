@@ -34,7 +34,8 @@ QUEUED, PREPARING, RUNNING = "Queued", "Preparing", "Running"
 COMPLETED, FAILED, CANCELED = "Completed", "Failed", "Canceled"
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELED)
 STATUSES = (QUEUED, PREPARING, RUNNING, *TERMINAL_STATUSES)
-RUNNER_DIED = "the run's runner process died; see runner.log in the run folder"
+RUNNER_DIED = ("the run's runner process died (its flow run's process); see the worker's log, "
+               "prefect/worker.log in the workspace")
 
 
 # Bytes set aside in each run folder for the last writes of its record on a full disk.

@@ -48,8 +48,10 @@ def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, c
     assert "tensorflow-cpu==2.21.0" in run.paths.freeze.read_text()
 
     # The run is a real Prefect flow run, one task run per pipeline step, with artifacts.
-    flow_run = prefect_api(f"/flow_runs/{details['flow_run_id']}")
-    assert flow_run["name"] == run.id and flow_run["state"]["type"] == "COMPLETED"
+    flow_run = wait_until(lambda: (lambda found: found if found["state"]["type"] == "COMPLETED"
+                                   else None)(prefect_api(f"/flow_runs/{details['flow_run_id']}")),
+                          30, "the flow run Completed (reported as the flow returns)")
+    assert flow_run["name"] == run.id
     tasks = prefect_api("/task_runs/filter",
                         {"flow_runs": {"id": {"any_": [details["flow_run_id"]]}}})
     assert {t["name"].rsplit("-", 1)[0] for t in tasks} == STEPS
@@ -131,7 +133,9 @@ def test_exit_code_3_fails_and_keeps_logs_and_outputs(workspace, prefect_api, jo
     assert (run.paths.logs / "worker-0.log").is_file()
     assert (run.paths.outputs / "partial.txt").read_text() == "written before the failure\n"
     assert run.get_metrics() == {"loss": 1.5}
-    assert prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"] == "FAILED"
+    # The engine reports the flow run's end as the flow returns, a moment after the record.
+    wait_until(lambda: prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"]
+               == "FAILED", 30, "the flow run Failed")
 
 
 def test_cli_reports_failure_with_exit_code_1(workspace, job_dir):
@@ -156,7 +160,8 @@ def test_cancel_mid_training_leaves_no_process(workspace, prefect_api):
     assert processes_of_run(run.id) == []
     assert "[tfsubmit] stopping 1 process(es): canceled by the user" in \
         run.paths.output_log.read_text()
-    assert prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"] == "CANCELLED"
+    wait_until(lambda: prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"]
+               == "CANCELLED", 30, "the flow run Cancelled")
 
 
 def test_cli_cancel_also_stops_children_that_left_the_group(workspace, job_dir):

@@ -376,7 +376,7 @@ def test_4_a_killed_runner_is_reaped_by_the_next_reader(workspace, prefect_api):
     """`kill -9` of the runner used to leave the job running (reparented to PID 1), `show`
     saying Failed while `runs` said Running, outputs never collected, and `cancel` printing
     "no process of it is left" while one was."""
-    from conftest import run_cli, wait_for_line
+    from conftest import run_cli, wait_for_line, wait_until
 
     from tfsubmit import Experiment
     from tfsubmit.service.processes import processes_of_run
@@ -396,8 +396,8 @@ def test_4_a_killed_runner_is_reaped_by_the_next_reader(workspace, prefect_api):
     assert processes_of_run(run.id) == []
     assert run.get_metrics()["ready"] == 1.0  # collected from the node's folder
     assert "reaped:" in run.paths.output_log.read_text()
-    flow_run = prefect_api(f"/flow_runs/{details['flow_run_id']}")
-    assert flow_run["state"]["type"] == "CRASHED"
+    wait_until(lambda: prefect_api(f"/flow_runs/{details['flow_run_id']}")["state"]["type"]
+               == "CRASHED", 60, "its worker to report the flow run Crashed")
     cancel = run_cli("cancel", run.id)
     assert cancel.returncode == 0 and processes_of_run(run.id) == []
 

@@ -6,6 +6,7 @@ record's transitions and the status mappings both ways, and the tuner with a pla
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -61,7 +62,8 @@ def _submission(workspace, job_dir, script: str, params):
 
 def test_each_task_on_the_local_target(workspace, job_dir, on_server):
     sub, target, artifacts = _submission(workspace, job_dir, "scored.py", {"--loss": 0.25})
-    assert sub.record.read()["status"] == "Queued"
+    assert sub.record.read()["status"] == "Preparing"  # made and claimed by this process
+    assert sub.record.read()["runner_pid"] == os.getpid()
 
     snap = snapshot_source.fn(sub)
     assert "scored.py" in snap.files
@@ -107,8 +109,10 @@ def test_launch_stops_every_process_on_cancel_and_gives_the_reason(workspace, jo
 
     canceller = threading.Thread(target=cancel_once_running)
     canceller.start()
-    outcome = launch_topology.fn(sub, target, nodes, env, artifacts)
+    state = launch_topology.fn(sub, target, nodes, env, artifacts)
     canceller.join()
+    assert state.is_cancelled()  # the task's own state, with the outcome as its data
+    outcome = state.result(raise_on_failure=False)
     assert (outcome.status, outcome.reason) == ("Canceled", "stopped by the glue test")
     assert processes_of_run(sub.run_id) == []  # the child that left the group too
 

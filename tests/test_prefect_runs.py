@@ -193,3 +193,51 @@ def test_prefect_flow_run_retry_makes_attempt_2_and_keeps_attempt_1(workspace, p
     assert (run.paths.outputs / "partial.txt").exists()  # attempt 2's own
     assert run.paths.output_log.read_text().count("about to fail") == 1
     assert prefect_api(f"/flow_runs/{flow_run_id}")["run_count"] == 2
+
+
+def test_what_reaches_prefect_is_true_for_hostile_jobs(workspace, prefect_api, job_dir):
+    """A metric named from a non-UTF-8 file name, NaN and huge values, 5,000 lines printed
+    at once, and a job spec far over Prefect's 512 KB parameter limit: the run and its flow
+    run end Completed, its metrics are published, and Prefect's log says which lines it
+    left out (all of them are in output.log)."""
+    (job_dir / "hostile.py").write_text(
+        "import os, sys\n"
+        "from tfsubmit import run_context\n"
+        "ctx = run_context()\n"
+        "ctx.log(os.fsdecode(b'loss-\\xff\\xfe'), 1.0)\n"
+        "ctx.log('nan', float('nan'))\n"
+        "ctx.log('huge', 1e308)\n"
+        "for i in range(5000):\n"
+        "    print(f'chatty line {i}')\n"
+        "print('done', len(sys.argv) - 1, 'arguments', flush=True)\n")
+    arguments = [f"--x{i}=" + "y" * 20 for i in range(30_000)]  # ~750 KB of job spec
+    run = Experiment("hostile", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="hostile.py",
+                   script_params=arguments))
+    details = run.wait_for_completion(timeout=300)
+    assert run.paths.job.stat().st_size > 524_288
+    assert f"done {len(arguments)} arguments" in run.paths.output_log.read_text()
+    assert run.paths.output_log.read_text().count("chatty line") == 5000
+    flow_run = _flow_run_ended(prefect_api, details["flow_run_id"])
+    assert flow_run["state"]["type"] == "COMPLETED"
+    assert set(flow_run["parameters"]) == {"run_id", "workspace"}
+    table = wait_until(lambda: [a for a in prefect_api("/artifacts/filter", {
+        "artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}) if a["type"] == "table"],
+        30, "the metrics table")[0]
+    assert "loss-\\\\xff\\\\xfe" in table["data"] and "huge" in table["data"]
+    launch = _tasks(prefect_api, flow_run["id"])["launch_topology"]["id"]
+
+    def logged():
+        entries, offset = [], 0
+        while page := prefect_api("/logs/filter", {"logs": {"task_run_id": {"any_": [launch]}},
+                                                   "offset": offset, "limit": 200}):
+            entries += page
+            offset += len(page)
+        return entries
+
+    said = wait_until(lambda: [e for e in logged() if e["level"] == 30
+                               and "left out of Prefect's log" in e["message"]],
+                      30, "the warning that lines were left out")
+    shipped = sum("chatty line" in e["message"] for e in logged())
+    left_out = int(said[0]["message"].split()[0])
+    assert shipped + left_out >= 5000 and left_out > 0

@@ -159,7 +159,10 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        try:  # a name decoded from a file name: its original bytes, as \xNN
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # other lone surrogates: as \udNNN
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, list):
         return [json_safe(item) for item in value]
     if isinstance(value, dict):

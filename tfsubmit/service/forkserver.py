@@ -31,12 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfsubmit.service.processes import (
-    SERVICE_MARKER,
-    pid_alive,
-    signal_group,
-    terminate_then_kill,
-)
+from tfsubmit.service.processes import SERVICE_MARKER, pid_alive, stop_recorded
 from tfsubmit.store.layout import Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
 from tfsubmit.store.record import QUEUED, RunRecord
@@ -151,13 +146,7 @@ def ensure(workspace: Workspace, api_url: str) -> None:
 
 
 def stop(workspace: Workspace) -> bool:
-    found = read_json(workspace.forkserver_state)
-    workspace.forkserver_state.unlink(missing_ok=True)
-    if not found or not pid_alive(found["pid"]):
-        return False
-    pid = found["pid"]
-    terminate_then_kill(lambda sig: signal_group(pid, sig), lambda: pid_alive(pid), grace=5)
-    return True
+    return stop_recorded(workspace.forkserver_state, grace=5)
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ Standard library only: the host agent uses this module on SSH hosts too.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -210,3 +211,28 @@ def terminate_then_kill(
     ended = not alive()
     send(signal.SIGKILL)
     return ended
+
+
+def stop_recorded(state_file: Path, *, grace: float) -> bool:
+    """Stop the service whose state file (JSON with its "pid") is `state_file`: its process
+    group TERM, `grace` seconds, then KILL; the file goes first, so nobody takes the service
+    for running meanwhile. False when none was running."""
+    try:
+        pid = json.loads(state_file.read_text())["pid"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pid = None
+    state_file.unlink(missing_ok=True)
+    if pid is None or not pid_alive(pid):
+        return False
+
+    def alive() -> bool:
+        try:  # our own child (started by this process): reap it, or it lingers as a zombie
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return pid_alive(pid)
+
+    terminate_then_kill(lambda sig: signal_group(pid, sig), alive, grace=grace,
+                        wait=lambda seconds: time.sleep(max(seconds, 0.1)))
+    return True
+

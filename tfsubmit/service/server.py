@@ -22,12 +22,7 @@ from pathlib import Path
 
 from tfsubmit.errors import ServerError
 from tfsubmit.service import forkserver
-from tfsubmit.service.processes import (
-    SERVICE_MARKER,
-    pid_alive,
-    signal_group,
-    terminate_then_kill,
-)
+from tfsubmit.service.processes import SERVICE_MARKER, pid_alive, stop_recorded
 from tfsubmit.store.layout import Workspace, read_json, write_json
 
 START_TIMEOUT = 90.0
@@ -220,20 +215,8 @@ def _ensure_worker(workspace: Workspace, api_url: str) -> None:
 
 
 def stop_worker(workspace: Workspace) -> bool:
-    found = read_json(workspace.worker_state)
-    workspace.worker_state.unlink(missing_ok=True)
-    if not found or not pid_alive(found["pid"]):
-        return False
-    pid = found["pid"]
-
-    def alive() -> bool:
-        _reap(pid)
-        return pid_alive(pid)
-
-    # The worker's flow runs are sessions of their own (forked engines): they go on.
-    terminate_then_kill(lambda sig: signal_group(pid, sig), alive, grace=10,
-                        wait=lambda seconds: time.sleep(max(seconds, 0.1)))
-    return True
+    # The worker's flow runs are sessions of their own: they go on.
+    return stop_recorded(workspace.worker_state, grace=10)
 
 
 def _saved_port(workspace: Workspace) -> int | None:
@@ -319,28 +302,7 @@ def stop_server(workspace: Workspace, *, timeout: float = 15.0) -> bool:
     server was running. Flow runs already started go on (they are sessions of their own)."""
     stop_worker(workspace)
     forkserver.stop(workspace)
-    state = read_json(workspace.server_state)
-    if not state or not pid_alive(state["pid"]):
-        workspace.server_state.unlink(missing_ok=True)
-        return False
-    pid = state["pid"]
-
-    def alive() -> bool:
-        _reap(pid)
-        return pid_alive(pid)
-
-    terminate_then_kill(lambda sig: signal_group(pid, sig), alive, grace=timeout,
-                        wait=lambda seconds: time.sleep(max(seconds, 0.1)))
-    _reap(pid)
-    workspace.server_state.unlink(missing_ok=True)
-    return True
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+    return stop_recorded(workspace.server_state, grace=timeout)
 
 
 def api_url(workspace: Workspace | str | Path | None = None, *, start: bool = True) -> str | None:

@@ -452,7 +452,6 @@ class Run(BaseRun):
             shown = ", ".join(f"{pid}@{host}" for host, pid in reaped.survivors)
             raise TfsubmitError(f"run {self.id}: processes {shown} survived SIGKILL")
 
-
     def _cancel_queued(self, facts: dict[str, Any]) -> None:
         """A run whose flow run has not started: it ends Canceled here, and its flow run is
         canceled in Prefect (one that starts meanwhile finds the run ended and leaves it)."""

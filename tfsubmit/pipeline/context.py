@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,11 +96,23 @@ def open_submission(job: dict[str, Any] | str | None, experiment: str | None,
                       cancel=CancelFlag(paths), store=ObjectStore(ws.objects))
 
 
+# How long a flow run waits for its submitter to let go of a Queued run's lock.
+HAND_OVER_SECONDS = 30.0
+
+
 def take_run(ws: Workspace, run_id: str, attempt: int) -> RunRecord | None:
     """Take run `run_id`'s lock and claim it (Queued -> Preparing); None when it ended and
     this is no retry. A sweep's trial is already held by this very process."""
     paths = ws.run_paths(run_id)
     lock_fd = runlock.acquire(paths.runner_lock)
+    deadline = time.monotonic() + HAND_OVER_SECONDS
+    while lock_fd is None and time.monotonic() < deadline \
+            and not runlock.held_here(paths.runner_lock) \
+            and RunRecord(paths).read().get("status") == QUEUED:
+        time.sleep(0.05)  # its submitter has made the flow run and is about to let go
+        lock_fd = runlock.acquire(paths.runner_lock)
+    if lock_fd is None and not runlock.held_here(paths.runner_lock):
+        lock_fd = runlock.acquire(paths.runner_lock)  # a reader that ended it has let go
     if lock_fd is None:
         if runlock.held_here(paths.runner_lock):
             record = RunRecord(paths)

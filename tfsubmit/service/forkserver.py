@@ -63,8 +63,7 @@ def hand_over(workspace: Workspace, run_id: str, *, env: dict[str, str], cwd: st
     return bool(reply and reply.get("held"))
 
 
-def _ask(workspace: Workspace, request: dict[str, Any], fds: list[int] | None = None
-         ) -> dict[str, Any] | None:
+def _ask(workspace: Workspace, request: dict[str, Any]) -> dict[str, Any] | None:
     if not is_current(workspace):
         return None
     payload = json.dumps(request).encode() + b"\n"
@@ -73,8 +72,7 @@ def _ask(workspace: Workspace, request: dict[str, Any], fds: list[int] | None = 
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(str(workspace.forkserver_socket))
             sock.settimeout(REPLY_TIMEOUT)
-            socket.send_fds(sock, [payload[:1]], fds or [])  # fds ride on the first byte
-            sock.sendall(payload[1:])
+            sock.sendall(payload)
             return json.loads(sock.makefile().readline())
     except (OSError, ValueError):
         return None

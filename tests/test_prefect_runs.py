@@ -92,6 +92,141 @@ def test_a_python_submission_is_a_deployment_flow_run_whose_tasks_ran(workspace,
                                    "prefect.task-run.Running"]
 
 
+def test_automations_fire_on_its_task_run_events_and_it_sends_heartbeats(workspace,
+                                                                         prefect_api, job_dir):
+    """An automation made with Prefect's own SDK, triggered by `prefect.task-run.Completed`
+    once per task run, fires for each of a submitted run's 5 steps; its flow run sends
+    Prefect's heartbeat events (what Prefect's zombie detection reads)."""
+    from prefect.automations import Automation, DoNothing, EventTrigger, Posture
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server_status(workspace).api_url}):
+        automation = Automation(
+            name="each finished step",
+            trigger=EventTrigger(expect={"prefect.task-run.Completed"},
+                                 match={"prefect.resource.id": "prefect.task-run.*"},
+                                 for_each={"prefect.resource.id"},
+                                 posture=Posture.Reactive, threshold=1),
+            actions=[DoNothing()]).create()
+    try:
+        run = Experiment("automated", workspace=workspace.root).submit(
+            TensorFlow(source_directory=str(job_dir), entry_script="finishes.py",
+                       script_params=["1"]))
+        flow_run_id = run.wait_for_completion(timeout=300)["flow_run_id"]
+        _flow_run_ended(prefect_api, flow_run_id)
+        task_ids = {task["id"] for task in _tasks(prefect_api, flow_run_id).values()}
+
+        def fired_for() -> set[str]:
+            page = prefect_api("/events/filter", {"filter": {
+                "event": {"name": ["prefect.automation.triggered"]},
+                "resource": {"id": [f"prefect.automation.{automation.id}"]}}, "limit": 50})
+            return {event["payload"]["triggering_event"]["resource"]["prefect.resource.id"]
+                    .removeprefix("prefect.task-run.") for event in page["events"]}
+
+        wait_until(lambda: task_ids <= fired_for(), 120,
+                   "the automation to fire for each of the run's task runs")
+    finally:
+        with temporary_settings({PREFECT_API_URL: server_status(workspace).api_url}):
+            automation.delete()
+    beats = prefect_api("/events/filter", {"filter": {
+        "event": {"name": ["prefect.flow-run.heartbeat"]},
+        "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}, "limit": 50})["events"]
+    assert beats, "no heartbeat event for the flow run"
+
+
+def _wheel(folder: Path, name: str, version: str) -> Path:
+    """A real, minimal wheel of a one-module package."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {f"{name}.py": f"VERSION = {version!r}\n",
+             f"{name}-{version}.dist-info/METADATA":
+                 f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL":
+                 "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+
+    def digest(text: str) -> str:
+        raw = hashlib.sha256(text.encode()).digest()
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    record = [f"{path},sha256={digest(text)},{len(text)}" for path, text in files.items()]
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join(
+        [*record, f"{name}-{version}.dist-info/RECORD,,"]) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_an_environment_download_that_fails_is_retried_by_prefect(workspace, prefect_api,
+                                                                  job_dir, tmp_path,
+                                                                  monkeypatch):
+    """A package server that answers 503: the environment step fails with a network
+    error, Prefect puts its task run in AwaitingRetry and runs it again; once the server
+    answers, the run Completes with the package installed. A package that does not exist
+    is not retried."""
+    import http.server
+    import shutil
+    import threading
+
+    wheel = _wheel(tmp_path, "retryprobe", "0.1")
+    down = threading.Event()
+    down.set()
+    asked = []
+
+    class Index(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def do_GET(self):
+            asked.append(self.path)
+            if down.is_set():
+                self.send_error(503, "Service Unavailable")
+            else:
+                super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{wheel.name}"
+    monkeypatch.setenv("TFSUBMIT_STEP_RETRIES", "5")
+    monkeypatch.setenv("TFSUBMIT_STEP_RETRY_DELAY", "2")
+    monkeypatch.setenv("UV_HTTP_RETRIES", "0")
+    (job_dir / "probe.py").write_text("import retryprobe\nprint('probe', retryprobe.VERSION)\n")
+    experiment = Experiment("retried", workspace=workspace.root)
+    run = experiment.submit(TensorFlow(source_directory=str(job_dir), entry_script="probe.py",
+                                       pip_packages=[f"retryprobe @ {url}"]))
+    flow_run_id = run.get_details()["flow_run_id"]
+    try:
+        wait_until(lambda: (_tasks(prefect_api, flow_run_id).get("resolve_environment", {})
+                            .get("state") or {}).get("name") == "AwaitingRetry", 300,
+                   "the environment step to await its retry")
+        down.clear()
+        details = run.wait_for_completion(timeout=900)
+        assert "probe 0.1" in run.paths.output_log.read_text()
+        task = _tasks(prefect_api, details["flow_run_id"])["resolve_environment"]
+        assert task["state"]["type"] == "COMPLETED" and task["run_count"] >= 2
+        assert any(path.endswith(wheel.name) for path in asked)
+
+        # A package that is not there (404) is no network error: not retried, run Failed.
+        missing = experiment.submit(TensorFlow(
+            source_directory=str(job_dir), entry_script="probe.py",
+            pip_packages=[f"retryprobe @ {url.replace('0.1-py3', '0.2-py3')}"]))
+        failed = missing.wait_for_completion(timeout=300, raise_on_error=False)
+        assert failed["status"] == "Failed"
+        task = _tasks(prefect_api, failed["flow_run_id"])["resolve_environment"]
+        assert task["state"]["type"] == "FAILED" and task["run_count"] == 1
+    finally:
+        server.shutdown()
+        built = run.record.read().get("environment_hash")
+        if built:  # a full environment, made for this test only
+            shutil.rmtree(workspace.env_cache / built, ignore_errors=True)
+
+
 def test_a_failed_job_from_the_cli_fails_its_launch_task(workspace, prefect_api, job_dir):
     (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: fail.py\n")
     result = run_cli("submit", str(job_dir / "job.yaml"), "--experiment", "real-fail")

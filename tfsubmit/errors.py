@@ -15,12 +15,25 @@ class SourceError(TfsubmitError):
     """The source directory or entry script cannot be snapshotted."""
 
 
+class TransientError(TfsubmitError):
+    """A failure that may pass by itself (a package index or a host that does not answer
+    yet): the step that raised it is retried (Prefect task retries, see flows/submit.py)."""
+
+
 class EnvironmentBuildError(TfsubmitError):
     """The job's Python environment could not be built."""
 
 
+class DownloadError(EnvironmentBuildError, TransientError):
+    """An environment build could not reach its package index (a network error)."""
+
+
 class TargetError(TfsubmitError):
     """A compute target is unknown, unreachable or misconfigured."""
+
+
+class UnreachableError(TargetError, TransientError):
+    """A host of a compute target did not answer (refused, timed out)."""
 
 
 class NotSupportedError(TfsubmitError):

@@ -19,6 +19,7 @@ from tfsubmit.service.handover import hand_over
 from tfsubmit.service.prefect_api import PrefectAPI
 from tfsubmit.service.server import api_url
 from tfsubmit.spec.job import TrainingJob, validate_experiment_name
+from tfsubmit.spec.retries import step_retries
 from tfsubmit.spec.sweep import Sweep
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import RunRecord
@@ -68,7 +69,8 @@ class Experiment:
 
     def _check_target(self, job: TrainingJob) -> None:
         """An unknown target, or one that cannot run the job, fails here, before a run
-        exists."""
+        exists (as do bad step retry settings, which the run's flow reads)."""
+        step_retries()
         target = get_target(job.compute_target, self.workspace.root,
                             find_block=block_finder(self.workspace))
         try:

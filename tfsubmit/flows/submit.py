@@ -34,6 +34,7 @@ from tfsubmit.tasks import (
 from tfsubmit.tasks._kept import MISSING, forget, result_of
 from tfsubmit.tasks.blocks import load_block_target
 from tfsubmit.tasks.progress import RunArtifacts
+from tfsubmit.tasks.retries import retrying
 
 
 class Reporting:
@@ -129,10 +130,12 @@ def submit_training(
         topology=sub.job.topology,
     )
     step = reporting.step
+    # A package index or a host that does not answer yet may answer on a later try.
+    environment, provision = retrying(resolve_environment), retrying(provision_nodes)
     steps = Steps(  # each one a Prefect task while the API answers
         snapshot=lambda sub: step(snapshot_source, sub),
-        environment=lambda sub, target: step(resolve_environment, sub, target),
-        provision=lambda sub, target, snap, env: step(provision_nodes, sub, target, snap, env),
+        environment=lambda sub, target: step(environment, sub, target),
+        provision=lambda sub, target, snap, env: step(provision, sub, target, snap, env),
         launch=lambda sub, target, nodes, env: step(launch_topology, sub, target, nodes, env,
                                                     artifacts),
     )

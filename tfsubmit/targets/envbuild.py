@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from tfsubmit.errors import EnvironmentBuildError
+from tfsubmit.errors import DownloadError, EnvironmentBuildError
 from tfsubmit.service.processes import SERVICE_MARKER, signal_group, terminate_then_kill
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 
@@ -247,11 +247,26 @@ def run_logged(argv: list[str], on_line: LineSink, cancel: threading.Event | Non
     if cancel is not None and cancel.is_set():
         raise EnvironmentBuildError("environment build canceled")
     if code != 0:  # its lines were streamed already: name the error, not the whole tail
+        if any(_NETWORK.search(line) for line in lines):  # may pass: the step is retried
+            raise DownloadError(
+                f"`{' '.join(argv[:3])} ...` could not reach the package index (exit code "
+                f"{code}): {_error_of(lines)}; check the network and the index "
+                "(PIP_INDEX_URL, UV_INDEX_URL)")
         raise EnvironmentBuildError(
             f"`{' '.join(argv[:3])} ...` failed with exit code {code}: "
             f"{_error_of(lines)}; {advice}"
         )
     return lines
+
+
+# What pip and uv print when the package index did not answer (as opposed to a package or
+# version that does not exist): a failure that may pass.
+_NETWORK = re.compile(
+    r"connection refused|connection reset|connection aborted|timed out|"
+    r"temporary failure in name resolution|name or service not known|network is "
+    r"unreachable|error sending request|tcp connect error|dns error|NewConnectionError|"
+    r"Max retries exceeded|ReadTimeoutError|ProtocolError|server error \(5\d\d|"
+    r"\b50[234] (Service Unavailable|Bad Gateway|Gateway Time-?out)", re.IGNORECASE)
 
 
 def _error_of(lines: list[str]) -> str:

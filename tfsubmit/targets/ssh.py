@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paramiko
 
-from tfsubmit.errors import TargetError
+from tfsubmit.errors import TargetError, TransientError, UnreachableError
 from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR, is_metrics_file
 from tfsubmit.service.processes import KEEPER_MARKER, RUN_MARKER
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
@@ -226,7 +226,7 @@ class Connection:
             raise TargetError(f"{self.where}: SSH failed: {exc}") from None
         except (TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or exc)
-            raise TargetError(
+            raise UnreachableError(
                 f"{self.where}: unreachable ({reason}, connect_timeout={timeout:g} s)"
             ) from None
         # Small messages go out at once: with Nagle's algorithm a channel's request, or its
@@ -419,7 +419,7 @@ class SSHTarget:
               conns: list[Connection] | None = None) -> dict[str, object]:
         """Run `work` on every host in parallel; raise one error naming every failed host."""
         conns = conns or list(self.connections.values())
-        results, errors = {}, []
+        results, errors, transient = {}, [], True
         with ThreadPoolExecutor(max_workers=max(1, len(conns))) as pool:
             futures = {conn.name: pool.submit(work, conn) for conn in conns}
             for name, future in futures.items():
@@ -427,10 +427,12 @@ class SSHTarget:
                     results[name] = future.result()
                 except TargetError as exc:
                     errors.append(str(exc))
+                    transient = transient and isinstance(exc, TransientError)
                 except Exception as exc:  # noqa: BLE001 (name the host whatever happened)
                     errors.append(f"{name}: {type(exc).__name__}: {exc}")
-        if errors:
-            raise TargetError(
+                    transient = False
+        if errors:  # worth a retry only when every host failed for a reason that may pass
+            raise (UnreachableError if transient else TargetError)(
                 f"compute target {self.name!r}: {len(errors)} of {len(conns)} host(s) failed:\n"
                 + "\n".join(f"  - {e}" for e in errors)
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -215,6 +216,18 @@ def test_cli_bad_job_file_names_the_field(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "distributed_backend: Input should be 'mpi', 'ps' or 'multiworker'" in result.stderr
+
+
+def test_cli_bad_step_retry_setting_names_the_variable(workspace, tmp_path):
+    (tmp_path / "train.py").write_text("")
+    (tmp_path / "job.yaml").write_text("source_directory: .\nentry_script: train.py\n")
+    before = sorted(workspace.runs.iterdir()) if workspace.runs.exists() else []
+    result = subprocess.run([*TFSUBMIT, "submit", str(tmp_path / "job.yaml")],
+                            capture_output=True, text=True,
+                            env={**os.environ, "TFSUBMIT_STEP_RETRIES": "twice"})
+    assert result.returncode == 2, result.stderr
+    assert "TFSUBMIT_STEP_RETRIES='twice': give a whole number of retries" in result.stderr
+    assert (sorted(workspace.runs.iterdir()) if workspace.runs.exists() else []) == before
 
 
 def test_the_run_takes_the_submitters_environment(workspace, job_dir, monkeypatch):

@@ -4,14 +4,15 @@ workspace's worker."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tfsubmit.errors import ServerError
 from tfsubmit.service import forkserver
 from tfsubmit.service.prefect_api import PrefectAPI, flow_run_link
-from tfsubmit.service.server import deployment_ids, ensure_server
+from tfsubmit.service.server import ServerInfo, database_url, deployment_ids, ensure_server
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import RunRecord
 
@@ -35,10 +36,7 @@ def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str], 
         api = PrefectAPI(info.api_url)
         try:
             facts = record.read()
-            # One at a time from this workspace: many submitters at once on the embedded
-            # SQLite server otherwise lock each other out (503) past every retry.
-            with workspace.submit_lock.open("w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
+            with _one_at_a_time(workspace, info):
                 flow_run = api.create_flow_run(
                     deployment, name=run_id, tags=[facts.get("experiment") or "default"],
                     parameters={"run_id": run_id, "workspace": str(workspace.root)})
@@ -52,3 +50,17 @@ def hand_over(workspace: Workspace, record: RunRecord, secrets: dict[str, str], 
         raise
     finally:
         record.release_lock()
+
+
+@contextlib.contextmanager
+def _one_at_a_time(workspace: Workspace, info: ServerInfo) -> Iterator[None]:
+    """Flow runs are created one at a time from this workspace when its embedded server
+    keeps them in SQLite: many submitters at once otherwise lock each other out (503 "the
+    database is locked") past every retry. PostgreSQL, or a server of the user's, takes
+    them all at once."""
+    if not info.embedded or database_url(workspace):
+        yield
+        return
+    with workspace.submit_lock.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

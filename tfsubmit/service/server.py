@@ -254,10 +254,18 @@ def _await_started(workspace: Workspace) -> ServerInfo | None:
     return None
 
 
+# The embedded server's settings, tuned for many runs at once (see README, "Prefect,
+# embedded"): the late-runs service marks each flow run still waiting for a worker slot 15 s
+# after it was created "Late", in transactions that fail with SQLite "database is locked" and
+# are retried by the hundred under load; runs waiting for a slot stay Scheduled instead.
+SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
+
+
 def _start(workspace: Workspace, port: int) -> ServerInfo:
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
-        **os.environ,
+        **SERVER_SETTINGS,
+        **os.environ,  # the user's own settings win
         **prefect_env(workspace),
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),

@@ -227,6 +227,37 @@ def test_an_environment_download_that_fails_is_retried_by_prefect(workspace, pre
             shutil.rmtree(workspace.env_cache / built, ignore_errors=True)
 
 
+def _launch_logs(prefect_api, flow_run_id: str, expected: int) -> list[dict]:
+    launch = _tasks(prefect_api, flow_run_id)["launch_topology"]["id"]
+    return wait_until(lambda: (lambda logs: logs if len(logs) >= expected else None)(
+        prefect_api("/logs/filter", {"logs": {"task_run_id": {"any_": [launch]}},
+                                     "limit": 200})), 30, f"{expected} log lines")
+
+
+def test_a_jobs_stderr_reaches_prefect_at_warning_and_its_traceback_at_error(
+        workspace, prefect_api, job_dir):
+    (job_dir / "streams.py").write_text(
+        "import sys\n"
+        "print('to stdout', flush=True)\n"
+        "print('to stderr', file=sys.stderr, flush=True)\n"
+        "raise ValueError('boom')\n")
+    run = Experiment("streams", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="streams.py"))
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    log = run.paths.output_log.read_text()
+    assert "[worker:0@local] to stdout" in log and "[worker:0@local] to stderr" in log
+    _flow_run_ended(prefect_api, details["flow_run_id"])
+    levels = {entry["message"]: entry["level"]
+              for entry in _launch_logs(prefect_api, details["flow_run_id"], 5)}
+    assert levels["[worker:0@local] to stdout"] == 20
+    assert levels["[worker:0@local] to stderr"] == 30
+    assert levels["[worker:0@local] Traceback (most recent call last):"] == 40
+    assert levels["[worker:0@local] ValueError: boom"] == 40
+    assert any(level == 30 and 'File "' in message and "streams.py" in message
+               for message, level in levels.items())  # the traceback's own lines
+
+
 def test_a_failed_job_from_the_cli_fails_its_launch_task(workspace, prefect_api, job_dir):
     (job_dir / "job.yaml").write_text("source_directory: .\nentry_script: fail.py\n")
     result = run_cli("submit", str(job_dir / "job.yaml"), "--experiment", "real-fail")

@@ -17,7 +17,7 @@ from pathlib import Path
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.service.processes import still_running, terminate_then_kill
 from tfsubmit.spec.process import ProcessSpec
-from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.runlog import RunLog, StderrLine
 from tfsubmit.targets.base import Handle, Target
 
 # How long killed leftovers may take to disappear before the run says they survived.
@@ -372,7 +372,10 @@ def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:
         match = _MPI_TAG.match(line)
         if match and int(match[1]) < len(spec.rank_hosts):
             rank = int(match[1])
-            return f"[rank:{rank}@{spec.rank_hosts[rank]}]", match[2]
+            text = match[2]
+            return (f"[rank:{rank}@{spec.rank_hosts[rank]}]",
+                    StderrLine(text) if line[line.index("]") + 1:].startswith("<stderr>")
+                    else text)
     return spec.tag, line
 
 

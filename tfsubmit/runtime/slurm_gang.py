@@ -8,7 +8,7 @@ file system:
 
     start/<n>.json      a task to start (written by the submit host; n counts up)
     begun/<n>           ... started, in Slurm attempt <content> (written here)
-    out/<n>.out         ... its output (stdout and stderr), as it runs
+    out/<n>.out, .err   ... its output (stdout; stderr), as it runs
     exit/<n>            ... its exit code, once it has ended
     stop/<n>            a signal (a number) to send to task n
     release             the run is over: end the job (after a sweep of the nodes)
@@ -123,17 +123,20 @@ class Gang:
                     f"--job-name={task['name']}", "--unbuffered", "--kill-on-bad-exit=1",
                     "--export=ALL", f"--chdir={task['cwd']}", *argv]
         out = (self.state / "out" / f"{n}.out").open("ab")
+        err = (self.state / "out" / f"{n}.err").open("ab")
         try:
             process = subprocess.Popen(argv, cwd=task["cwd"], env=env, stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       stderr=err, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
         except OSError as exc:
-            out.write(f"cannot start {argv[0]}: {exc}\n".encode())
+            err.write(f"cannot start {argv[0]}: {exc}\n".encode())
             out.close()
+            err.close()
             write_atomic(self.state / "begun" / n, str(self.attempt))
             write_atomic(self.state / "exit" / n, "127")
             return
         out.close()
+        err.close()
         self.running[n] = process
         write_atomic(self.state / "begun" / n, str(self.attempt))
         say(f"task {n} ({task['name']}) started on {node}")

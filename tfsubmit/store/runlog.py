@@ -10,6 +10,12 @@ from pathlib import Path
 Forward = Callable[[str], None]
 
 
+class StderrLine(str):
+    """A line a process wrote to its standard error: targets that keep a process's two
+    streams apart yield these, and the run log forwards them as such (Prefect's log shows
+    them at WARNING); `output.log` holds both streams' lines alike."""
+
+
 class RunLog:
     """Appends tagged lines to `output.log`; `forward` also sends each to the Prefect run log."""
 
@@ -26,8 +32,9 @@ class RunLog:
             self.write(f"[tfsubmit] {text}")
 
     def line(self, tag: str, text: str) -> None:
-        """A line one of the job's processes printed."""
-        self.write(f"{tag} {text}")
+        """A line one of the job's processes printed (a StderrLine: to its stderr)."""
+        line = f"{tag} {text}"
+        self.write(StderrLine(line) if isinstance(text, StderrLine) else line)
 
     def write(self, line: str) -> None:
         with self._lock:

@@ -11,7 +11,9 @@ processes (`start`, `leftovers`, `kill`), then `collect` and `close`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,7 +24,7 @@ from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.objects import ObjectStore
-from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.runlog import RunLog, StderrLine
 from tfsubmit.store.snapshots import Snapshot
 
 
@@ -33,7 +35,8 @@ class Handle(Protocol):
     pid: int | str
 
     def lines(self) -> Iterator[str]:
-        """Its output lines (stdout and stderr merged) until it closes them."""
+        """Its output lines until it closes them: stdout's and stderr's as they come, each
+        of stderr's a StderrLine where the target keeps the two apart."""
         ...
 
     def poll(self) -> int | None:
@@ -47,6 +50,30 @@ class Handle(Protocol):
     def signal_group(self, sig: int) -> None:
         """Signal its whole process group (never raises for one that is gone)."""
         ...
+
+
+def merged_lines(stdout: Iterable[str], stderr: Iterable[str]) -> Iterator[str]:
+    """A process's lines from both its streams, in the order they come, stderr's as
+    StderrLine, until both are closed (each stream read by a thread of its own)."""
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+
+    def pump(stream: Iterable[str], kind: type[str]) -> None:
+        try:
+            for line in stream:
+                lines.put(kind(line))
+        finally:
+            lines.put(None)
+
+    for stream, kind in ((stdout, str), (stderr, StderrLine)):
+        threading.Thread(target=pump, args=(stream, kind), daemon=True,
+                         name="process-lines").start()
+    open_streams = 2
+    while open_streams:
+        line = lines.get()
+        if line is None:
+            open_streams -= 1
+        else:
+            yield line
 
 
 @dataclass(frozen=True)

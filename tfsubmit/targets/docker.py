@@ -40,7 +40,7 @@ from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
 from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import NODE_FOLDERS
 from tfsubmit.store.runlog import RunLog
-from tfsubmit.targets.base import Provisioned, ProvisionRequest, check_node_count
+from tfsubmit.targets.base import Provisioned, ProvisionRequest, check_node_count, merged_lines
 from tfsubmit.targets.images import (
     ENV_PYTHON,
     LABEL,
@@ -142,8 +142,13 @@ class DockerProcess:
         self._code = code
 
     def lines(self) -> Iterator[str]:
+        """The container's lines from both its streams, stderr's as StderrLine."""
+        yield from merged_lines(self._stream(stdout=True, stderr=False),
+                                self._stream(stdout=False, stderr=True))
+
+    def _stream(self, **which: bool) -> Iterator[str]:
         pending = ""
-        for chunk in self.container.logs(stream=True, follow=True):
+        for chunk in self.container.logs(stream=True, follow=True, **which):
             pending += chunk.decode(errors="replace")
             *complete, pending = pending.split("\n")
             yield from (line.rstrip("\r") for line in complete)

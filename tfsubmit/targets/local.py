@@ -27,6 +27,7 @@ from tfsubmit.store.snapshots import materialize
 from tfsubmit.targets.base import (
     Provisioned,
     ProvisionRequest,
+    merged_lines,
     refuse_custom_image,
 )
 from tfsubmit.targets.envbuild import MARKER, resolve_environment
@@ -47,10 +48,10 @@ class LocalProcess:
         self.pid = popen.pid
 
     def lines(self) -> Iterator[str]:
-        """Output lines (stdout and stderr merged), until the process closes them."""
-        assert self._popen.stdout is not None
-        for line in self._popen.stdout:
-            yield line.rstrip("\n")
+        """Output lines, stderr's as StderrLine, until the process closes both streams."""
+        assert self._popen.stdout is not None and self._popen.stderr is not None
+        yield from merged_lines((line.rstrip("\n") for line in self._popen.stdout),
+                                (line.rstrip("\n") for line in self._popen.stderr))
 
     def poll(self) -> int | None:
         return self._popen.poll()
@@ -94,7 +95,7 @@ def start_local(spec: ProcessSpec) -> LocalProcess:
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
         text=True,
         errors="replace",
         start_new_session=True,  # own session and process group: cancel hits all of it

@@ -52,7 +52,12 @@ from tfsubmit.store.layout import NODE_FOLDERS
 from tfsubmit.store.package import runtime_dir
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.store.snapshots import materialize
-from tfsubmit.targets.base import Provisioned, ProvisionRequest, refuse_custom_image
+from tfsubmit.targets.base import (
+    Provisioned,
+    ProvisionRequest,
+    merged_lines,
+    refuse_custom_image,
+)
 from tfsubmit.targets.envbuild import MARKER, resolve_environment
 from tfsubmit.targets.local import LocalFolders, base_env
 from tfsubmit.targets.settings import SlurmTargetConfig
@@ -243,20 +248,35 @@ class SlurmTask:
         return self.target.state / folder / str(self.number)
 
     def lines(self) -> Iterator[str]:
-        out = self.target.state / "out" / f"{self.number}.out"
+        """The task's lines from its two files (the gang keeps stdout and stderr apart),
+        stderr's as StderrLine, until it has ended."""
+        done = threading.Event()
+
+        def stdout() -> Iterator[str]:
+            try:
+                yield from self._tail("out", lambda: self.poll() is not None)
+            finally:
+                done.set()
+
+        yield from merged_lines(stdout(), self._tail("err", done.is_set))
+
+    def _tail(self, suffix: str, ended) -> Iterator[str]:
+        path = self.target.state / "out" / f"{self.number}.{suffix}"
         handle = None
         pending = ""
         try:
             while True:
-                if handle is None and out.exists():
-                    handle = out.open("r", errors="replace")
+                if handle is None and path.exists():
+                    handle = path.open("r", errors="replace")
                 chunk = handle.read() if handle else ""
                 if chunk:
                     pending += chunk
                     *complete, pending = pending.split("\n")
                     yield from complete
                     continue
-                if self.poll() is not None:
+                if ended():
+                    if handle is None and path.exists():
+                        handle = path.open("r", errors="replace")
                     if handle:
                         pending += handle.read()
                     if pending:
@@ -502,7 +522,7 @@ class SlurmTarget(LocalFolders):
                 reason = re.search(r" Reason=(.*?)(?: \[|$)", line)
                 troubled.append(f"{fields.get('NodeName')} {state}"
                                 + (f" ({reason[1]})" if reason else ""))
-        for out in (self.state / "out").glob("*.out"):  # srun says which node it lost
+        for out in (self.state / "out").glob("*.*"):  # srun says which node it lost
             try:
                 text = out.read_text(errors="replace")
             except OSError:
@@ -593,7 +613,7 @@ class SlurmTarget(LocalFolders):
             slurm.mkdir(parents=True, exist_ok=True)
             for path in [*self.state.glob("batch-*"), *self.state.glob("attempt-*")]:
                 _copy(path, slurm / path.name)
-            for path in (self.state / "out").glob("*.out"):
+            for path in (self.state / "out").glob("*.*"):  # <n>.out, <n>.err
                 _copy(path, slurm / f"task-{path.name}")
         return problems
 

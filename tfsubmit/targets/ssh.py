@@ -40,6 +40,7 @@ from tfsubmit.targets.base import (
     Provisioned,
     ProvisionRequest,
     check_node_count,
+    merged_lines,
     refuse_custom_image,
 )
 from tfsubmit.targets.settings import SSHHost, SSHTargetConfig
@@ -372,8 +373,12 @@ class SSHProcess:
         self._runtime = rt
 
     def lines(self) -> Iterator[str]:
-        for raw in self._channel.makefile("rb"):
-            yield raw.decode(errors="replace").rstrip("\n")
+        """The process's lines from both its streams, stderr's as StderrLine."""
+        def read(stream) -> Iterator[str]:
+            return (raw.decode(errors="replace").rstrip("\n") for raw in stream)
+
+        yield from merged_lines(read(self._channel.makefile("rb")),
+                                read(self._channel.makefile_stderr("rb")))
 
     def poll(self) -> int | None:
         if self._channel.exit_status_ready():
@@ -625,7 +630,7 @@ class SSHTarget:
         # its note in the keepers folder when the host agent forked it) with what it
         # adopted (a double-forked helper with an empty environment, say).
         channel = conn.open_python(
-            ["-m", AGENT, "run"], timeout=30, combine=True,
+            ["-m", AGENT, "run"], timeout=30, combine=False,  # stderr apart: its lines WARN
             env={"PYTHONPATH": self.runtime, KEEPER_MARKER: run_id})
         channel.settimeout(None)
         channel.sendall((json.dumps(request) + "\n").encode())

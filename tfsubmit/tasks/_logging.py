@@ -5,7 +5,7 @@ job that prints 10,000 lines a second would otherwise keep its flow run's proces
 shipping them long after it ended. Lines left out are counted and said in Prefect's log
 (WARNING); the full log stays in the run's `output.log` (`tfsubmit logs RUN`). Lines that
 read as errors (a traceback, an error from tfsubmit) go at ERROR, so the UI's filter finds
-them.
+them; the rest of what a job's processes wrote to stderr at WARNING, their stdout at INFO.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from prefect import get_run_logger
 
 from tfsubmit.runtime.metrics import json_safe
-from tfsubmit.store.runlog import RunLog
+from tfsubmit.store.runlog import RunLog, StderrLine
 
 LINES_PER_SECOND = 200.0
 BURST = 2000.0
@@ -57,7 +57,8 @@ class CappedForward:
                         "output.log (`tfsubmit logs RUN`)")
                 return
             self.tokens -= 1
-        level = logging.ERROR if _ERROR.match(line) else logging.INFO
+        level = (logging.ERROR if _ERROR.match(line)
+                 else logging.WARNING if isinstance(line, StderrLine) else logging.INFO)
         self.logger.log(level, json_safe(line))
 
     def close(self) -> None:

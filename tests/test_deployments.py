@@ -27,10 +27,10 @@ from conftest import EXAMPLE, ROOT, TFSUBMIT
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import TERMINAL_STATUSES
 from tfsubmit.store.registry import ModelRegistry
+from tfsubmit.system.processes import processes_of_run
 
 PREFECT = str(Path(TFSUBMIT[0]).with_name("prefect"))
 TERMINAL_STATES = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")

@@ -14,7 +14,7 @@ from sshhosts import NamespaceHosts
 from test_ssh import _netns_available
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.service.processes import processes_of_run
+from tfsubmit.system.processes import processes_of_run
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = ROOT / "examples" / "horovod-synthetic"

@@ -11,7 +11,7 @@ from conftest import EXAMPLE, TFSUBMIT, run_cli, wait_until
 
 from tfsubmit import Experiment, Run, TensorFlow
 from tfsubmit.errors import RunFailedError, TargetError
-from tfsubmit.service.processes import processes_of_run
+from tfsubmit.system.processes import processes_of_run
 
 pytestmark = pytest.mark.e2e
 STEPS = {"snapshot_source", "resolve_environment", "provision_nodes", "launch_topology",

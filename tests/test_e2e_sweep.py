@@ -16,7 +16,7 @@ from conftest import EXAMPLE, run_cli
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.api import SweepRun
-from tfsubmit.service.processes import pid_alive, processes_of_run
+from tfsubmit.system.processes import pid_alive, processes_of_run
 from tfsubmit.tuning import MedianStopping, Sweep, choice, loguniform
 
 pytestmark = pytest.mark.e2e

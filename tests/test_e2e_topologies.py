@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, wait_for_line
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.service.processes import processes_of_run
+from tfsubmit.system.processes import processes_of_run
 
 pytestmark = pytest.mark.e2e
 PS_EXAMPLE = ROOT / "examples" / "ps-synthetic"

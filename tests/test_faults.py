@@ -379,7 +379,7 @@ def test_4_a_killed_runner_is_reaped_by_the_next_reader(workspace, prefect_api):
     from conftest import run_cli, wait_for_line, wait_until
 
     from tfsubmit import Experiment
-    from tfsubmit.service.processes import processes_of_run
+    from tfsubmit.system.processes import processes_of_run
 
     run = Experiment("runner-killed", workspace=workspace.root).submit(_quick_job(300))
     wait_for_line(run, "ready: sleeping")
@@ -408,7 +408,7 @@ def test_4_the_next_submission_reaps_a_run_nobody_reads(workspace):
     from conftest import wait_for_line
 
     from tfsubmit import Experiment
-    from tfsubmit.service.processes import processes_of_run
+    from tfsubmit.system.processes import processes_of_run
 
     experiment = Experiment("runner-killed-unread", workspace=workspace.root)
     abandoned = experiment.submit(_quick_job(300))
@@ -490,7 +490,7 @@ def test_8_a_cancel_from_prefect_stops_a_submitted_run(workspace, prefect_api):
     from conftest import wait_for_line
 
     from tfsubmit import Experiment
-    from tfsubmit.service.processes import processes_of_run
+    from tfsubmit.system.processes import processes_of_run
 
     run = Experiment("prefect-cancel", workspace=workspace.root).submit(_quick_job(300))
     wait_for_line(run, "ready: sleeping")
@@ -563,7 +563,7 @@ def _daemon_job(*args, **changes):
 
 
 def _daemon_is_gone(run) -> None:
-    from tfsubmit.service.processes import pid_alive
+    from tfsubmit.system.processes import pid_alive
 
     pid = int((run.paths.outputs / "daemon.pid").read_text())
     deadline = time.monotonic() + 10

@@ -20,13 +20,13 @@ from tfsubmit.flows.common import prefect_state
 from tfsubmit.pipeline.context import open_submission
 from tfsubmit.runtime.metrics import metrics_file, read_metrics
 from tfsubmit.service.prefect_api import STATUS_OF_STATE, status_of
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.service.server import server_status
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.store.cancel import CancelFlag, request_cancel
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import RUNNER_DIED, RunRecord
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.system.processes import processes_of_run
 from tfsubmit.targets.config import get_target
 from tfsubmit.tasks import (
     collect_outputs,

@@ -21,9 +21,9 @@ from tfsubmit.cli import build_parser
 from tfsubmit.errors import JobSpecError
 from tfsubmit.pipeline.supervise import _QUIET_NOISE
 from tfsubmit.service.prefect_api import PrefectAPI, flow_run_link
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.service.server import server_status, stop_server
 from tfsubmit.store.layout import Workspace
+from tfsubmit.system.processes import processes_of_run
 
 pytestmark = pytest.mark.e2e
 

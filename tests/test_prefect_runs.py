@@ -17,8 +17,8 @@ from conftest import TFSUBMIT, run_cli, wait_for_line, wait_until
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.api.runs import open_run
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.service.server import deployment_ids, server_status
+from tfsubmit.system.processes import processes_of_run
 
 PREFECT = str(Path(TFSUBMIT[0]).with_name("prefect"))
 STEPS = ["snapshot_source", "resolve_environment", "provision_nodes", "launch_topology",

@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.service.processes import pid_alive
 from tfsubmit.store.layout import Workspace
+from tfsubmit.system.processes import pid_alive
 
 BAD = ["", "../../outside", "/tmp", ".hidden", "a/b", "a\nb", "run\n"]
 

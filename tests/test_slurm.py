@@ -15,8 +15,8 @@ from test_e2e_horovod import _checksums
 from test_e2e_topologies import MW_EXAMPLE, _assert_mw_trained, _assert_ps_trained, _ps_job
 
 from tfsubmit import Experiment, TensorFlow
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.store.layout import default_env_cache
+from tfsubmit.system.processes import processes_of_run
 from tfsubmit.targets.config import SlurmTargetConfig, save_target
 
 pytestmark = pytest.mark.e2e

@@ -19,10 +19,10 @@ from sshhosts import NamespaceHosts
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.errors import TargetError
 from tfsubmit.pipeline.supervise import supervise
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.spec.environment import EnvironmentSpec
 from tfsubmit.spec.process import ProcessSpec
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.system.processes import processes_of_run
 from tfsubmit.targets.config import SSHTargetConfig, get_target, save_target
 from tfsubmit.targets.ssh import SSHTarget
 

@@ -11,9 +11,9 @@ import pytest
 
 from tfsubmit.errors import TargetError
 from tfsubmit.pipeline.supervise import supervise
-from tfsubmit.service.processes import processes_of_run
 from tfsubmit.spec.process import ProcessSpec
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.system.processes import processes_of_run
 from tfsubmit.targets.config import get_target
 from tfsubmit.targets.local import LocalTarget
 

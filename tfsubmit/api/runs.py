@@ -36,12 +36,12 @@ from tfsubmit.runtime.metrics import (
 )
 from tfsubmit.service.handover import hand_over
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, flow_run_link, status_of
-from tfsubmit.service.processes import kill_pids, pid_alive, still_running
 from tfsubmit.service.server import api_url
 from tfsubmit.store import runlock
 from tfsubmit.store.cancel import request_cancel, withdraw_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.record import CANCELED, QUEUED, TERMINAL_STATUSES, RunRecord
+from tfsubmit.system.processes import kill_pids, pid_alive, still_running
 
 POLL_SECONDS = 0.2
 

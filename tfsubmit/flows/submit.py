@@ -19,9 +19,9 @@ from tfsubmit.pipeline.context import Submission, hold_secrets, open_submission
 from tfsubmit.pipeline.execute import Steps, run_steps
 from tfsubmit.pipeline.reap import reap_abandoned
 from tfsubmit.service.forkserver import held
-from tfsubmit.service.processes import become_subreaper
 from tfsubmit.service.server import healthy
 from tfsubmit.store.layout import Workspace, read_record
+from tfsubmit.system.processes import become_subreaper
 from tfsubmit.targets.base import Target
 from tfsubmit.targets.config import get_target
 from tfsubmit.tasks import (

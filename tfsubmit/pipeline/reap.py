@@ -16,12 +16,12 @@ from typing import Any
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.pipeline.collect import gather, output_files
-from tfsubmit.service.processes import still_running
 from tfsubmit.spec.process import Node
 from tfsubmit.store import runlock
 from tfsubmit.store.layout import RunPaths, Workspace, read_record
 from tfsubmit.store.record import CANCELED, QUEUED, TERMINAL_STATUSES, RunRecord
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.system.processes import still_running
 from tfsubmit.targets.config import BlockLookup, get_target
 
 RUNNER_GONE = ("the run's runner process died (its flow run's process; see the worker's log, "

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.service.processes import still_running, terminate_then_kill
 from tfsubmit.spec.process import ProcessSpec
 from tfsubmit.store.runlog import RunLog, StderrLine
+from tfsubmit.system.processes import still_running, terminate_then_kill
 from tfsubmit.targets.base import Handle, Target
 
 # How long killed leftovers may take to disappear before the run says they survived.

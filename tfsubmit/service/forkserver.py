@@ -15,7 +15,7 @@ Each forked child inherits them in memory; the flow takes its run's (`held`).
 
 The server holds no threads when it forks. It is keyed by a hash of tfsubmit's code and
 the API it serves: a different code or API does not use it. This module imports neither
-Prefect nor the flows: `service/runner.py` hands `serve` what to preload and run.
+Prefect nor the flows: `daemon/runner.py` hands `serve` what to preload and run.
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tfsubmit.service.processes import SERVICE_MARKER, pid_alive, stop_recorded
 from tfsubmit.store.layout import Workspace, read_json, write_json
 from tfsubmit.store.package import package_hash as code_hash
 from tfsubmit.store.record import QUEUED, RunRecord
+from tfsubmit.system.processes import SERVICE_MARKER, pid_alive, stop_recorded
 
 CONNECT_TIMEOUT = 2.0
 # A loaded machine may take a while to answer.
 REPLY_TIMEOUT = 10.0
-SERVER_MODULE = "tfsubmit.service.runner"
+SERVER_MODULE = "tfsubmit.daemon.runner"
 
 # What submitters handed over, by run id: {"env", "cwd", "secrets"} (memory only).
 _HELD: dict[str, dict[str, Any]] = {}

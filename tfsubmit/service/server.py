@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tfsubmit.errors import ServerError
 from tfsubmit.service import forkserver
-from tfsubmit.service.processes import SERVICE_MARKER, pid_alive, stop_recorded
 from tfsubmit.store.layout import Workspace, read_json, write_json
+from tfsubmit.system.processes import SERVICE_MARKER, pid_alive, stop_recorded
 
 START_TIMEOUT = 90.0
 
@@ -140,11 +140,19 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
             say(f"starting the embedded Prefect server of workspace {workspace.root} "
                 "(first use, or it was stopped); this takes 10-40 s, once")
             info = _await_started(workspace) or _start(
-                workspace, port or _saved_port(workspace) or _free_port())
+                workspace, port or _saved_port(workspace) or _free_port(),
+                meanwhile=lambda api_url: _ensure_flow_service(workspace, api_url))
             say(f"Prefect server ready in {time.monotonic() - began:.1f} s: UI {info.ui_url}")
-        forkserver.ensure(workspace, info.api_url)
-        _ensure_worker(workspace, info.api_url)
+        _ensure_flow_service(workspace, info.api_url)
         return info
+
+
+def _ensure_flow_service(workspace: Workspace, api_url: str) -> None:
+    """The fork server (which registers the deployments) and the worker; both wait for an
+    API that does not answer yet, so they start with the server and import Prefect while
+    it boots."""
+    forkserver.ensure(workspace, api_url)
+    _ensure_worker(workspace, api_url)
 
 
 def pool_name(workspace: Workspace) -> str:
@@ -261,7 +269,10 @@ def _await_started(workspace: Workspace) -> ServerInfo | None:
 SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
 
 
-def _start(workspace: Workspace, port: int) -> ServerInfo:
+def _start(workspace: Workspace, port: int,
+           meanwhile: Callable[[str], None] = lambda api_url: None) -> ServerInfo:
+    """Start the server on `port` and wait until it answers; `meanwhile(api_url)` is
+    called once its process is started."""
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **SERVER_SETTINGS,
@@ -290,9 +301,11 @@ def _start(workspace: Workspace, port: int) -> ServerInfo:
         )
     write_json(workspace.server_state, {"pid": process.pid, "port": port, "api_url": api_url})
     workspace.server_port.write_text(str(port))
+    meanwhile(api_url)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            stop_server(workspace)  # the fork server and worker started meanwhile
             raise ServerError(
                 f"the embedded Prefect server exited with code {process.returncode}; "
                 f"see {log_path}"

@@ -136,7 +136,7 @@ def stage() -> None:
 
 
 def kill(run_id: str) -> list[int]:
-    from tfsubmit.service.processes import kill_pids, processes_of_run
+    from tfsubmit.system.processes import kill_pids, processes_of_run
 
     pids = processes_of_run(run_id)
     kill_pids(pids)
@@ -146,13 +146,13 @@ def kill(run_id: str) -> list[int]:
 def run_process() -> int:
     """Start the task, relay its exit code; as its subreaper, adopt what it leaves behind
     (double-forked, setsid helpers) and stop that too once the task has exited."""
-    from tfsubmit.service.processes import become_subreaper
+    from tfsubmit.system.processes import become_subreaper
 
     become_subreaper()
     request = json.loads(sys.stdin.readline())
     registered = _register_keeper(request.get("keepers"))
     env = {**os.environ, **request["env"]}
-    env.pop("TFSUBMIT_KEEPER_OF", None)  # the agent's own mark (service.processes), not the task's
+    env.pop("TFSUBMIT_KEEPER_OF", None)  # the agent's own mark (system.processes), not the task's
     if request.get("path"):
         env["PATH"] = request["path"] + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     sys.stdout.flush()
@@ -238,7 +238,7 @@ def registered_keepers(keepers: str) -> list[int]:
 
 def _stop_adopted() -> None:
     """SIGKILL every descendant left (orphans this subreaper adopted), and collect them."""
-    from tfsubmit.service.processes import descendants, kill_pids, reap_adopted
+    from tfsubmit.system.processes import descendants, kill_pids, reap_adopted
 
     try:
         os.waitpid(-1, os.WNOHANG)
@@ -278,7 +278,7 @@ def main(argv: list[str]) -> int:
             print(f"tfsubmit: {exc}", flush=True)
             return 1
     elif command == "ps":
-        from tfsubmit.service.processes import processes_of_run
+        from tfsubmit.system.processes import processes_of_run
 
         keepers = registered_keepers(args[1]) if len(args) > 1 else []
         print(json.dumps(processes_of_run(args[0], keepers=keepers)))

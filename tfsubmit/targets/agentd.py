@@ -85,11 +85,11 @@ def _preload() -> None:
     """What the commands import, imported once here instead of in every fork."""
     import ctypes  # noqa: F401 (a keeper becomes a subreaper with it)
 
-    import tfsubmit.service.processes  # noqa: F401
     import tfsubmit.spec.environment  # noqa: F401
     import tfsubmit.store.layout  # noqa: F401
     import tfsubmit.store.objects  # noqa: F401
     import tfsubmit.store.snapshots  # noqa: F401
+    import tfsubmit.system.processes  # noqa: F401
     import tfsubmit.targets.agent  # noqa: F401
     import tfsubmit.targets.envbuild  # noqa: F401
 

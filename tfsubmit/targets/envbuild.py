@@ -22,8 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tfsubmit.errors import DownloadError, EnvironmentBuildError
-from tfsubmit.service.processes import SERVICE_MARKER, signal_group, terminate_then_kill
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
+from tfsubmit.system.processes import SERVICE_MARKER, signal_group, terminate_then_kill
 
 MARKER = ".tfsubmit-env.json"
 # Seconds a canceled install step has to stop before it is killed.

@@ -10,13 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tfsubmit.runtime.metrics import METRICS_DIR, METRICS_GLOB
-from tfsubmit.service.processes import (
-    is_subreaper,
-    kill_pids,
-    processes_of_run,
-    reap_adopted,
-    signal_group,
-)
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec
@@ -24,6 +17,13 @@ from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.layout import NODE_FOLDERS
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.store.snapshots import materialize
+from tfsubmit.system.processes import (
+    is_subreaper,
+    kill_pids,
+    processes_of_run,
+    reap_adopted,
+    signal_group,
+)
 from tfsubmit.targets.base import (
     Provisioned,
     ProvisionRequest,

@@ -26,7 +26,6 @@ import paramiko
 
 from tfsubmit.errors import TargetError, TransientError, UnreachableError
 from tfsubmit.runtime.metrics import IMAGES_DIR, METRICS_DIR, is_metrics_file
-from tfsubmit.service.processes import KEEPER_MARKER, RUN_MARKER
 from tfsubmit.spec.environment import Environment, EnvironmentSpec
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.process import LaunchOptions, Node, ProcessSpec, RemoteShell
@@ -34,6 +33,7 @@ from tfsubmit.store.cancel import CancelFlag
 from tfsubmit.store.objects import ObjectStore, object_path
 from tfsubmit.store.package import package_hash, package_sources
 from tfsubmit.store.runlog import RunLog
+from tfsubmit.system.processes import KEEPER_MARKER, RUN_MARKER
 from tfsubmit.targets import sshpool
 from tfsubmit.targets.agent import AGENT, ENV_RESULT_PREFIX
 from tfsubmit.targets.base import (

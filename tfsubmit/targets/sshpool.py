@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 
 from tfsubmit.errors import TargetError
-from tfsubmit.service.processes import KEEPER_MARKER, RUN_MARKER, SERVICE_MARKER
 from tfsubmit.store.package import package_hash
+from tfsubmit.system.processes import KEEPER_MARKER, RUN_MARKER, SERVICE_MARKER
 
 START_SECONDS = 10.0
 HEADER = struct.Struct(">cI")  # a frame: its kind, its length

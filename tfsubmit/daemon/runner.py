@@ -1,7 +1,7 @@
 """The workspace's flow server: tfsubmit's flows as Prefect deployments, and the fork server
 that starts their flow runs.
 
-`python -m tfsubmit.service.runner --fork-server WORKSPACE` imports Prefect and tfsubmit's
+`python -m tfsubmit.daemon.runner --fork-server WORKSPACE` imports Prefect and tfsubmit's
 flows once, registers the flows as deployments of the workspace's process work pool (their
 `command` is `service/flowrun.py`, which asks this process to fork the engine), then serves
 forks (`service/forkserver.py`). The workspace's Prefect worker (`service/server.py`) polls
@@ -13,12 +13,19 @@ from __future__ import annotations
 import os
 import runpy
 import sys
+import time
 import warnings
 from typing import Any
 
 from tfsubmit.service import forkserver
 from tfsubmit.service.flowrun import RETRIES_ENV, SOCKET_ENV
-from tfsubmit.service.server import CLIENT_RETRIES, pool_name
+from tfsubmit.service.server import (
+    CLIENT_RETRIES,
+    START_TIMEOUT,
+    concurrency_limit,
+    healthy,
+    pool_name,
+)
 from tfsubmit.store.layout import Workspace
 
 # The flows served, by flow name: (module:function entrypoint, what a run of it does).
@@ -49,6 +56,12 @@ def _register(workspace: Workspace) -> dict[str, str]:
                 description=f"tfsubmit's runs of workspace {workspace.root}"))
         except ObjectAlreadyExists:
             pass
+        # The concurrency limit on the pool's queue: the server then hands the worker only
+        # the runs it has slots for (without it, every poll lists every waiting run, a
+        # cost that grows with the queue), and the UI shows the limit where users set it.
+        queue = client.read_work_queue_by_name("default", work_pool_name=pool)
+        if queue.concurrency_limit != concurrency_limit():
+            client.update_work_queue(queue.id, concurrency_limit=concurrency_limit())
     ids = {}
     for name, (entrypoint, description) in FLOWS.items():
         deployment = RunnerDeployment.from_flow(
@@ -91,6 +104,11 @@ def serve_forks(workspace_root: str) -> None:
     import tfsubmit.flows.sweep  # noqa: F401
 
     workspace = Workspace(workspace_root)
+    # Started with its server (so that Prefect is imported while the server boots): the
+    # deployments are registered once the API answers.
+    deadline = time.monotonic() + START_TIMEOUT
+    while not healthy(os.environ.get("PREFECT_API_URL", "")) and time.monotonic() < deadline:
+        time.sleep(0.1)
     ids = _in_a_child(lambda: _register(workspace))
     forkserver.serve(workspace, _engine, ready={"deployments": ids,
                                                 "pool": pool_name(workspace)})
@@ -125,4 +143,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--fork-server"]:
         serve_forks(sys.argv[2])
     else:
-        sys.exit("usage: python -m tfsubmit.service.runner --fork-server WORKSPACE")
+        sys.exit("usage: python -m tfsubmit.daemon.runner --fork-server WORKSPACE")

@@ -17,7 +17,12 @@ from conftest import TFSUBMIT, run_cli, wait_for_line, wait_until
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.api.runs import open_run
-from tfsubmit.service.server import deployment_ids, server_status
+from tfsubmit.service.server import (
+    concurrency_limit,
+    deployment_ids,
+    pool_name,
+    server_status,
+)
 from tfsubmit.system.processes import processes_of_run
 
 PREFECT = str(Path(TFSUBMIT[0]).with_name("prefect"))
@@ -69,6 +74,9 @@ def test_a_python_submission_is_a_deployment_flow_run_whose_tasks_ran(workspace,
     flow_run = _flow_run_ended(prefect_api, flow_run_id)
     assert flow_run["state"]["type"] == "COMPLETED"
     assert flow_run["deployment_id"] == deployment_ids(workspace)["submit-training"]
+    # The concurrency limit is Prefect's own, on the pool's queue, where the UI shows it.
+    queue = prefect_api(f"/work_pools/{pool_name(workspace)}/queues/default")
+    assert queue["concurrency_limit"] == concurrency_limit()
     assert flow_run["name"] == run.id and "real-flow" in flow_run["tags"]
     tasks = _tasks(prefect_api, flow_run_id)
     assert sorted(tasks) == sorted(STEPS)

@@ -172,3 +172,20 @@ def test_a_failed_trial_does_not_fail_the_sweep_cli(workspace, job_dir, tmp_path
     # `tfsubmit runs` lists the sweep and its trials from the API.
     listing = run_cli("runs", "--experiment", "sweep-fail").stdout
     assert sum(line.startswith(run.id) for line in listing.splitlines()) == 5, listing
+
+
+def test_nan_and_inf_never_win_a_sweep(workspace, job_dir):
+    """Trials whose primary metric is NaN or infinite complete, are said to be unranked, and
+    never come first (under the goal, inf would be the largest and NaN sorts anywhere)."""
+    sweep = Sweep(TensorFlow(source_directory=str(job_dir), entry_script="scored.py"),
+                  space={"--loss": choice("0.5", "nan", "0.9", "inf")}, sampling="grid",
+                  primary_metric="loss", goal="maximize", max_total_runs=4,
+                  max_concurrent_runs=2)
+    run = Experiment("sweep-nan").submit(sweep)
+    assert run.wait_for_completion(timeout=600)["status"] == "Completed"
+    trials = run.get_trials()
+    assert [t["params"]["--loss"] for t in trials[:2]] == ["0.9", "0.5"]
+    assert run.get_best_run().script_params["--loss"] == "0.9"
+    unranked = trials[2:]
+    assert sorted(t["params"]["--loss"] for t in unranked) == ["inf", "nan"]
+    assert all(t["status"] == "Completed" and "not ranked" in t["error"] for t in unranked)

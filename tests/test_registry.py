@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.spec.goals import better
+from tfsubmit.spec.goals import best, better
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.registry import ModelRegistry
 
@@ -17,6 +17,18 @@ def test_better_follows_the_goal():
     assert better(0.5, None, "maximize")  # anything beats nothing
     with pytest.raises(TfsubmitError, match="goal: 'lower' is not one of minimize, maximize"):
         better(0.1, 0.2, "lower")
+
+
+def test_nan_and_infinities_never_win():
+    """A diverged run (loss NaN) or an infinite metric is never better, so the retrain flow
+    never promotes it and a sweep never ranks it first; a finite value beats it."""
+    nan, inf = float("nan"), float("inf")
+    for goal in ("minimize", "maximize"):
+        for odd in (nan, inf, -inf):
+            assert not better(odd, 0.5, goal) and not better(odd, None, goal)
+            assert better(0.5, odd, goal)
+    assert best([0.9, nan, 0.5, -inf], "minimize") == 0.5
+    assert best([0.9, nan, inf], "maximize") == 0.9
 
 
 def test_promote_numbers_versions_and_copies_outputs(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tfsubmit.errors import JobSpecError
 
 GOALS = ("minimize", "maximize")
@@ -13,11 +15,21 @@ def check_goal(goal: str) -> str:
     return goal
 
 
+def ranked(value: float | None) -> bool:
+    """Whether a value can be ranked: NaN and infinities never win (a loss of NaN is a
+    diverged run, not the smallest loss)."""
+    return value is not None and math.isfinite(value)
+
+
 def better(value: float, than: float | None, goal: str) -> bool:
-    """Strictly better for the goal; anything beats nothing."""
-    if than is None:
+    """Strictly better for the goal; a finite value beats nothing and beats NaN or an
+    infinity; NaN or an infinity beats nothing."""
+    check_goal(goal)
+    if not ranked(value):
+        return False
+    if not ranked(than):
         return True
-    return value < than if check_goal(goal) == "minimize" else value > than
+    return value < than if goal == "minimize" else value > than
 
 
 def worse(value: float, than: float, goal: str) -> bool:
@@ -26,4 +38,8 @@ def worse(value: float, than: float, goal: str) -> bool:
 
 
 def best(values: list[float], goal: str) -> float:
-    return min(values) if goal == "minimize" else max(values)
+    """The best finite value; NaN when there is none."""
+    finite = [value for value in values if ranked(value)]
+    if not finite:
+        return math.nan
+    return min(finite) if goal == "minimize" else max(finite)

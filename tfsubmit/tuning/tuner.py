@@ -25,6 +25,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from tfsubmit.runtime.metrics import read_metrics
+from tfsubmit.spec.goals import ranked
 from tfsubmit.spec.job import TrainingJob
 from tfsubmit.spec.sweep import Choice, RandInt, Sweep
 from tfsubmit.store.cancel import CancelFlag, request_cancel
@@ -238,7 +239,12 @@ class Tuner:
             self._tell(trial, state=TrialState.PRUNED)
         elif status == "Completed" and trial.value is not None:
             trial.status = "Completed"
-            self._tell(trial, trial.value)
+            if ranked(trial.value):
+                self._tell(trial, trial.value)
+            else:  # completed, and said to be unranked: it never wins
+                trial.error = (f"its {self.spec.primary_metric} is {trial.value}: not ranked "
+                               "(NaN and infinite values never win)")
+                self._tell(trial, state=TrialState.FAIL)
         else:
             trial.status = "Canceled" if status == "Canceled" else "Failed"
             trial.error = record.get("error") or (
@@ -280,14 +286,19 @@ class Tuner:
     # -- results -------------------------------------------------------------------------------
 
     def ordered(self) -> list[Trial]:
-        """Best first: completed trials by the goal, then the others by trial number."""
+        """Best first: completed trials with a finite value by the goal, then the others
+        (completed with NaN or an infinity, failed, stopped) by trial number."""
         sign = 1 if self.spec.goal == "minimize" else -1
-        done = sorted((t for t in self.trials.values() if t.status == "Completed"),
+        done = sorted((t for t in self.trials.values() if self._ranked(t)),
                       key=lambda t: sign * t.value)
-        rest = sorted((t for t in self.trials.values() if t.status != "Completed"),
+        rest = sorted((t for t in self.trials.values() if not self._ranked(t)),
                       key=lambda t: t.number)
         return done + rest
 
     def best(self) -> Trial | None:
-        done = [t for t in self.ordered() if t.status == "Completed"]
+        done = [t for t in self.ordered() if self._ranked(t)]
         return done[0] if done else None
+
+    @staticmethod
+    def _ranked(trial: Trial) -> bool:
+        return trial.status == "Completed" and ranked(trial.value)

@@ -106,6 +106,10 @@ BAD_JOBS = [
      "TensorFlow tasks, but a job has ports for at most 50"),
     ("entry_script: train.py\n", "appears twice"),
     ("1: x\n", "key 1 is not a string"),
+    # A billion laughs: 9 aliases a level, 9 levels (~490 million values once expanded).
+    ("a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 9)),
+     "expand to 490,329,068 values, more than 100,000"),
     ("custom_docker_image: debian:12\n", "custom_docker_image: only used with docker targets"),
 ]
 BAD_SOURCES = [

@@ -37,6 +37,28 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+# The most values a settings file may hold once its aliases are expanded: a few aliases of
+# aliases ("a billion laughs") would otherwise take minutes and gigabytes to read.
+MAX_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded (each node's size is
+    worked out once: an alias is the node it names)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1  # a node that holds itself counts once
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(key, sizes) + _expanded_size(value, sizes)
+                       for key, value in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, sizes) for item in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
 def read_text(path: Path, what: str, error: type[TfsubmitError]) -> str:
     """The file's text, or `error` saying why it cannot be read."""
     try:
@@ -58,10 +80,21 @@ def load_mapping(path: Path, what: str, error: type[TfsubmitError],
                  *, empty_ok: bool = False) -> dict[str, Any]:
     """A YAML file holding one mapping with string keys, each key once."""
     text = read_text(path, what, error)
+    loader = _StrictLoader(text)
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        size = _expanded_size(node, {}) if node is not None else 0
+        if size > MAX_NODES:
+            raise error(f"{what} file {path}: its aliases (*name) expand to {size:,} values, "
+                        f"more than {MAX_NODES:,}: write the values out, or use fewer "
+                        "aliases of aliases")
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         raise error(f"{what} file {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise error(f"{what} file {path} is nested too deeply") from None
+    finally:
+        loader.dispose()
     if data is None and empty_ok:
         return {}
     if not isinstance(data, dict):

@@ -230,6 +230,19 @@ def test_cli_bad_step_retry_setting_names_the_variable(workspace, tmp_path):
     assert (sorted(workspace.runs.iterdir()) if workspace.runs.exists() else []) == before
 
 
+def test_a_metric_too_large_for_a_float_is_refused_at_the_call(workspace, tmp_path):
+    """Issue 27 (6): `log("count", 10**400)` raises at the call, naming the metric; the
+    run Fails with that reason and `tfsubmit submit` says so, exit 1, no OverflowError."""
+    (tmp_path / "huge.py").write_text("from tfsubmit import run_context\n"
+                                      "run_context().log('count', 10**400)\n")
+    (tmp_path / "job.yaml").write_text("source_directory: .\nentry_script: huge.py\n")
+    result = run_cli("submit", str(tmp_path / "job.yaml"), "--experiment", "huge")
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "log('count'): 10000000000000000000... (401 digits) is too large" in said
+    assert "OverflowError" not in said
+
+
 def test_the_run_takes_the_submitters_environment(workspace, job_dir, monkeypatch):
     """The flow run is started by the workspace's worker, yet its job sees the submitting
     shell's environment (handed to the fork server in memory); a fork server that was

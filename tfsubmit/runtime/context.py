@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from tfsubmit.runtime.metrics import (
 )
 
 _IMAGE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# The largest integer a float holds (about 1.8e308): metrics are floats to every reader.
+_FLOAT_INT = int(sys.float_info.max)
 
 
 class RunContext:
@@ -88,6 +93,10 @@ class RunContext:
         gives the value; logged again, the list of values in order."""
         if isinstance(value, bool | int | float):
             value = float(value) if isinstance(value, bool) else value
+            if isinstance(value, int) and not -_FLOAT_INT <= value <= _FLOAT_INT:
+                raise ValueError(f"log({name!r}): {str(value)[:20]}... ({len(str(value))} "
+                                 "digits) is too large for a metric, a float (at most about "
+                                 "1.8e308); log it as a string, or log a float")
         elif not isinstance(value, str):
             try:
                 value = float(value)  # numpy and TensorFlow scalars

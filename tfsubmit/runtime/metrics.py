@@ -91,7 +91,10 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past a float's range, written by hand
+            return math.copysign(math.inf, value)
     if value in ("nan", "inf", "-inf"):
         return float(value)
     return None

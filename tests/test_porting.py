@@ -386,6 +386,11 @@ def test_7_logs_filters_by_task_and_pattern_and_follow_exits_with_the_run(ported
     assert followed.returncode == 1  # the run Failed
     bad = run_cli("logs", run_id, "--grep", "(")
     assert bad.returncode == 2 and "--grep: '(' is not a regular expression" in bad.stderr
+    # Issue 27 (16): a task the run does not have is named, with the ones it has.
+    missing = run_cli("logs", run_id, "--task", "worker:9")
+    assert missing.returncode == 2 and not missing.stdout
+    assert f"--task: run {run_id} has no task worker:9 in its log; its tasks: tfsubmit, " \
+           "worker:0" in missing.stderr
 
 
 def test_7_detach_says_how_to_follow(workspace, job_dir):

@@ -253,12 +253,19 @@ def _logs(args: argparse.Namespace) -> int:
     task = args.task and (args.task if ":" in args.task or args.task == "tfsubmit"
                           else f"{args.task}:0")
     run = open_run(args.run, workspace=args.workspace)
+    seen: set[str] = set()  # the tasks whose lines the log holds
     for line in run.stream_logs(follow=args.follow):
+        tag = re.match(r"\[([^\]@]+)", line)
+        if tag:
+            seen.add(tag[1])
         if task and not _of_task(line, task):
             continue
         if pattern and not pattern.search(line):
             continue
         print(line, flush=True)
+    if task and task not in seen:
+        raise TfsubmitError(f"--task: run {run.id} has no task {task} in its log; its tasks: "
+                            f"{', '.join(sorted(seen)) or 'none yet'}")
     if not args.follow:
         return 0
     status = run.get_status()  # followed to its end: say how it ended, as submit does

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from conftest import EXAMPLE, TFSUBMIT, run_cli, wait_until
@@ -241,6 +242,45 @@ def test_a_metric_too_large_for_a_float_is_refused_at_the_call(workspace, tmp_pa
     said = result.stdout + result.stderr
     assert "log('count'): 10000000000000000000... (401 digits) is too large" in said
     assert "OverflowError" not in said
+
+
+def test_odd_metrics_and_output_reach_the_terminal_tamed(workspace, tmp_path, capsys):
+    """Issue 27 (12, 16): wait_for_completion(show_output=True, timeout=5) returns after
+    about 5 s on a job that printed once and went quiet; `show` prints strict JSON (NaN as
+    "NaN") with a 10 MB string metric cut short; a job's escape codes are shown, not
+    obeyed, by `logs` and show_output."""
+    (tmp_path / "odd.py").write_text(
+        "import time\n"
+        "from tfsubmit import run_context\n"
+        "ctx = run_context()\n"
+        "ctx.log('ratio', float('nan'))\n"
+        "ctx.log('blob', 'x' * 10_000_000)\n"
+        "print('\\x1b]0;owned\\x07\\x1b[31mred', flush=True)\n"
+        "time.sleep(120)\n")
+    run = Experiment("odd", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(tmp_path), entry_script="odd.py"))
+    try:
+        wait_until(lambda: "red" in run.paths.output_log.read_text(), 300, "the job's line")
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match="still Running after 5 s"):
+            run.wait_for_completion(show_output=True, timeout=5)
+        assert time.monotonic() - began < 15
+        shown = capsys.readouterr().out
+        assert "\\x1b]0;owned\\x07\\x1b[31mred" in shown and "\x1b" not in shown
+
+        def strict(text):
+            return json.loads(text, parse_constant=lambda word: pytest.fail(f"{word} in JSON"))
+
+        details = strict(run_cli("show", run.id).stdout)
+        assert details["metrics"]["ratio"] == "NaN"
+        assert details["metrics"]["blob"].endswith("[10,000,000 characters in all; "
+                                                   "Run.get_metrics() or the run folder's "
+                                                   "files hold all of it]")
+        assert len(details["metrics"]["blob"]) < 3000
+        logged = run_cli("logs", run.id).stdout
+        assert "\\x1b[31mred" in logged and "\x1b" not in logged
+    finally:
+        run.cancel()
 
 
 def test_the_run_takes_the_submitters_environment(workspace, job_dir, monkeypatch):

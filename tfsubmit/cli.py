@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -237,14 +238,34 @@ def _show(args: argparse.Namespace) -> int:
     # The UI of the server answering now (an embedded one may have come back on another
     # port since the run was submitted).
     details["prefect_ui"] = details.get("portalUrl") or details.get("prefect_ui")
-    print(json.dumps(details, indent=2, sort_keys=True))
+    print(json.dumps(_shown(details), indent=2, sort_keys=True, allow_nan=False))
     return 0
+
+
+# The longest string `show` prints whole (a metric may be megabytes of text).
+SHOWN_CHARACTERS = 2000
+
+
+def _shown(value):
+    """Details as strict JSON for a terminal: NaN and infinities as the strings JSON
+    readers know ("NaN", "Infinity"), long strings cut, saying how long they are."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str) and len(value) > SHOWN_CHARACTERS:
+        return (value[:SHOWN_CHARACTERS] + f"... [{len(value):,} characters in all; "
+                "Run.get_metrics() or the run folder's files hold all of it]")
+    if isinstance(value, dict):
+        return {str(key): _shown(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown(item) for item in value]
+    return value
 
 
 def _logs(args: argparse.Namespace) -> int:
     import re
 
     from tfsubmit.api import open_run
+    from tfsubmit.api.runs import printable
 
     try:
         pattern = re.compile(args.grep) if args.grep else None
@@ -262,7 +283,7 @@ def _logs(args: argparse.Namespace) -> int:
             continue
         if pattern and not pattern.search(line):
             continue
-        print(line, flush=True)
+        print(printable(line), flush=True)
     if task and task not in seen:
         raise TfsubmitError(f"--task: run {run.id} has no task {task} in its log; its tasks: "
                             f"{', '.join(sorted(seen)) or 'none yet'}")

@@ -78,7 +78,10 @@ class BaseRun:
         """The run's page in the Prefect UI, from the server answering now (None: no server)."""
         raise NotImplementedError
 
-    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
+    def stream_logs(self, *, follow: bool = True, until: float | None = None
+                    ) -> Iterator[str]:
+        """Lines of the run's log; with follow, until the run ends, or until the
+        time.monotonic() `until`, whichever comes first."""
         raise NotImplementedError
 
     def where(self) -> str:
@@ -224,13 +227,16 @@ class BaseRun:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if show_output:
-            for line in self.stream_logs(follow=True):
-                print(line, flush=True)
-                if deadline and time.monotonic() > deadline:
-                    break
+            for line in self.stream_logs(follow=True, until=deadline):
+                print(printable(line), flush=True)
         while self.get_status() not in TERMINAL_STATUSES:
             if deadline and time.monotonic() > deadline:
-                raise TimeoutError(f"run {self.id} still {self.get_status()} after {timeout} s")
+                if self._record().get("outcome") is None or time.monotonic() > deadline + \
+                        SETTLING_SECONDS:
+                    raise TimeoutError(
+                        f"run {self.id} still {self.get_status()} after {timeout} s")
+                # Its outcome is settled; it is publishing its artifacts: the true end is
+                # a moment away, so say that, not a timeout.
             time.sleep(POLL_SECONDS)
         details = self.get_details()
         if raise_on_error and details["status"] != "Completed":
@@ -241,6 +247,22 @@ class BaseRun:
                 status=details["status"],
             )
         return details
+
+
+# How long past its timeout wait_for_completion waits for a run whose outcome is settled
+# (it is publishing its artifacts) to end, instead of raising TimeoutError.
+SETTLING_SECONDS = 30.0
+
+# A job's terminal control codes (colors, cursor moves, a title change) are shown, not
+# obeyed, where its lines are printed; tabs stay.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def printable(line: str) -> str:
+    """A log line as it may go to a terminal: what a carriage return would leave shown (a
+    progress bar's last state), other control codes escaped (\\x1b)."""
+    line = line.rstrip("\r").rsplit("\r", 1)[-1]
+    return _CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", line)
 
 
 # The run folder's files get_file_names() lists: these folders' and these files.
@@ -404,8 +426,10 @@ class Run(BaseRun):
 
     # -- logs -----------------------------------------------------------------------------------
 
-    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
-        """Lines of the merged log; with follow, keep reading until the run ends."""
+    def stream_logs(self, *, follow: bool = True, until: float | None = None
+                    ) -> Iterator[str]:
+        """Lines of the merged log; with follow, keep reading until the run ends (or until
+        the time.monotonic() `until`)."""
         with self.paths.output_log.open("r", errors="replace") as handle:
             pending = ""
             while True:
@@ -415,6 +439,8 @@ class Run(BaseRun):
                     *complete, pending = pending.split("\n")
                     yield from complete
                     continue
+                if until is not None and time.monotonic() > until:
+                    return
                 if not follow or self.get_status() in TERMINAL_STATUSES:
                     rest = handle.read()  # written between the last read and the status check
                     pending += rest
@@ -608,8 +634,10 @@ class DeploymentRun(BaseRun):
 
     # -- logs -----------------------------------------------------------------------------------
 
-    def stream_logs(self, *, follow: bool = True) -> Iterator[str]:
-        """The flow run's log lines from the API, in time order; with follow, until it ends."""
+    def stream_logs(self, *, follow: bool = True, until: float | None = None
+                    ) -> Iterator[str]:
+        """The flow run's log lines from the API, in time order; with follow, until it ends
+        (or until the time.monotonic() `until`)."""
         seen: set[str] = set()
         newest: list[str] = []
         ended_at = None
@@ -619,7 +647,7 @@ class DeploymentRun(BaseRun):
                 yield from log["message"].splitlines()
             finished = any(log["message"].startswith("Finished in state") and
                            not log.get("task_run_id") for log in new)
-            if not follow or finished:
+            if not follow or finished or (until is not None and time.monotonic() > until):
                 return
             if ended_at is None and self.get_status() in TERMINAL_STATUSES:
                 ended_at = time.monotonic()

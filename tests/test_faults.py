@@ -179,6 +179,20 @@ def test_14_bad_targets_files_are_named(tmp_path, src):
     _refused(job, "target 'local' is built in", workspace)
     targets.write_bytes(b"gpu:\n  type: ssh # \xff\n")
     _refused(job, "is not UTF-8 text", workspace)
+    # Issue 27 (13): a huge targets.yaml is refused by its size, at once.
+    targets.write_text("# " + "x" * (2 * 1024 * 1024) + "\n")
+    _refused(job, f"targets file {targets} is 2,097,155 bytes, more than the 1,048,576",
+             workspace)
+
+
+def test_27_13_a_job_file_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
+    """`tfsubmit submit FIFO` blocked forever on the read."""
+    fifo = tmp_path / "job.yaml"
+    os.mkfifo(fifo)
+    done = _cli("submit", str(fifo), workspace=tmp_path / "ws")
+    assert done.returncode == 2, done.stderr
+    assert f"job file {fifo} is not a regular file (a pipe, a device or a socket)" \
+        in done.stderr
 
 
 def test_14_a_closed_pipe_is_not_a_crash(tmp_path):

@@ -6,6 +6,7 @@ would silently train with the second. Every problem is a `TfsubmitError` naming 
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,34 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
     return size
 
 
+# The largest settings file read (a job, a sweep, targets.yaml): far past any real one.
+MAX_BYTES = 1024 * 1024
+
+
 def read_text(path: Path, what: str, error: type[TfsubmitError]) -> str:
-    """The file's text, or `error` saying why it cannot be read."""
+    """The file's text, or `error` saying why it cannot be read: not there, a folder, not a
+    regular file (a FIFO would block the reader forever), over MAX_BYTES, unreadable."""
     try:
-        raw = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} file {path} is not a regular file (a pipe, a device or a "
+                        "socket); give the path of a YAML file")
+        if info.st_size > MAX_BYTES:
+            raise error(f"{what} file {path} is {info.st_size:,} bytes, more than the "
+                        f"{MAX_BYTES:,} a settings file may be")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise error(f"{what} file {path} does not exist") from None
     except IsADirectoryError:
         raise error(f"{what} file {path} is a folder; give the path of a YAML file") from None
     except OSError as exc:
         raise error(f"{what} file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_BYTES:  # grew while read
+        raise error(f"{what} file {path} is more than the {MAX_BYTES:,} bytes a settings "
+                    "file may be")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

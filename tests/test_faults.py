@@ -1035,3 +1035,32 @@ def test_10_tfsubmits_own_api_client_rides_out_a_busy_server():
     with pytest.raises(ServerError, match="does not answer"):
         PrefectAPI(f"http://127.0.0.1:{server.server_port}/api", timeout=10).call("GET", "/x")
     assert time.monotonic() - started < 3
+
+
+def test_27_14_what_exec_or_the_inputs_would_refuse_is_named_at_submit(tmp_path, src):
+    """Arguments past what Linux execs (E2BIG, an internal error before), and inputs that
+    are a FIFO or a symlink loop (said to be missing before), are refused when the job is
+    made, naming the field, the argument or the path."""
+    from tfsubmit import TensorFlow
+    from tfsubmit.errors import JobSpecError
+
+    def job(**fields):
+        return TensorFlow(source_directory=str(src), entry_script="train.py", **fields)
+
+    with pytest.raises(JobSpecError, match=r"script_params: argument 2 is 200,000 bytes, "
+                                           r"more than the 131,072 one argument may be"):
+        job(script_params=["--blob", "x" * 200_000])
+    limit = int(os.sysconf("SC_ARG_MAX") * 0.75)
+    with pytest.raises(JobSpecError, match=rf"come to [\d,]+ bytes, more than the "
+                                           rf"{limit:,} a command line may hold"):
+        job(script_params=[f"--x{i}=" + "y" * 100_000 for i in range(40)])
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(JobSpecError, match=rf"--data: '{fifo}' is not a file or folder "
+                                           r"\(a pipe, a device or a socket\)"):
+        job(inputs={"--data": str(fifo)})
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(JobSpecError, match=rf"--data: '{loop}' is a symbolic link loop"):
+        job(inputs={"--data": str(loop)})
+    job(script_params=[f"--x{i}=" + "y" * 20 for i in range(30_000)])  # 750 KB: fine

@@ -23,7 +23,7 @@ import pathspec
 from tfsubmit.errors import SourceError
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.runtime.metrics import METRICS_DIR
-from tfsubmit.store.layout import write_json
+from tfsubmit.store.layout import is_disk_full, write_json
 from tfsubmit.store.objects import ObjectStore
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.store.snapshots import FileEntry, Snapshot
@@ -329,7 +329,13 @@ def take_snapshot(source: str | Path, store: ObjectStore, *, entry_script: str,
             todo.append((rel, path, info))
     new_files = new_bytes = 0
     for rel, path, info in todo:  # one thread: on 2 cores, threads only fight over the GIL
-        digest, added = _hash_and_store(path, info, store)
+        try:
+            digest, added = _hash_and_store(path, info, store)
+        except OSError as exc:
+            if is_disk_full(exc) or exc.filename not in (None, path):
+                raise  # the store's disk, not the file read
+            raise SourceError(f"{rel}: {path} cannot be read ({exc.strerror or exc}); make "
+                              "it readable, or leave it out (.tfsubmitignore)") from None
         if added:
             new_files += 1
             new_bytes += info.st_size

@@ -7,8 +7,11 @@ Every bad value raises `JobSpecError` naming the field at fault.
 from __future__ import annotations
 
 import difflib
+import errno
 import math
+import os
 import re
+import stat
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -255,14 +258,7 @@ class TrainingJob(BaseModel):
                 raise ValueError(f"{name!r} and {slugs[slug]!r} would share the folder "
                                  f".inputs/{slug}; rename one")
             slugs[slug] = name
-            try:
-                path = Path(where).expanduser().resolve()
-            except (RuntimeError, OSError):
-                path = None
-            if path is None or not path.exists():
-                raise ValueError(f"{name}: {where!r} does not exist; give a local file or "
-                                 "folder to ship with the run")
-            resolved[name] = str(path)
+            resolved[name] = str(_input_checked(name, where))
         return resolved
 
     @field_validator("framework_version")
@@ -350,6 +346,30 @@ class TrainingJob(BaseModel):
             if name in given or name.lstrip("-") in self.hyperparameters:
                 raise JobSpecError(f"inputs: {name} is also in script_params or "
                                    "hyperparameters; give it once")
+        return self
+
+    @model_validator(mode="after")
+    def _arguments_fit_a_command_line(self) -> TrainingJob:
+        """What Linux refuses to exec (E2BIG) is refused here, by name, before anything
+        runs: one argument over 128 KiB, or all of them with the environment over ARG_MAX
+        (a quarter of the stack limit: 2 MiB by default), keeping 25% for the rest of the
+        environment a process gets."""
+        argv = self.script_arguments()
+        for i, arg in enumerate(argv):
+            if len(arg.encode(errors="surrogateescape")) >= MAX_ARG_BYTES:
+                raise JobSpecError(
+                    f"script_params: argument {i + 1} is {len(arg.encode()):,} bytes, more than "
+                    f"the {MAX_ARG_BYTES:,} one argument may be on Linux; pass it in a file "
+                    "(inputs) instead")
+        total = sum(len(text.encode(errors="surrogateescape")) + 1 for text in
+                    [*argv, *(f"{k}={v}" for k, v in self.environment_variables.items())])
+        limit = int(_arg_max() * 0.75)
+        if total > limit:
+            raise JobSpecError(
+                f"script_params: the arguments and environment_variables come to {total:,} "
+                f"bytes, more than the {limit:,} a command line may hold here (ARG_MAX "
+                f"{_arg_max():,}, less room for the environment); pass them in a file "
+                "(inputs) instead")
         return self
 
     @model_validator(mode="after")
@@ -532,6 +552,41 @@ def _arguments(params: dict[str, Any]) -> list[str]:
         else:
             argv += [key, str(value)]
     return argv
+
+
+# Linux's limit on one argument of exec (MAX_ARG_STRLEN: 32 pages).
+MAX_ARG_BYTES = 32 * 4096
+
+
+def _arg_max() -> int:
+    try:
+        return os.sysconf("SC_ARG_MAX")
+    except (ValueError, OSError):
+        return 2 * 1024 * 1024
+
+
+def _input_checked(name: str, where: str) -> Path:
+    """The input's real path, or an error naming it and what is wrong with it."""
+    try:
+        path = Path(where).expanduser().resolve(strict=True)
+        info = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{name}: {where!r} does not exist; give a local file or folder to "
+                         "ship with the run") from None
+    except (RuntimeError, OSError) as exc:  # RuntimeError: Python's word for a symlink loop
+        loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+        raise ValueError(f"{name}: {where!r} " + ("is a symbolic link loop; point it at a "
+                         "file or folder" if loop else
+                         f"cannot be reached: {getattr(exc, 'strerror', None) or exc}")) \
+            from None
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise ValueError(f"{name}: {where!r} is not a file or folder (a pipe, a device or a "
+                         "socket); give a local file or folder to ship with the run")
+    wanted = os.R_OK | (os.X_OK if stat.S_ISDIR(info.st_mode) else 0)
+    if not os.access(path, wanted):
+        raise ValueError(f"{name}: {where!r} cannot be read (permission denied); make it "
+                         "readable by this user")
+    return path
 
 
 def _input_slug(name: str) -> str:

@@ -450,9 +450,44 @@ def test_1_log_image_takes_a_real_matplotlib_figure_or_pyplot(tmp_path, monkeypa
     context.log_image("loss curve", plot=plt)  # pyplot itself: its current figure
     plt.close("all")
     logged = azure_metrics(read_records([metrics]))["loss curve"]
-    assert logged == ["images/loss_curve-worker-0-0.png", "images/loss_curve-worker-0-1.png"]
+    assert logged == ["images/loss_curve-301ba82c-worker-0-0.png",
+                      "images/loss_curve-301ba82c-worker-0-1.png"]
     for name in logged:
         image = tmp_path / "work" / ".tfsubmit" / name
         assert image.read_bytes()[:4] == b"\x89PNG" and image.stat().st_size > 1000
     with pytest.raises(ValueError, match="exactly one of path= or plot="):
         context.log_image("none")
+
+
+def test_27_images_and_properties_keep_what_was_logged(tmp_path, monkeypatch):
+    """Issue 27 (3, 4, 16): "roc/train" and "roc train" are two images, not one file
+    overwritten; a restarted process (a new context on the same metrics file) neither
+    overwrites its earlier attempt's image nor lists a file twice, and cannot change a
+    property its earlier attempt set; an int key is named, not a bare KeyError."""
+    from tfsubmit.runtime.context import RunContext
+    from tfsubmit.runtime.metrics import azure_metrics, read_records
+
+    monkeypatch.setenv("TFSUBMIT_OUTPUTS", str(tmp_path / "work" / "outputs"))
+    metrics = tmp_path / "work" / ".tfsubmit" / "metrics-worker-0.jsonl"
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(b"first")
+    second.write_bytes(b"second")
+    context = RunContext(str(metrics), "r1", "worker", 0)
+    context.log_image("roc/train", path=str(first))
+    context.log_image("roc train", path=str(second))
+    context.add_properties({"dataset_version": "v1", 1: "a"})
+    with pytest.raises(ValueError, match="property '1' is already 'a'"):
+        context.add_properties({1: "b"})
+
+    restarted = RunContext(str(metrics), "r1", "worker", 0)  # the task's next attempt
+    restarted.log_image("roc/train", path=str(second))
+    with pytest.raises(ValueError, match="property 'dataset_version' is already 'v1'"):
+        restarted.add_properties({"dataset_version": "v2"})
+    restarted.add_properties({"dataset_version": "v1"})  # the same value is fine
+
+    logged = azure_metrics(read_records([metrics]))
+    folder = tmp_path / "work" / ".tfsubmit"
+    train, spaced = logged["roc/train"], logged["roc train"]
+    assert len(train) == 2 and len(set(train)) == 2 and spaced not in train
+    assert [(folder / name).read_bytes() for name in train] == [b"first", b"second"]
+    assert (folder / spaced).read_bytes() == b"second"

@@ -150,11 +150,12 @@ class BaseRun:
     def add_properties(self, properties: dict[str, Any]) -> None:
         """Add properties; as in Azure ML, a property once set cannot change."""
         have = self.get_properties()
-        for key, value in properties.items():
-            if key in have and have[key] != str(value):
+        given = {str(key): str(value) for key, value in properties.items()}
+        for key, text in given.items():
+            if key in have and have[key] != text:
                 raise TfsubmitError(f"property {key!r} of run {self.id} is already "
                                     f"{have[key]!r}; properties cannot change (use a tag)")
-        self._set_own_labels("properties", {k: str(v) for k, v in properties.items()})
+        self._set_own_labels("properties", given)
 
     def _own_labels(self, kind: str) -> dict[str, str]:
         try:

@@ -17,6 +17,7 @@ and keeps it in memory, so the same script also runs as plain `python train.py`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -62,6 +63,8 @@ class RunContext:
         self._file = None
         if metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            # A restarted process: the properties its earlier attempts set still hold.
+            self._properties.update(_properties_in(metrics_file))
             self._file = open(metrics_file, "a", buffering=1)  # noqa: SIM115 (lives with the run)
 
     def __repr__(self) -> str:
@@ -138,12 +141,23 @@ class RunContext:
             self.history.setdefault(name, []).append(value)
             self._write(name, value, kind=KIND_IMAGE)
             return
-        suffix = Path(path).suffix if path is not None else ".png"
-        file_name = f"{_IMAGE_NAME.sub('_', name)}-{self.role}-{self.index}" \
-                    f"-{len(self.history.get(name, []))}{suffix or '.png'}"
+        suffix = (Path(path).suffix if path is not None else "") or ".png"
+        # The name made safe for a file, plus a hash of the name itself: "roc/train" and
+        # "roc train" never share a file; never an existing one (a restarted process logs
+        # from 0 again, and must not overwrite what its earlier attempt kept).
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        stem = f"{_IMAGE_NAME.sub('_', name)[:80]}-{digest}-{self.role}-{self.index}"
         folder = self.outputs_dir.parent / METRICS_DIR / IMAGES_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / file_name
+        number = len(self.history.get(name, []))
+        while True:
+            target = folder / f"{stem}-{number}{suffix}"
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                break
+            except FileExistsError:
+                number += 1
+        file_name = target.name
         if path is not None:
             shutil.copyfile(path, target)
         else:
@@ -171,12 +185,12 @@ class RunContext:
     def add_properties(self, properties: dict[str, Any]) -> None:
         """Add properties; as in Azure ML, a property once set cannot change."""
         for key, value in properties.items():
-            text = str(value)
-            if self._properties.get(str(key), text) != text:
+            key, text = str(key), str(value)
+            if self._properties.get(key, text) != text:
                 raise ValueError(f"property {key!r} is already {self._properties[key]!r}; "
                                  "properties cannot change (use a tag)")
-            self._properties[str(key)] = text
-            self._write(str(key), text, kind=KIND_PROPERTY)
+            self._properties[key] = text
+            self._write(key, text, kind=KIND_PROPERTY)
 
     def get_properties(self) -> dict[str, str]:
         return dict(self._properties)
@@ -231,6 +245,25 @@ def _plain(value: Any) -> Any:
 
 
 _context: RunContext | None = None
+
+
+def _properties_in(metrics_file: str) -> dict[str, str]:
+    """The properties a metrics file holds (set by this task's earlier attempts)."""
+    found: dict[str, str] = {}
+    try:
+        with open(metrics_file, encoding="utf-8", errors="surrogateescape") as handle:
+            for line in handle:
+                if f'"{KIND_PROPERTY}"' not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash
+                if record.get("kind") == KIND_PROPERTY:
+                    found.setdefault(str(record["name"]), str(record["value"]))
+    except OSError:
+        pass
+    return found
 
 
 def run_context() -> RunContext:

@@ -491,3 +491,33 @@ def test_27_images_and_properties_keep_what_was_logged(tmp_path, monkeypatch):
     assert len(train) == 2 and len(set(train)) == 2 and spaced not in train
     assert [(folder / name).read_bytes() for name in train] == [b"first", b"second"]
     assert (folder / spaced).read_bytes() == b"second"
+
+
+def test_27_rows_tables_and_odd_values_come_back_as_logged(tmp_path, monkeypatch):
+    """Issue 27 (5): ragged rows stay aligned (None where a row has no value), a table
+    with columns of different lengths and a name used for values and a table are refused at
+    the call, the string "inf" stays a string while a float inf comes back a float."""
+    import math
+
+    from tfsubmit.runtime.context import RunContext
+    from tfsubmit.runtime.metrics import azure_metrics, read_records
+
+    monkeypatch.setenv("TFSUBMIT_OUTPUTS", str(tmp_path / "outputs"))
+    metrics = tmp_path / "metrics.jsonl"
+    context = RunContext(str(metrics), "r1", "worker", 0)
+    context.log_row("rows", x=1, y=2)
+    context.log_row("rows", x=3)
+    context.log_row("rows", x=5, y=6, z=7)
+    with pytest.raises(ValueError, match=r"columns differ in length \(a has 3, b has 1\)"):
+        context.log_table("ragged", {"a": [1, 2, 3], "b": [1]})
+    context.log("mix", 1)
+    with pytest.raises(ValueError, match="'mix' is already a metric of values"):
+        context.log_table("mix", {"a": [1]})
+    context.log("word", "inf")
+    context.log("big", float("inf"))
+    context.log_table("tab", {"a": [1, 2], "b": [3, float("nan")]})
+    got = azure_metrics(read_records([metrics]))
+    assert got["rows"] == {"x": [1, 3, 5], "y": [2, None, 6], "z": [None, None, 7]}
+    assert got["mix"] == 1 and "ragged" not in got
+    assert got["word"] == "inf" and got["big"] == math.inf
+    assert got["tab"]["a"] == [1, 2] and math.isnan(got["tab"]["b"][1])

@@ -36,7 +36,9 @@ from tfsubmit.runtime.metrics import (
     KIND_TABLE,
     KIND_TAG,
     METRICS_DIR,
+    NONFINITE,
     TOTAL_EPOCHS,
+    has_nonfinite,
     json_safe,
 )
 
@@ -60,6 +62,7 @@ class RunContext:
         self.history: dict[str, list[Any]] = {}
         self._tags: dict[str, str] = {}
         self._properties: dict[str, str] = {}
+        self._kinds: dict[str, str] = {}  # "value" or "table", by metric name
         self._file = None
         if metrics_file:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +109,7 @@ class RunContext:
             except (TypeError, ValueError):
                 raise TypeError(f"log({name!r}): {type(value).__name__} is not a number or a "
                                 "string; use log_list, log_row or log_table") from None
+        self._claim(name, "value", "log")
         self.history.setdefault(name, []).append(value)
         self._write(name, value, step=step)
 
@@ -115,19 +119,37 @@ class RunContext:
 
     def log_list(self, name: str, value: list[Any], description: str = "") -> None:
         """Record a list of values at once; `get_metrics()` gives the list."""
+        self._claim(name, "value", "log_list")
         values = [_plain(item) for item in value]
         self.history.setdefault(name, []).extend(values)
         self._write(name, values, kind=KIND_LIST)
 
     def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
-        """Add a row to the table `name`; `get_metrics()` gives {column: [values]}."""
+        """Add a row to the table `name`; `get_metrics()` gives {column: [values]}, a
+        column a row leaves out holding None for it."""
+        self._claim(name, "table", "log_row")
         row = {key: _plain(value) for key, value in kwargs.items()}
         self._write(name, row, kind=KIND_ROW)
 
     def log_table(self, name: str, value: dict[str, list[Any]], description: str = "") -> None:
-        """Record a table as {column: [values]}; `get_metrics()` gives it back so."""
+        """Record a table as {column: [values]}, every column as long; `get_metrics()`
+        gives it back so."""
+        lengths = {key: len(column) for key, column in value.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{key} has {count}" for key, count in lengths.items())
+            raise ValueError(f"log_table({name!r}): columns differ in length ({shown}); give "
+                             "every column a value for each row (None where there is none)")
+        self._claim(name, "table", "log_table")
         table = {key: [_plain(item) for item in column] for key, column in value.items()}
         self._write(name, table, kind=KIND_TABLE)
+
+    def _claim(self, name: str, kind: str, call: str) -> None:
+        """A name is one kind of metric (values or a table): get_metrics() has one entry
+        for it."""
+        had = self._kinds.setdefault(name, kind)
+        if had != kind:
+            raise ValueError(f"{call}({name!r}): {name!r} is already a metric of {had}s in "
+                             f"this run; give the {kind} another name")
 
     def log_image(self, name: str, path: str | os.PathLike | None = None, plot: Any = None,
                   description: str = "") -> None:
@@ -227,6 +249,8 @@ class RunContext:
             return
         record: dict[str, Any] = {"name": name, "value": json_safe(value),
                                   "time": time.time(), "task": self.task}
+        if has_nonfinite(value):
+            record[NONFINITE] = True
         if kind:
             record["kind"] = kind
         if step is not None:

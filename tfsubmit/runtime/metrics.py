@@ -87,7 +87,23 @@ def primary_task(tasks: list[str]) -> str | None:
     return sorted(tasks)[0] if tasks else None
 
 
-def _number(value: Any) -> float | None:
+# A record whose value held NaN or an infinity says so (json_safe wrote them as the strings
+# "nan", "inf", "-inf"): only then are those strings read back as floats, so that a string
+# metric "inf" stays a string.
+NONFINITE = "nonfinite"
+
+
+def has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, list):
+        return any(has_nonfinite(item) for item in value)
+    if isinstance(value, dict):
+        return any(has_nonfinite(item) for item in value.values())
+    return False
+
+
+def _number(value: Any, nonfinite: bool = False) -> float | None:
     if isinstance(value, bool):
         return float(value)
     if isinstance(value, int | float):
@@ -95,7 +111,7 @@ def _number(value: Any) -> float | None:
             return float(value)
         except OverflowError:  # an integer past a float's range, written by hand
             return math.copysign(math.inf, value)
-    if value in ("nan", "inf", "-inf"):
+    if nonfinite and value in ("nan", "inf", "-inf"):
         return float(value)
     return None
 
@@ -109,7 +125,8 @@ def series(records: list[dict[str, Any]], task: str | None = None) -> dict[str, 
         if record["task"] != task or record.get("kind") not in (None, KIND_LIST):
             continue
         values = record["value"] if record.get("kind") == KIND_LIST else [record["value"]]
-        numbers = [n for n in (_number(v) for v in values) if n is not None]
+        flagged = bool(record.get(NONFINITE))
+        numbers = [n for n in (_number(v, flagged) for v in values) if n is not None]
         if numbers:
             merged.setdefault(record["name"], []).extend(numbers)
     return merged
@@ -129,20 +146,31 @@ def azure_metrics(records: list[dict[str, Any]], task: str | None = None) -> dic
     values: dict[str, list[Any]] = {}
     listed: set[str] = set()
     tables: dict[str, dict[str, list[Any]]] = {}
+    rows: dict[str, int] = {}  # rows each table has so far
     for record in records:
         kind, name = record.get("kind"), record["name"]
         if record["task"] != task or kind in (KIND_TAG, KIND_PROPERTY):
             continue
-        value = record["value"]
+        flagged = bool(record.get(NONFINITE))
+        value = _restore(record["value"], flagged)
         if kind in (KIND_ROW, KIND_TABLE) and isinstance(value, dict):
+            # Columns stay aligned: a row without a column has None there, a column that
+            # starts late has None for the rows before it.
             table = tables.setdefault(name, {})
-            for column, cells in value.items():
-                table.setdefault(column, []).extend(cells if kind == KIND_TABLE else [cells])
+            before = rows.get(name, 0)
+            added = (max((len(cells) for cells in value.values()), default=0)
+                     if kind == KIND_TABLE else 1)
+            for column in [*table, *(column for column in value if column not in table)]:
+                cells = value.get(column, [None] * added if kind == KIND_TABLE else None)
+                cells = cells if kind == KIND_TABLE else [cells]
+                table.setdefault(column, [None] * before).extend(
+                    list(cells) + [None] * (added - len(cells)))
+            rows[name] = before + added
         elif kind == KIND_LIST:
             values.setdefault(name, []).extend(value if isinstance(value, list) else [value])
             listed.add(name)
         else:
-            values.setdefault(name, []).append(_restore(value))
+            values.setdefault(name, []).append(value)
     result: dict[str, Any] = {name: items if len(items) != 1 or name in listed else items[0]
                               for name, items in values.items()}
     result.update(tables)
@@ -173,6 +201,16 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _restore(value: Any) -> Any:
-    number = _number(value) if isinstance(value, str) else None
-    return number if number is not None else value
+def _restore(value: Any, nonfinite: bool) -> Any:
+    """A value as it was logged: NaN and infinities back as floats (when the record says
+    it held them), inside lists and tables too."""
+    if not nonfinite:
+        return value
+    if isinstance(value, str):
+        number = _number(value, True)
+        return number if number is not None else value
+    if isinstance(value, list):
+        return [_restore(item, True) for item in value]
+    if isinstance(value, dict):
+        return {key: _restore(item, True) for key, item in value.items()}
+    return value

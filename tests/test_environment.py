@@ -32,6 +32,27 @@ def test_tensorflow_requirement(kw, requirement):
     assert tensorflow_requirement(_job(**kw)) == requirement
 
 
+def test_a_local_package_that_changed_is_another_environment(tmp_path):
+    """Issue 27 (2): `name @ file:///path` (a wheel or a folder) is hashed by its content:
+    the same path with other code is another environment, never the old one reused."""
+    wheel = tmp_path / "pkg-0.1-py3-none-any.whl"
+    folder = tmp_path / "pkg"
+    (folder / "pkg").mkdir(parents=True)
+    wheel.write_bytes(b"one")
+    (folder / "pkg" / "__init__.py").write_text("VERSION = 1\n")
+    job = _job(pip_packages=[f"pkg @ file://{wheel}", f"other @ file://{folder}"])
+    first = environment_spec(job, python_version="3.11.7").hash
+    assert environment_spec(job, python_version="3.11.7").hash == first  # stable
+    wheel.write_bytes(b"two")
+    second = environment_spec(job, python_version="3.11.7").hash
+    (folder / "pkg" / "__init__.py").write_text("VERSION = 2\n")
+    third = environment_spec(job, python_version="3.11.7").hash
+    (folder / "pkg" / "__pycache__").mkdir()  # build leftovers are not content
+    (folder / "pkg" / "__pycache__" / "x.pyc").write_bytes(b"x")
+    assert len({first, second, third}) == 3
+    assert environment_spec(job, python_version="3.11.7").hash == third
+
+
 def test_hash_is_stable_and_tracks_every_input():
     base = environment_spec(_job(pip_packages=["a", "b"]), python_version="3.11.7")
     same = environment_spec(_job(pip_packages=["b", "a"]), python_version="3.11.7")

@@ -113,6 +113,7 @@ def build_env(cache: str, data: dict | None = None) -> None:
         python_version=data["python_version"],
         requirements=tuple(data["requirements"]),
         conda_packages=tuple(data.get("conda_packages", ())),
+        local_content=tuple(data.get("local_content", ())),
     )
     env = resolve_environment(spec, Path(cache).expanduser(),
                               on_line=lambda line: print(line, flush=True))

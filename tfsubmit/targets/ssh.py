@@ -722,7 +722,8 @@ class SSHTarget:
 def _env_request(env_spec: EnvironmentSpec, version: str) -> dict:
     """The environment spec for a host whose Python is `version`."""
     return {"python_version": version, "requirements": list(env_spec.requirements),
-            "conda_packages": list(env_spec.conda_packages)}
+            "conda_packages": list(env_spec.conda_packages),
+            "local_content": list(env_spec.local_content)}
 
 
 def _sftp_makedirs(sftp: paramiko.SFTPClient, path: str) -> None:

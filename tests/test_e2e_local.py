@@ -283,6 +283,44 @@ def test_odd_metrics_and_output_reach_the_terminal_tamed(workspace, tmp_path, ca
         run.cancel()
 
 
+SAVER = r'''
+import signal, subprocess, sys, time
+CHILD = """
+import os, signal, sys, time
+def save(*_):
+    print('saving checkpoint', flush=True)
+    time.sleep(3)
+    open(os.path.join('outputs', 'ckpt'), 'w').write('saved')
+    print('checkpoint saved', flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, save)
+print('child ready', flush=True)
+while True:
+    time.sleep(1)
+"""
+subprocess.Popen([sys.executable, '-c', CHILD])
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the leader leaves at once
+while True:
+    time.sleep(1)
+'''
+
+
+def test_cancel_gives_a_jobs_children_their_grace_too(workspace, tmp_path):
+    """Issue 27 (8): TERM, 10 s, KILL holds for every process of the run: a child whose
+    SIGTERM handler takes 3 s to save its checkpoint saves it, though its group's leader
+    exits at once."""
+    (tmp_path / "saver.py").write_text(SAVER)
+    run = Experiment("grace", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(tmp_path), entry_script="saver.py"))
+    wait_until(lambda: "child ready" in run.paths.output_log.read_text(), 300, "the child")
+    run.cancel()
+    assert run.get_status() == "Canceled"
+    log = run.paths.output_log.read_text()
+    assert "saving checkpoint" in log and "checkpoint saved" in log, log
+    assert (run.paths.outputs / "ckpt").read_text() == "saved"
+    assert processes_of_run(run.id) == []
+
+
 def test_the_run_takes_the_submitters_environment(workspace, job_dir, monkeypatch):
     """The flow run is started by the workspace's worker, yet its job sees the submitting
     shell's environment (handed to the fork server in memory); a fork server that was

@@ -20,6 +20,8 @@ from tfsubmit.store.runlog import RunLog, StderrLine
 from tfsubmit.system.processes import still_running, terminate_then_kill
 from tfsubmit.targets.base import Handle, Target
 
+# How often, while a stopped run's leaders are gone, its other processes are looked for.
+LOOK_SECONDS = 0.25
 # How long killed leftovers may take to disappear before the run says they survived.
 LEFTOVER_SECONDS = 5.0
 
@@ -225,8 +227,21 @@ class _Run:
                     handle.signal_group(sig)
 
         reachable = [h for h in self.handles if not _lost(h)]
-        terminate_then_kill(send, lambda: any(_poll(h) is None for h in reachable),
-                            grace=self.grace_seconds, wait=self.drain)
+        looked = [0.0, True]  # when the run's processes were last looked for; any then
+
+        def alive() -> bool:
+            """Any process of the run: its groups' leaders, or, once they have exited, the
+            rest of it (a child still saving a checkpoint has the grace period too)."""
+            if any(_poll(h) is None for h in reachable):
+                return True
+            if time.monotonic() - looked[0] >= LOOK_SECONDS:
+                try:
+                    looked[:] = [time.monotonic(), bool(self.target.leftovers(self.run_id))]
+                except TfsubmitError:
+                    looked[:] = [time.monotonic(), False]
+            return looked[1]
+
+        terminate_then_kill(send, alive, grace=self.grace_seconds, wait=self.drain)
 
     def kill_leftovers(self) -> None:
         """Kill what is left of the run (helpers that left the group), then check it is gone:

@@ -85,6 +85,29 @@ def test_symlinks_inside_are_followed_outside_are_skipped(tree, store, tmp_path)
     assert "symlink leaves the source directory" in snap.skipped["leak.txt"]
 
 
+def test_an_input_folders_links_are_shipped_wherever_they_point(tree, store, tmp_path):
+    """Issue 27 (9): an input folder whose files are links to data elsewhere (a dataset
+    folder of symlinks) ships that data; a link loop is still skipped, said so."""
+    elsewhere = tmp_path / "datasets"
+    (elsewhere / "shard").mkdir(parents=True)
+    (elsewhere / "a.csv").write_text("1,2\n")
+    (elsewhere / "shard" / "b.csv").write_text("3,4\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.symlink(elsewhere / "a.csv", data / "a.csv")
+    os.symlink(elsewhere / "shard", data / "shard")
+    os.symlink(data, data / "again")  # a loop
+    snap = take_snapshot(tree, store, entry_script="train.py", inputs={".inputs/data": str(data)})
+    assert {".inputs/data/a.csv", ".inputs/data/shard/b.csv"} <= set(snap.files)
+    assert snap.skipped[".inputs/data/again"].startswith("symlink loop")
+    out = tmp_path / "out"
+    materialize(snap, store, out)
+    assert (out / ".inputs" / "data" / "shard" / "b.csv").read_text() == "3,4\n"
+    # The source directory itself still ships no link that leaves it.
+    os.symlink(elsewhere / "a.csv", tree / "leak.csv")
+    assert "leak.csv" in take_snapshot(tree, store, entry_script="train.py").skipped
+
+
 def test_entry_script_must_be_in_the_snapshot(tree, store, tmp_path):
     (tree / ".gitignore").write_text("train.py\n")
     with pytest.raises(SourceError, match="excluded by .gitignore"):

@@ -224,11 +224,12 @@ def hash_file(path: Path) -> str:
 
 def _walk(
     root: Path, spec: pathspec.PathSpec, skipped: dict[str, str],
-    dirs: dict[str, list] | None = None,
+    dirs: dict[str, list] | None = None, *, follow_out: bool = False,
 ) -> Iterator[tuple[str, str, os.stat_result]]:
     """Yield (relative posix path, real path, its stat) of every file to include.
 
-    Symlinks are followed only while they stay inside the source directory. A folder reached
+    Symlinks are followed only while they stay inside the source directory (wherever they
+    point with `follow_out`: an input folder's links name data to ship). A folder reached
     twice (`alias -> data` beside `data`) is shipped under both names; only a link back to a
     folder on its own path (`data/up -> ..`) is a loop. One stat per file: the kind of an
     entry that is no link comes with the folder's listing.
@@ -245,7 +246,7 @@ def _walk(
                 linked = entry.is_symlink()
                 if linked:
                     target = Path(entry.path).resolve()
-                    if not target.is_relative_to(real_root):
+                    if not follow_out and not target.is_relative_to(real_root):
                         skipped[rel] = f"symlink leaves the source directory (-> {target})"
                         continue
                     if not target.exists():
@@ -277,9 +278,11 @@ def _input_files(inputs: dict[str, str], skipped: dict[str, str]
         path = Path(where)
         if path.is_file():
             yield rel, str(path), path.stat()
-        elif path.is_dir():
-            for inner, real, info in _walk(path, plain, skipped):
+        elif path.is_dir():  # its links are followed: the data they name is shipped
+            left_out: dict[str, str] = {}
+            for inner, real, info in _walk(path, plain, left_out, follow_out=True):
                 yield f"{rel}/{inner}", real, info
+            skipped.update({f"{rel}/{inner}": why for inner, why in left_out.items()})
         else:
             raise SourceError(f"inputs: {where} no longer exists")
 

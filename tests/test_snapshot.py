@@ -108,6 +108,26 @@ def test_an_input_folders_links_are_shipped_wherever_they_point(tree, store, tmp
     assert "leak.csv" in take_snapshot(tree, store, entry_script="train.py").skipped
 
 
+def test_a_sparse_file_stays_sparse_in_the_store_and_the_run(tree, store, tmp_path):
+    """Issue 27 (10): a 256 MiB sparse input (a few bytes of data) took its full size
+    twice (the store, the run's folder); both copies keep its holes now."""
+    sparse = tmp_path / "disk.img"
+    with sparse.open("wb") as handle:
+        handle.seek(100 << 20)
+        handle.write(b"data in the middle")
+        handle.truncate(256 << 20)
+    snap = take_snapshot(tree, store, entry_script="train.py",
+                         inputs={".inputs/disk.img": str(sparse)})
+    out = tmp_path / "out"
+    materialize(snap, store, out)
+    copies = [store.path_for(snap.files[".inputs/disk.img"].sha256),
+              out / ".inputs" / "disk.img"]
+    for copy in copies:
+        assert copy.stat().st_size == 256 << 20
+        assert copy.stat().st_blocks * 512 < 8 << 20, copy  # not 256 MiB on disk
+    assert hash_file(copies[1]) == hash_file(sparse)
+
+
 def test_entry_script_must_be_in_the_snapshot(tree, store, tmp_path):
     (tree / ".gitignore").write_text("train.py\n")
     with pytest.raises(SourceError, match="excluded by .gitignore"):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tfsubmit.errors import SourceError
-from tfsubmit.store.objects import ObjectStore
+from tfsubmit.store.objects import ObjectStore, copy_sparse
 
 
 class FileEntry(NamedTuple):
@@ -84,9 +84,8 @@ def materialize(snapshot: Snapshot, store: ObjectStore, dest: Path) -> int:
 
 
 def _copy_hashed(source: Path, target: Path) -> str:
+    """Copy (sparse: holes stay holes) and hash on the way."""
     digest = hashlib.sha256()
     with source.open("rb") as reader, target.open("wb") as writer:
-        while chunk := reader.read(1 << 20):
-            digest.update(chunk)
-            writer.write(chunk)
+        copy_sparse(reader, writer, digest.update)
     return digest.hexdigest()

@@ -47,7 +47,9 @@ def test_success_streams_tagged_lines_and_per_process_logs(tmp_path):
     assert [r.exit_code for r in outcome.results] == [0]
     assert "[worker:0@local] out line\n" in merged
     assert "[worker:0@local] err line\n" in merged
-    assert (tmp_path / "logs" / "worker-0.log").read_text().splitlines() == ["out line", "err line"]
+    # Two streams, two pipes: their lines interleave as they come, not in a fixed order.
+    assert sorted((tmp_path / "logs" / "worker-0.log").read_text().splitlines()) == [
+        "err line", "out line"]
 
 
 def test_exit_code_is_reported_and_names_the_process(tmp_path):
@@ -142,3 +144,26 @@ def test_processes_started_together_run_as_one_job(tmp_path):
     assert [(r.index, r.exit_code) for r in outcome.results] == [(i, 0) for i in range(6)]
     merged = (tmp_path / "output.log").read_text()
     assert all(f"[worker:{i}@local] task {i}" in merged for i in range(6))
+
+
+def test_a_job_that_finished_as_the_cancel_came_is_completed(tmp_path):
+    """Issue 27 (7): the outcome follows what the processes did: a job whose processes had
+    all exited 0 when the cancel was seen is Completed, not Canceled."""
+    cancel = threading.Event()
+
+    def cancel_once_exited(handles):  # the job is done; then the cancel arrives
+        deadline = time.monotonic() + 60
+        while handles[0].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cancel.set()
+
+    outcome, merged = _run([_spec("print('done', flush=True)", tmp_path, "race-1")], tmp_path,
+                           "race-1", cancel=cancel, on_started=cancel_once_exited)
+    assert outcome.status == "Completed" and outcome.reason is None
+    assert "a cancel came as the job finished" in merged
+    # A job still running when the cancel is seen is Canceled, as ever.
+    cancel = threading.Event()
+    cancel.set()
+    outcome, _ = _run([_spec("import time; time.sleep(300)", tmp_path, "race-2")], tmp_path,
+                      "race-2", cancel=cancel, grace_seconds=2)
+    assert outcome.status == "Canceled"

@@ -307,6 +307,13 @@ class _Run:
         while True:
             self.drain(0.1)
             if self.cancel.is_set():
+                if all(_poll(handle) == 0 for handle, d in
+                       zip(self.handles, deciding, strict=True) if d):
+                    # The outcome follows what the processes did: they had all finished
+                    # (exit 0) before the cancel could stop them.
+                    self.log.event("a cancel came as the job finished: every process that "
+                                   "decides its outcome had already exited 0: Completed")
+                    return "Completed", None
                 return "Canceled", "canceled by the user"
             now = time.monotonic()
             if max_seconds is not None and now - started > max_seconds:

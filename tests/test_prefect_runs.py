@@ -415,3 +415,31 @@ def test_what_reaches_prefect_is_true_for_hostile_jobs(workspace, prefect_api, j
     shipped = sum("chatty line" in e["message"] for e in logged())
     left_out = int(said[0]["message"].split()[0])
     assert shipped + left_out >= 5000 and left_out > 0
+
+
+def test_a_run_folder_deleted_mid_run_stops_the_job_and_says_so(workspace, prefect_api,
+                                                                 job_dir):
+    """Issue 27 (15): the job stops (its processes, in order), its flow run ends Failed
+    saying the folder was deleted, and `tfsubmit logs --follow` says so and exits 2, no
+    traceback (it crashed, the job ran on, and `runs` said Running forever before)."""
+    import shutil
+
+    run = Experiment("deleted", workspace=workspace.root).submit(
+        TensorFlow(source_directory=str(job_dir), entry_script="sleeper.py"))
+    wait_for_line(run, "ready: sleeping")
+    follower = subprocess.Popen([*TFSUBMIT, "logs", run.id, "--follow"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "ready: sleeping" not in follower.stdout.readline():  # it follows the folder's log
+        assert follower.poll() is None
+    flow_run_id = run.get_details()["flow_run_id"]
+    shutil.rmtree(run.paths.root)
+    out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 2, out + err
+    assert "was deleted while it ran" in err and "Traceback" not in err
+    wait_until(lambda: processes_of_run(run.id) == [], 120, "the job's processes to stop")
+    flow_run = _flow_run_ended(prefect_api, flow_run_id)
+    assert flow_run["state"]["type"] == "FAILED"
+    assert "was deleted while it ran" in flow_run["state"]["message"]
+    listed = [line for line in run_cli("runs", "--experiment", "deleted").stdout.splitlines()
+              if line.startswith(run.id)]
+    assert len(listed) == 1 and " Failed " in listed[0]  # from Prefect: no Running forever

@@ -38,7 +38,7 @@ from tfsubmit.service.handover import hand_over
 from tfsubmit.service.prefect_api import PrefectAPI, artifact_key, flow_run_link, status_of
 from tfsubmit.service.server import api_url
 from tfsubmit.store import runlock
-from tfsubmit.store.cancel import request_cancel, withdraw_cancel
+from tfsubmit.store.cancel import folder_gone, request_cancel, withdraw_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.record import CANCELED, QUEUED, TERMINAL_STATUSES, RunRecord
 from tfsubmit.system.processes import kill_pids, pid_alive, still_running
@@ -335,6 +335,9 @@ class Run(BaseRun):
 
     def _record(self) -> dict[str, Any]:
         """The run record; a run whose runner died is reaped here."""
+        if not self.paths.root.exists():
+            raise RunNotFoundError(f"run {self.id}: {folder_gone(self.paths.root)} (its "
+                                   "flow run says so in Prefect)")
         record = self.record.read()
         if record.get("status") in TERMINAL_STATUSES or self._runner_alive():
             return record

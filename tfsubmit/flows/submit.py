@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prefect import Task, flow
+from prefect import Task, flow, get_run_logger
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.states import Failed, State
 
 from tfsubmit.flows.common import flow_run_name, label_flow_run, prefect_state
 from tfsubmit.pipeline.context import Submission, hold_secrets, open_submission
@@ -20,6 +20,7 @@ from tfsubmit.pipeline.execute import Steps, run_steps
 from tfsubmit.pipeline.reap import reap_abandoned
 from tfsubmit.service.forkserver import held
 from tfsubmit.service.server import healthy
+from tfsubmit.store.cancel import folder_gone
 from tfsubmit.store.layout import Workspace, read_record
 from tfsubmit.system.processes import become_subreaper
 from tfsubmit.targets.base import Target
@@ -141,6 +142,12 @@ def submit_training(
     )
     target, nodes, outcome = run_steps(sub, lambda: _target_of(sub), steps,
                                        stop_signals=(TerminationSignal,))
+    if sub.cancel.folder_gone():  # deleted while it ran: its processes are stopped; say so
+        if target is not None:
+            target.close()
+        forget(sub.run_id)
+        get_run_logger().error(folder_gone(sub.paths.root))
+        return Failed(message=folder_gone(sub.paths.root))
     try:
         reporting.step(collect_outputs, sub, target, nodes, outcome, artifacts)
     finally:

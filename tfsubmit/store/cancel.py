@@ -17,12 +17,18 @@ class CancelFlag:
 
     def __init__(self, paths: RunPaths) -> None:
         self.file = paths.cancel_file
+        self.folder = paths.root
         self._event = threading.Event()
 
     def is_set(self) -> bool:
-        if not self._event.is_set() and self.file.exists():
+        if not self._event.is_set() and (self.file.exists() or self.folder_gone()):
             self._event.set()
         return self._event.is_set()
+
+    def folder_gone(self) -> bool:
+        """The run's folder was deleted while it ran: nothing of it can be kept, so it
+        stops as canceled runs do."""
+        return not self.folder.exists()
 
     def set(self) -> None:
         self._event.set()
@@ -38,10 +44,17 @@ class CancelFlag:
 
     def reason(self) -> str:
         """What the cancel file says (a sweep writes why it stopped a trial), else the user."""
+        if self.folder_gone():
+            return folder_gone(self.folder)
         try:
             return self.file.read_text().strip() or DEFAULT_REASON
         except FileNotFoundError:
             return DEFAULT_REASON
+
+
+def folder_gone(folder) -> str:
+    return (f"the run's folder {folder} was deleted while it ran: its processes were "
+            "stopped, and nothing of it could be kept")
 
 
 # The reason of a cancel set in Prefect (the UI, `prefect flow-run cancel`).

@@ -484,6 +484,11 @@ def test_27_images_and_properties_keep_what_was_logged(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="property 'dataset_version' is already 'v1'"):
         restarted.add_properties({"dataset_version": "v2"})
     restarted.add_properties({"dataset_version": "v1"})  # the same value is fine
+    # Set from the submitting side before the job started: the job cannot change it.
+    monkeypatch.setenv("TFSUBMIT_PROPERTIES", '{"owner": "alice"}')
+    launched = RunContext(str(tmp_path / "other.jsonl"), "r2", "worker", 0)
+    with pytest.raises(ValueError, match="property 'owner' is already 'alice'"):
+        launched.add_properties({"owner": "bob"})
 
     logged = azure_metrics(read_records([metrics]))
     folder = tmp_path / "work" / ".tfsubmit"

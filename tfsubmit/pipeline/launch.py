@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import time
 from collections.abc import Callable
 
@@ -11,8 +13,10 @@ from tfsubmit.launchers import Plan, Preflight, launcher_for
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.pipeline.progress import Metrics, MetricsWatcher
 from tfsubmit.pipeline.supervise import Outcome, RestartPolicy, supervise
+from tfsubmit.runtime.context import PROPERTIES_ENV
 from tfsubmit.spec.environment import Environment
 from tfsubmit.spec.process import Node
+from tfsubmit.store.layout import read_json
 from tfsubmit.store.runlog import RunLog
 from tfsubmit.targets.base import Target
 
@@ -33,6 +37,11 @@ def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Env
     if check is not None:
         run_preflight(sub, target, nodes, check, log)
     plan = launcher.plan(job, nodes, run_id=sub.run_id, options=options)
+    given = read_json(sub.paths.root / "properties.json")  # set from the submitting side
+    if given:  # the job's own add_properties then refuses another value for them
+        plan = dataclasses.replace(plan, specs=tuple(
+            dataclasses.replace(spec, env={**spec.env, PROPERTIES_ENV: json.dumps(given)})
+            for spec in plan.specs))
     placed = ", ".join(f"{s.role}:{s.index}@{s.host}" for s in plan.specs)
     log.event(f"starting {len(plan.specs)} process(es) ({placed}): "
               f"{' '.join(plan.specs[0].argv[1:])}")

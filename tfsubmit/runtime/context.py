@@ -45,6 +45,9 @@ from tfsubmit.runtime.metrics import (
 _IMAGE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+# The run's properties set from the submitting side before the job started (JSON).
+PROPERTIES_ENV = "TFSUBMIT_PROPERTIES"
+
 # The largest integer a float holds (about 1.8e308): metrics are floats to every reader.
 _FLOAT_INT = int(sys.float_info.max)
 
@@ -68,6 +71,13 @@ class RunContext:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
             # A restarted process: the properties its earlier attempts set still hold.
             self._properties.update(_properties_in(metrics_file))
+        # Those set from the submitting side before the job started hold too.
+        try:
+            given = json.loads(os.environ.get(PROPERTIES_ENV) or "{}")
+        except ValueError:
+            given = {}
+        if isinstance(given, dict):
+            self._properties.update({str(k): str(v) for k, v in given.items()})
             self._file = open(metrics_file, "a", buffering=1)  # noqa: SIM115 (lives with the run)
 
     def __repr__(self) -> str:

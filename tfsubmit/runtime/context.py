@@ -71,6 +71,7 @@ class RunContext:
             Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
             # A restarted process: the properties its earlier attempts set still hold.
             self._properties.update(_properties_in(metrics_file))
+            self._file = open(metrics_file, "a", buffering=1)  # noqa: SIM115 (lives with the run)
         # Those set from the submitting side before the job started hold too.
         try:
             given = json.loads(os.environ.get(PROPERTIES_ENV) or "{}")
@@ -78,7 +79,6 @@ class RunContext:
             given = {}
         if isinstance(given, dict):
             self._properties.update({str(k): str(v) for k, v in given.items()})
-            self._file = open(metrics_file, "a", buffering=1)  # noqa: SIM115 (lives with the run)
 
     def __repr__(self) -> str:
         where = "offline" if self.offline else f"task {self.task}"

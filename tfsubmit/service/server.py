@@ -139,20 +139,17 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
             began = time.monotonic()
             say(f"starting the embedded Prefect server of workspace {workspace.root} "
                 "(first use, or it was stopped); this takes 10-40 s, once")
+            # The fork server starts with the server: it imports Prefect and the flows
+            # while the server boots, and registers the deployments once it answers. The
+            # worker does not: started before the API answers, Prefect's worker backs its
+            # polls off (up to a minute) and took 24 s more to pick up the first run.
             info = _await_started(workspace) or _start(
                 workspace, port or _saved_port(workspace) or _free_port(),
-                meanwhile=lambda api_url: _ensure_flow_service(workspace, api_url))
+                meanwhile=lambda api_url: forkserver.ensure(workspace, api_url))
             say(f"Prefect server ready in {time.monotonic() - began:.1f} s: UI {info.ui_url}")
-        _ensure_flow_service(workspace, info.api_url)
+        forkserver.ensure(workspace, info.api_url)
+        _ensure_worker(workspace, info.api_url)
         return info
-
-
-def _ensure_flow_service(workspace: Workspace, api_url: str) -> None:
-    """The fork server (which registers the deployments) and the worker; both wait for an
-    API that does not answer yet, so they start with the server and import Prefect while
-    it boots."""
-    forkserver.ensure(workspace, api_url)
-    _ensure_worker(workspace, api_url)
 
 
 def pool_name(workspace: Workspace) -> str:

@@ -99,8 +99,9 @@ def load_mapping(path: Path, what: str, error: type[TfsubmitError],
                  *, empty_ok: bool = False) -> dict[str, Any]:
     """A YAML file holding one mapping with string keys, each key once."""
     text = read_text(path, what, error)
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # reads ahead: a bad character is a YAMLError here
         node = loader.get_single_node()
         size = _expanded_size(node, {}) if node is not None else 0
         if size > MAX_NODES:
@@ -113,7 +114,8 @@ def load_mapping(path: Path, what: str, error: type[TfsubmitError],
     except RecursionError:
         raise error(f"{what} file {path} is nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if data is None and empty_ok:
         return {}
     if not isinstance(data, dict):

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -86,23 +87,27 @@ def targets_file(workspace_root: Path) -> Path:
     return Workspace(workspace_root).targets_file
 
 
-# targets.yaml as last read, by path: (its size, mtime and inode then, the targets).
-_READ: dict[Path, tuple[tuple[int, int, int], dict[str, TargetConfig]]] = {}
+# targets.yaml as last parsed, by path: (a hash of its bytes then, the targets).
+_READ: dict[Path, tuple[str, dict[str, TargetConfig]]] = {}
 
 
 def load_targets(workspace_root: Path) -> dict[str, TargetConfig]:
-    """The workspace's targets; read again only when targets.yaml changed (a submission
-    asks several times)."""
+    """The workspace's targets; parsed again only when targets.yaml's bytes changed (a
+    submission asks several times; reading and hashing is cheap, parsing is not)."""
     path = targets_file(workspace_root)
     try:
-        info = path.stat()
+        key = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
     except FileNotFoundError:
         return {}
-    key = (info.st_size, info.st_mtime_ns, info.st_ino)
-    if path in _READ and _READ[path][0] == key:
+    except OSError:
+        key = None  # load_mapping names the problem
+    if not path.exists():
+        return {}
+    if key is not None and path in _READ and _READ[path][0] == key:
         return dict(_READ[path][1])
     targets = _parse_targets(path)
-    _READ[path] = (key, targets)
+    if key is not None:
+        _READ[path] = (key, targets)
     return dict(targets)
 
 

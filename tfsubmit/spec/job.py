@@ -356,12 +356,12 @@ class TrainingJob(BaseModel):
         environment a process gets."""
         argv = self.script_arguments()
         for i, arg in enumerate(argv):
-            if len(arg.encode(errors="surrogateescape")) >= MAX_ARG_BYTES:
+            if _size(arg) >= MAX_ARG_BYTES:
                 raise JobSpecError(
-                    f"script_params: argument {i + 1} is {len(arg.encode()):,} bytes, more than "
+                    f"script_params: argument {i + 1} is {_size(arg):,} bytes, more than "
                     f"the {MAX_ARG_BYTES:,} one argument may be on Linux; pass it in a file "
                     "(inputs) instead")
-        total = sum(len(text.encode(errors="surrogateescape")) + 1 for text in
+        total = sum(_size(text) + 1 for text in
                     [*argv, *(f"{k}={v}" for k, v in self.environment_variables.items())])
         limit = int(_arg_max() * 0.75)
         if total > limit:
@@ -556,6 +556,11 @@ def _arguments(params: dict[str, Any]) -> list[str]:
 
 # Linux's limit on one argument of exec (MAX_ARG_STRLEN: 32 pages).
 MAX_ARG_BYTES = 32 * 4096
+
+
+def _size(text: str) -> int:
+    """Bytes of `text` on a command line (any lone surrogate counted, as a file name's)."""
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _arg_max() -> int:

@@ -375,7 +375,8 @@ def test_5_a_burst_of_submissions_gives_each_runner_its_own_lock_only(workspace)
         for run in runs:
             run.cancel()
     ended = {run.id: (run.get_status(), run.get_details().get("reason")) for run in runs}
-    assert all(status == "Canceled" for status, _ in ended.values()), ended
+    assert all(status == "Canceled" for status, _ in ended.values()), \
+        {run_id: said for run_id, said in ended.items() if said[0] != "Canceled"}
 
 
 # -- 4: kill -9 of the runner: whoever touches the run next reaps it ---------------------------

@@ -20,8 +20,6 @@ from tfsubmit.store.runlog import RunLog, StderrLine
 from tfsubmit.system.processes import still_running, terminate_then_kill
 from tfsubmit.targets.base import Handle, Target
 
-# How often, while a stopped run's leaders are gone, its other processes are looked for.
-LOOK_SECONDS = 0.25
 # How long killed leftovers may take to disappear before the run says they survived.
 LEFTOVER_SECONDS = 5.0
 
@@ -227,19 +225,12 @@ class _Run:
                     handle.signal_group(sig)
 
         reachable = [h for h in self.handles if not _lost(h)]
-        looked = [0.0, True]  # when the run's processes were last looked for; any then
 
         def alive() -> bool:
-            """Any process of the run: its groups' leaders, or, once they have exited, the
-            rest of it (a child still saving a checkpoint has the grace period too)."""
-            if any(_poll(h) is None for h in reachable):
-                return True
-            if time.monotonic() - looked[0] >= LOOK_SECONDS:
-                try:
-                    looked[:] = [time.monotonic(), bool(self.target.leftovers(self.run_id))]
-                except TfsubmitError:
-                    looked[:] = [time.monotonic(), False]
-            return looked[1]
+            """Any process that got the TERM: a group's leader, or, once it has exited,
+            another member of its group (a child still saving a checkpoint has the grace
+            period too). Helpers that left the group never got the TERM: kill_leftovers."""
+            return any(_poll(h) is None or _group_alive(h) for h in reachable)
 
         terminate_then_kill(send, alive, grace=self.grace_seconds, wait=self.drain)
 
@@ -386,6 +377,13 @@ class _Run:
 
 
 _MPI_TAG = re.compile(r"^\[\d+,(\d+)\]<std(?:out|err)>:(.*?)(?:\[\d+,\d+\]<std(?:out|err)>:)?$")
+
+
+def _group_alive(handle: Handle) -> bool:
+    """Whether a handle's process group still has members, where its target can tell
+    (the local target); else what its leader's exit says."""
+    check = getattr(handle, "group_alive", None)
+    return bool(check and check())
 
 
 def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:

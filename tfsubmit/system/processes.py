@@ -236,3 +236,19 @@ def stop_recorded(state_file: Path, *, grace: float) -> bool:
                         wait=lambda seconds: time.sleep(max(seconds, 0.1)))
     return True
 
+
+def live_group_members(pgid: int) -> list[int]:
+    """The pids of process group `pgid` that are not zombies (from /proc)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command: state, ppid, pgrp.
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            found.append(int(entry.name))
+    return found

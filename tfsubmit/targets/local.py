@@ -20,6 +20,7 @@ from tfsubmit.store.snapshots import materialize
 from tfsubmit.system.processes import (
     is_subreaper,
     kill_pids,
+    live_group_members,
     processes_of_run,
     reap_adopted,
     signal_group,
@@ -55,6 +56,11 @@ class LocalProcess:
 
     def poll(self) -> int | None:
         return self._popen.poll()
+
+    def group_alive(self) -> bool:
+        """Whether a live process of its group is left once the leader has exited (a child
+        still saving its checkpoint on TERM, say); zombies waiting to be reaped are not."""
+        return bool(live_group_members(self.pid))
 
     def signal_group(self, sig: int) -> None:
         signal_group(self.pid, sig)

@@ -240,7 +240,8 @@ def test_4_azure_ps_job_runs_as_written_on_emulated_nodes(workspace, prefect_api
     """Azure ML v1's parameter-server job (node_count=2, no chief) on the local target:
     two emulated nodes; TF_CONFIG holds ps and worker; done when every worker exits 0."""
     job = TensorFlow(source_directory=str(JOBS), entry_script="replica.py", node_count=2,
-                     worker_count=2, parameter_server_count=1, distributed_backend="ps")
+                     worker_count=2, parameter_server_count=1, distributed_backend="ps",
+                     max_run_duration_seconds=400)  # worker 1 must not wait forever
     run = Experiment("ported-ps", workspace=workspace.root).submit(job)
     details = run.wait_for_completion(timeout=600)
     assert set(details["exit_codes"]) == {"worker:0@local-0", "worker:1@local-1", "ps:0@local-0"}
@@ -251,8 +252,10 @@ def test_4_azure_ps_job_runs_as_written_on_emulated_nodes(workspace, prefect_api
     assert "[ps:0@local-0] cluster ['ps', 'worker']; I am ps 0" in log
     assert "stopping 1 process(es): the job is done" in log  # the ps, once workers were done
     assert processes_of_run(run.id) == []
-    # Each emulated node had its own folder.
-    assert (run.paths.root / "hosts" / "local-1" / "work" / "replica.py").is_file()
+    # The emulated nodes share one working folder, as Azure's mounted project folder was:
+    # worker 1 waited for the file worker 0 wrote there (issue 26: it waited forever).
+    assert "[worker:1@local-1] worker 1 saw the chief's file" in log
+    assert not (run.paths.root / "hosts" / "local-1" / "work").exists()
     # 6: TensorFlow's C++ INFO start-up lines are quieted by default: kept in each process's
     # log, never in the merged one, which says so once. Which of them TensorFlow prints
     # varies from run to run (all, or none: seen in CI), so the notice is asked for exactly
@@ -272,6 +275,38 @@ def test_4_azure_ps_job_runs_as_written_on_emulated_nodes(workspace, prefect_api
     assert [(r["task"], r["metric"], r["values"]) for r in rows] == [
         ("worker:0", "is_chief", [1.0]), ("worker:0", "steps", [5.0]),
         ("worker:1", "is_chief", [0.0]), ("worker:1", "steps", [10.0])]
+
+
+def _log_says(run, text: str, timeout: float = 240.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = run.paths.output_log.read_text() if run.paths.output_log.exists() else ""
+        if text in log:
+            return log
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} not in the run's log within {timeout} s:\n{log[-3000:]}")
+
+
+@pytest.mark.parametrize("mode", ["missing", "stall"])
+def test_4_a_waiting_task_is_named_and_a_chiefless_stall_explained(workspace, mode):
+    """Issue 26: a task silent while others ended is named; a ps job without a chief where
+    nothing ends and no metric comes gets the hint that a TF2 coordinator needs chief=True."""
+    job = TensorFlow(source_directory=str(JOBS), entry_script="waits.py", node_count=2,
+                     worker_count=2, parameter_server_count=1, distributed_backend="ps",
+                     script_params={"--mode": mode}, silence_notice_seconds=4)
+    run = Experiment("ported-ps-silent", workspace=workspace.root).submit(job)
+    try:
+        if mode == "missing":
+            log = _log_says(run, "worker:1@local-1 has printed nothing for")
+            notice = next(line for line in log.splitlines() if "has printed nothing" in line)
+            assert "while worker:0@local-0 ended" in notice, notice
+            assert "needs a chief" not in log  # a task ended: not the chiefless stall
+        else:
+            log = _log_says(run, "submit it with chief=True")
+            assert "has printed nothing" not in log  # nothing ended, nothing went on
+    finally:
+        run.cancel()
+    assert run.get_status() == "Canceled"
 
 
 # -- 6. a first run that explains itself ---------------------------------------------------------

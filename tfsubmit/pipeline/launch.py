@@ -101,4 +101,13 @@ def _supervise(sub: Submission, target: Target, nodes: list[Node], plan: Plan,
         hang_seconds=job.hang_timeout_seconds,
         startup_seconds=job.startup_limit,
         activity=lambda: target.last_activity(nodes),
+        silence_seconds=job.silence_notice_seconds,
+        stall_hint=_STALL_HINT if job.distributed_backend == "ps" and not job.chief else None,
     )
+
+
+# Measured: TensorFlow's own parameter-server tutorial (a TF2 ClusterCoordinator script) run
+# without a chief waits forever, silently: every task serves and none coordinates.
+_STALL_HINT = ("no task has ended and no metric came: a TF2 ParameterServerStrategy script "
+               "with a ClusterCoordinator needs a chief to coordinate; submit it with "
+               "chief=True (Azure ML v1's TF1 scripts, whose worker 0 leads, need none)")

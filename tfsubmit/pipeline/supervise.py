@@ -116,6 +116,8 @@ def supervise(
     hang_seconds: float | None = None,
     startup_seconds: float | None = None,
     activity: Callable[[], float] = lambda: 0.0,
+    silence_seconds: float | None = None,
+    stall_hint: str | None = None,
 ) -> Outcome:
     """Start every spec, stream its output, and wait until the job is done or must stop.
 
@@ -126,6 +128,10 @@ def supervise(
     time of the newest metric) for that long is treated as hung; that watch starts at the
     job's first progress (a metric, or a line that is not library start-up noise), and the
     silence before it is bounded by `startup_seconds` instead.
+
+    With `silence_seconds`, the log says (once per silence) when a running task has printed
+    nothing that long while another task ended or printed since, naming it; and, with
+    `stall_hint`, says that hint when no task ended and no metric came that long.
     """
     run = _Run(target, specs, run_id, log, log_dir, cancel, grace_seconds)
     started = time.monotonic()
@@ -133,6 +139,7 @@ def supervise(
     try:
         run.start_all()
         on_started(run.handles)
+        run.silence_seconds, run.stall_hint = silence_seconds, stall_hint
         status, reason = run.watch(started, max_seconds, decides, policy, hang_seconds,
                                    startup_seconds, activity)
         running = [h for h in run.handles if _poll(h) is None]
@@ -182,12 +189,19 @@ class _Run:
         # Start of the current attempt, and whether it has shown progress yet.
         self.attempt_started = time.monotonic()
         self.progressed = False
+        self.silence_seconds: float | None = None
+        self.stall_hint: str | None = None
+        self.said_silent: set[int] = set()  # tasks named silent since their last line
+        self.ended_at: dict[int, float] = {}  # when each task's process was seen ended
+        self.hinted = False
 
     # -- starting and stopping ------------------------------------------------------------------
 
     def start(self, i: int) -> Handle:
         handle = self.target.start(self.specs[i])
         self.last_line_of[i] = self.last_line = time.monotonic()
+        self.ended_at.pop(i, None)
+        self.said_silent.discard(i)
         reader = threading.Thread(target=self._read, args=(i, handle), daemon=True,
                                   name=f"read-{handle.spec.tag}")
         reader.start()
@@ -278,6 +292,7 @@ class _Run:
             if line is None:
                 continue
             self.last_line_of[i] = self.last_line = time.monotonic()
+            self.said_silent.discard(i)
             if not self.progressed and is_progress(line):
                 self.progressed = True
             self.files[i].write(line + "\n")
@@ -330,6 +345,8 @@ class _Run:
                 codes = [handle.poll() for handle in self.handles]
             except TfsubmitError as exc:  # a host stopped answering
                 return "Failed", str(exc)
+            if self.silence_seconds is not None:
+                self._say_silences(codes, now, activity)
             for i, code in enumerate(codes):
                 if code not in (None, 0) or (code == 0 and not deciding[i]
                                              and any(deciding)):
@@ -341,6 +358,36 @@ class _Run:
             else:
                 if all(code == 0 for code, d in zip(codes, deciding, strict=True) if d):
                     return "Completed", None
+
+    def _say_silences(self, codes: list[int | None], now: float, activity) -> None:
+        """Name a task silent for silence_seconds while others ended or went on; say the
+        stall hint when nothing ended and no metric came for that long."""
+        for i, code in enumerate(codes):
+            if code is not None:
+                self.ended_at.setdefault(i, now)
+        limit = self.silence_seconds
+        for i, code in enumerate(codes):
+            quiet_since = self.last_line_of[i]
+            if code is not None or i in self.said_silent or now - quiet_since < limit:
+                continue
+            went_on = [self.specs[j].tag.strip("[]") + (" ended" if j in self.ended_at
+                                                        else " went on")
+                       for j in range(len(codes)) if j != i
+                       and (self.ended_at.get(j, 0.0) > quiet_since
+                            or self.last_line_of[j] > quiet_since + limit / 2)]
+            if went_on:
+                self.said_silent.add(i)
+                self.log.event(
+                    f"{self.specs[i].tag.strip('[]')} has printed nothing for "
+                    f"{now - quiet_since:.0f} s while {', '.join(went_on[:4])}"
+                    f"{' and others' if len(went_on) > 4 else ''}: it may be waiting for "
+                    "something that never comes (a file another node wrote in a folder it "
+                    "does not share, a task that ended)")
+        if self.stall_hint and not self.hinted and not self.ended_at \
+                and now - self.attempt_started > limit \
+                and _monotonic(activity()) < self.attempt_started:
+            self.hinted = True
+            self.log.event(f"{now - self.attempt_started:.0f} s: {self.stall_hint}")
 
     def _hang_reason(self, hang_seconds: float) -> str:
         now = time.monotonic()

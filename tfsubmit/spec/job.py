@@ -130,6 +130,12 @@ class TrainingJob(BaseModel):
         description="Fail (or restart) a job that shows no progress this long after it "
         "started; default with hang_timeout_seconds: max(600, 10 x hang_timeout_seconds).",
     )
+    silence_notice_seconds: float = Field(
+        default=180.0,
+        description="Say in the run's log when a task has printed nothing this long while "
+        "others ended or went on (it may wait for something that never comes), and, for a "
+        "ps job without a chief, when no task ended and no metric came this long.",
+    )
     node_count: int = Field(default=1, description="Number of nodes.")
     process_count_per_node: int = Field(default=1, description="Processes on each node.")
     distributed_backend: DistributedBackend | None = Field(
@@ -291,7 +297,7 @@ class TrainingJob(BaseModel):
         return value
 
     @field_validator("max_run_duration_seconds", "hang_timeout_seconds",
-                     "startup_timeout_seconds", mode="before")
+                     "startup_timeout_seconds", "silence_notice_seconds", mode="before")
     @classmethod
     def _positive_duration(cls, value: Any) -> Any:
         if value is None:

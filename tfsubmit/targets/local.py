@@ -124,8 +124,9 @@ class LocalFolders:
 
     def metric_files(self, nodes: list[Node]) -> list[Path]:
         """The metric files the job's processes are writing now (read live)."""
-        return [path for node in nodes
-                for path in (Path(node.workdir) / METRICS_DIR).glob(METRICS_GLOB)]
+        workdirs = dict.fromkeys(node.workdir for node in nodes)  # emulated nodes share one
+        return [path for workdir in workdirs
+                for path in (Path(workdir) / METRICS_DIR).glob(METRICS_GLOB)]
 
     def last_activity(self, nodes: list[Node]) -> float:
         """When the job last logged a metric (wall clock), for the hang watchdog."""
@@ -185,17 +186,16 @@ class LocalTarget(LocalFolders):
         """A per-run working directory with the snapshot, outputs/ and logs/ for the job.
 
         node_count > 1 emulates that many nodes on this machine, so a cluster job runs
-        unchanged here first: nodes `local-0`, `local-1`, ..., each with its own working
-        folder (the first the run's `work/`, the others `hosts/local-N/work/`)."""
+        unchanged here first: nodes `local-0`, `local-1`, ..., which share the run's one
+        working folder `work/`, as a cluster's nodes share a mounted project folder (Azure
+        ML's compute mounted one on every node; scripts of its time pass files through it)."""
         count = request.job.node_count
-        nodes = []
-        for i in range(count):
-            host = self.host if count == 1 else f"{self.host}-{i}"
-            folder = None if i == 0 else request.run_dir / "hosts" / host / "work"
-            workdir = stage_locally(request, folder)
-            nodes.append(Node(host=host, workdir=str(workdir), slots=os.cpu_count() or 1,
-                              gpus=self._gpus, python=request.environment.python,
-                              runtime=str(request.runtime), address="127.0.0.1"))
+        workdir = stage_locally(request)
+        nodes = [Node(host=self.host if count == 1 else f"{self.host}-{i}",
+                      workdir=str(workdir), slots=os.cpu_count() or 1, gpus=self._gpus,
+                      python=request.environment.python, runtime=str(request.runtime),
+                      address="127.0.0.1")
+                 for i in range(count)]
         return Provisioned(nodes, dict.fromkeys((n.host for n in nodes), request.environment))
 
     def launch_options(self) -> LaunchOptions:

@@ -60,3 +60,11 @@ class RunFailedError(TfsubmitError):
         super().__init__(message)
         self.run_id = run_id
         self.status = status
+
+
+class ModelNotFoundError(TfsubmitError, LookupError):
+    """No registered model with that name (or version): the message lists those there are."""
+
+
+class EndpointError(TfsubmitError):
+    """An endpoint could not be deployed, reached or changed: the message says why."""

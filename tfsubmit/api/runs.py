@@ -41,6 +41,7 @@ from tfsubmit.store import runlock
 from tfsubmit.store.cancel import folder_gone, request_cancel, withdraw_cancel
 from tfsubmit.store.layout import RunPaths, Workspace, read_json, write_json
 from tfsubmit.store.record import CANCELED, QUEUED, TERMINAL_STATUSES, RunRecord
+from tfsubmit.store.registry import ModelRegistry
 from tfsubmit.system.processes import kill_pids, pid_alive, still_running
 
 POLL_SECONDS = 0.2
@@ -406,6 +407,39 @@ class Run(BaseRun):
             return api.artifacts(flow_run_id=flow_run)
         finally:
             api.close()
+
+    def register_model(self, model_name: str, model_path: str = "outputs", *,
+                       tags: dict[str, Any] | None = None,
+                       properties: dict[str, Any] | None = None,
+                       description: str = "", **ignored: Any) -> dict[str, Any]:
+        """Register a file or folder of this run (`model_path`, relative to the run's
+        folder, as get_file_names() names them: outputs/model) as the next version of
+        `model_name` in the workspace's registry; returns its model.json. Azure ML's other
+        arguments (model_framework, datasets, ...) are accepted and not used."""
+        if self.get_status() not in TERMINAL_STATUSES:
+            raise TfsubmitError(f"run {self.id} is {self.get_status()}: register its model "
+                                "once it has ended (wait_for_completion())")
+        root = self.paths.root.resolve()
+        source = (root / model_path).resolve()
+        if not source.is_relative_to(root):
+            raise TfsubmitError(f"model_path {model_path!r} is outside run {self.id}'s "
+                                "folder; give a path get_file_names() lists, e.g. outputs/model")
+        if not source.exists():
+            near = sorted({n.split("/")[0] + "/" + n.split("/")[1] for n in
+                           self.get_file_names() if n.startswith("outputs/") and
+                           n.count("/") >= 1})[:8]
+            raise TfsubmitError(f"run {self.id} has no {model_path!r}; its outputs: "
+                                f"{', '.join(near) or 'none'}")
+        return ModelRegistry(self.workspace).register(
+            model_name, source, run_id=self.id, tags=tags, properties=properties,
+            description=description,
+            extra={"experiment": self.experiment, "job": self._model_job()})
+
+    def _model_job(self) -> dict[str, Any]:
+        """What serving the model needs to know of the job that trained it."""
+        job = self.job
+        return {key: job[key] for key in ("framework_version", "pip_packages", "use_gpu",
+                                          "conda_packages") if key in job}
 
     @property
     def experiment(self) -> str:

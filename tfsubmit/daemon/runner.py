@@ -35,6 +35,9 @@ FLOWS = {
                         "make its flow runs"),
     "sweep": ("tfsubmit.flows.sweep:run_sweep",
               "A hyperparameter sweep of tfsubmit trials (child flow runs)"),
+    "deploy-model": ("tfsubmit.flows.serve:deploy_model",
+                     "Serve a registered model: one version of an endpoint "
+                     "(`tfsubmit deploy`, Model.deploy, service.update)"),
 }
 
 

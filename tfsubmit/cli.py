@@ -10,6 +10,11 @@
     tfsubmit cancel RUN
     tfsubmit server start|stop|status
     tfsubmit connections [list | close [ADDRESS ...]]
+    tfsubmit register RUN --name NAME [--path outputs/model] [--tag K=V ...]
+    tfsubmit models [NAME]
+    tfsubmit deploy MODEL[:VERSION] --name N [--target T] [--score score.py]
+                    [--source DIR] [--port P] [--auth] [--overwrite]
+    tfsubmit endpoints [list | show N | logs N | delete N]
     tfsubmit --version
 
 RUN is a run id, a unique start of one, or `latest`.
@@ -395,6 +400,96 @@ def _use(entry: dict) -> str:
     return f"idle {entry['idle_s']:.0f} s of {entry['keep']:g}"
 
 
+def _pairs(values: list[str] | None, what: str) -> dict[str, str]:
+    from tfsubmit.errors import JobSpecError
+
+    pairs = {}
+    for value in values or []:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise JobSpecError(f"{what} {value!r}: give KEY=VALUE")
+        pairs[key] = text
+    return pairs
+
+
+def _register(args: argparse.Namespace) -> int:
+    from tfsubmit.api.runs import run_of
+
+    run = run_of(args.run, workspace=args.workspace)
+    info = run.register_model(args.name, args.path, tags=_pairs(args.tag, "--tag"),
+                              description=args.description or "")
+    print(f"registered {info['name']}:{info['version']} from run {run.id} ({args.path})")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from tfsubmit.api.serving import models
+
+    found = models(args.workspace, args.name)
+    if args.name and not found:
+        from tfsubmit.store.registry import ModelRegistry
+
+        ModelRegistry(Workspace(args.workspace)).get(args.name)  # names those there are
+    if not found:
+        print("no models registered yet: tfsubmit register RUN --name NAME")
+        return 0
+    print(f"{'MODEL':28} {'VERSION':7} {'REGISTERED':20} {'RUN':44} TAGS")
+    for info in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S",
+                             time.localtime(info.get("registered") or info.get("promoted", 0)))
+        tags = ",".join(f"{k}={v}" for k, v in (info.get("tags") or {}).items()) or "-"
+        print(f"{info['name']:28} {info['version']:<7} {when:20} {info.get('run_id') or '-':44} "
+              f"{tags}")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from tfsubmit.api.serving import deploy
+
+    endpoint = deploy(args.name, args.model, workspace=args.workspace,
+                      score_script=args.score, source_directory=args.source,
+                      target=args.target, port=args.port, auth=args.auth,
+                      overwrite=args.overwrite, show_output=not args.quiet)
+    details = endpoint.details()
+    print(f"endpoint {endpoint.name}: {details['state']}, model {details['model']}")
+    print(f"  scoring URI: {details['scoring_uri']}")
+    if details["tfserving"]:
+        name = details["model"].split(":")[0]
+        print(f"  TF Serving:  POST {details['base_uri']}/v1/models/{name}:predict")
+    return 0
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from tfsubmit.api.serving import Endpoint, endpoints
+
+    if args.action == "list":
+        found = endpoints(args.workspace)
+        if not found:
+            print("no endpoints: tfsubmit deploy MODEL --name NAME")
+            return 0
+        print(f"{'ENDPOINT':24} {'STATE':12} {'MODEL':28} {'TARGET':12} SCORING URI")
+        for state in found:
+            print(f"{state['name']:24} {state['state']:12} {state['model']:28} "
+                  f"{state['target']:12} {state['scoring_uri']}")
+        return 0
+    if not args.name:
+        from tfsubmit.errors import JobSpecError
+
+        raise JobSpecError(f"endpoints {args.action}: give the endpoint's name")
+    endpoint = Endpoint(args.name, workspace=args.workspace)
+    if args.action == "show":
+        details = endpoint.details()
+        details.pop("keys", None)
+        print(json.dumps(details, indent=2))
+    elif args.action == "logs":
+        print(endpoint.get_logs(args.lines))
+    else:
+        endpoint.delete()
+        print(f"deleted endpoint {args.name}; nothing of it runs (its log is kept under "
+              "endpoints/.deleted/)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tfsubmit import __version__
 
@@ -474,6 +569,48 @@ def build_parser() -> argparse.ArgumentParser:
     conns.add_argument("addresses", nargs="*", metavar="ADDRESS",
                        help="for `close`: only the connections to these hosts")
     conns.set_defaults(func=_connections)
+
+    register = commands.add_parser("register", help="register a run's model (a file or "
+                                   "folder it wrote) as the next version of a named model")
+    register.add_argument("run", help="run id, a unique start of one, or `latest`")
+    register.add_argument("--name", required=True, help="the model's name")
+    register.add_argument("--path", default="outputs",
+                          help="the file or folder, relative to the run (default: outputs)")
+    register.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag (repeat)")
+    register.add_argument("--description")
+    register.set_defaults(func=_register)
+
+    mods = commands.add_parser("models", help="list registered models and their versions")
+    mods.add_argument("name", nargs="?", help="only this model's versions")
+    mods.set_defaults(func=_models)
+
+    dep = commands.add_parser("deploy", help="serve a registered model as an endpoint (a "
+                              "deploy-model flow run), or update one with --overwrite")
+    dep.add_argument("model", metavar="MODEL[:VERSION]", help="a registered model (latest "
+                     "version without :VERSION)")
+    dep.add_argument("--name", required=True, help="the endpoint's name (3-32 of a-z, 0-9, -)")
+    dep.add_argument("--target", default="local", help="local (default) or a docker target "
+                     "of targets.yaml")
+    dep.add_argument("--score", metavar="SCRIPT", help="a scoring script with init() and "
+                     "run(raw_data) (Azure's contract); without one, TensorFlow Serving's "
+                     "REST API serves the SavedModel or Keras model")
+    dep.add_argument("--source", metavar="DIR", help="the scoring script's folder (default: "
+                     "the script's own)")
+    dep.add_argument("--port", type=int, help="the port to serve on (default: a free one)")
+    dep.add_argument("--auth", action="store_true", help="require a key (Authorization: "
+                     "Bearer KEY); `tfsubmit endpoints show` does not print keys, "
+                     "Endpoint.get_keys() does")
+    dep.add_argument("--overwrite", action="store_true", help="replace what endpoint NAME "
+                     "serves (an update: no request refused)")
+    dep.add_argument("--quiet", action="store_true", help="do not print the deployment's log")
+    dep.set_defaults(func=_deploy)
+
+    eps = commands.add_parser("endpoints", help="list endpoints; show, logs or delete one")
+    eps.add_argument("action", nargs="?", choices=("list", "show", "logs", "delete"),
+                     default="list")
+    eps.add_argument("name", nargs="?", help="the endpoint (for show, logs, delete)")
+    eps.add_argument("--lines", type=_positive, default=200, help="logs: the last N lines")
+    eps.set_defaults(func=_endpoints)
     return parser
 
 

@@ -215,17 +215,9 @@ class Endpoint:
                timeout: float = 900.0, wait: bool = True) -> None:
         """Serve another model version (or scoring script): started beside the old one,
         switched to once Healthy; the old one then stops. No request is refused."""
-        config = self._endpoints.config(self.name)
-        current = self._endpoints.spec(self.name, config["current"])
-        if model is None:
-            model = f"{current['model_name']}:{current['model_version']}"
-        if score_script is None and current.get("score_script"):
-            score_script = Path(current["score_script"]).name
-            source_directory = source_directory or current["cwd"]
-        version = self._endpoints.plan(
-            self.name, model, score_script=score_script, source_directory=source_directory,
-            target=config["target"], auth=bool(current.get("keys")),
-            pip_packages=pip_packages, update=True)
+        version = self._endpoints.plan_update(self.name, model, score_script=score_script,
+                                              source_directory=source_directory,
+                                              pip_packages=pip_packages)
         self._version = version
         self._flow_run = _hand_over(self.workspace, self.name, version,
                                     _print if show_output else None)

@@ -15,8 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from tfsubmit.errors import TfsubmitError
+from tfsubmit.flows.serve import deploy_model
 from tfsubmit.flows.submit import submit_training
 from tfsubmit.service.prefect_api import artifact_key
+from tfsubmit.serving.endpoints import Endpoints
 from tfsubmit.spec.goals import better, check_goal
 from tfsubmit.spec.job import TrainingJob, load_job_file, validate_experiment_name
 from tfsubmit.store.layout import Workspace
@@ -48,6 +50,7 @@ def retrain(
     goal: str = "minimize",
     script_params: dict[str, Any] | None = None,
     workspace: str | None = None,
+    endpoint: str | None = None,
 ) -> dict[str, Any]:
     """Train `job`; promote its outputs to the model registry if `metric` improved.
 
@@ -58,6 +61,8 @@ def retrain(
         goal: "minimize" or "maximize".
         script_params: overrides merged into the job's script_params.
         workspace: the workspace folder (default: TFSUBMIT_WORKSPACE or ~/.tfsubmit).
+        endpoint: an endpoint (`tfsubmit endpoints`) to update to a promoted model (a
+            `deploy-model` child flow run; no request is refused while it switches).
 
     Returns:
         The decision: run id, value, the best earlier run, promoted or not, version.
@@ -67,6 +72,8 @@ def retrain(
     data, file_experiment = _job_with(job, script_params)
     experiment = validate_experiment_name(experiment or file_experiment or "default")
     ws = Workspace(workspace)
+    if endpoint:
+        Endpoints(ws).config(endpoint)  # one that does not exist fails before training
     run_id = ws.new_run_id(experiment)
     state = submit_training(job=data, experiment=experiment, run_id=run_id,
                             workspace=str(ws.root), return_state=True)
@@ -88,10 +95,18 @@ def retrain(
     if better(value, earlier and earlier[1], goal):
         info = ModelRegistry(ws).promote(
             experiment, run_id=run_id, outputs=ws.paths_of(run_id).outputs, metric=metric,
-            value=value, goal=goal, metrics=latest, flow_run_id=str(flow_run.id))
+            value=value, goal=goal, metrics=latest, flow_run_id=str(flow_run.id),
+            job={key: data[key] for key in ("framework_version", "pip_packages", "use_gpu")
+                 if key in data})
         decision.update(promoted=True, version=info["version"])
         log.info(f"promoted run {run_id} as {experiment} version {info['version']}: {metric} "
                  f"{value:.6g} beats {_earlier_text(earlier)}")
+        if endpoint:
+            serving = Endpoints(ws).plan_update(endpoint, f"{experiment}:{info['version']}")
+            state = deploy_model(endpoint=endpoint, version=serving, workspace=str(ws.root))
+            decision["endpoint"] = {"name": endpoint, "model": state["model"],
+                                    "scoring_uri": state["scoring_uri"]}
+            log.info(f"endpoint {endpoint} now serves {state['model']}")
     else:
         side = "below" if goal == "minimize" else "above"
         log.info(f"kept the current model: run {run_id} {metric} {value:.6g} is not {side} "

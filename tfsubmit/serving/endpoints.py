@@ -215,16 +215,37 @@ class Endpoints:
         if not existing or (overwrite and not running):
             write_json(folder / "endpoint.json", {
                 "name": name, "target": target, "kind": kind, "port": int(port),
-                "host": "0.0.0.0" if kind == "docker" else "127.0.0.1",
+                "host": "127.0.0.1",
                 "address": "127.0.0.1", "current": version, "created": time.time(),
                 "liveness_seconds": 5})
         return version
+
+    def plan_update(self, name: str, model: str | None = None, *,
+                    score_script: str | None = None, source_directory: str | None = None,
+                    pip_packages: tuple[str, ...] | list[str] = ()) -> int:
+        """The next version of a deployed endpoint: another model version (default: the
+        one it serves) with its scoring script (default: the one it runs, as deployed)."""
+        config = self.config(name)
+        current = self.spec(name, config["current"])
+        if model is None:
+            model = f"{current['model_name']}:{current['model_version']}"
+        if score_script is None and current.get("score_script"):
+            score_script = str(Path(current["score_script"]).relative_to(current["cwd"]))
+            source_directory = source_directory or current["cwd"]
+        return self.plan(name, model, score_script=score_script,
+                         source_directory=source_directory, target=config["target"],
+                         auth=bool(current.get("keys")), pip_packages=pip_packages,
+                         update=True)
 
     def _target_kind(self, target: str) -> str:
         found = get_target(target, self.workspace.root)
         if isinstance(found, LocalTarget):
             return "local"
         if isinstance(found, DockerTarget):
+            if found.copy_files:
+                raise NotSupportedError(f"target {target!r}: endpoints run on docker engines "
+                                        "of this machine (unix://) in this version; its "
+                                        "engine is remote")
             found.client.close()
             found.streams.close()
             return "docker"
@@ -323,7 +344,10 @@ class Endpoints:
                                     str(folder)],
             name=name, detach=True, init=True, environment=spec["env"], volumes=mounts,
             working_dir=str(folder), labels={ENDPOINT_LABEL: config["name"]},
-            ports={f"{config['port']}/tcp": ("127.0.0.1", config["port"])})
+            # The host's network: the supervisor binds the endpoint's port where the engine
+            # runs (no bridge or proxy between client and server; engines may run without
+            # a default bridge, as tests/dockerd.py's does).
+            network_mode="host")
         config["container"] = container.id
         write_json(folder / "endpoint.json", config)
 
@@ -425,12 +449,11 @@ def _is_supervisor(pid: int, folder: Path) -> bool:
 
 
 def _check_port_free(port: int) -> None:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            raise JobSpecError(f"port {port} is in use on this machine; choose another "
-                               "(or leave it out for a free one)") from None
+    try:  # as the supervisor will bind it (SO_REUSEADDR: closed connections do not count)
+        socket.create_server(("127.0.0.1", port)).close()
+    except OSError:
+        raise JobSpecError(f"port {port} is in use on this machine; choose another "
+                           "(or leave it out for a free one)") from None
 
 
 def _default_framework() -> str:

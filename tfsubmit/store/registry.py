@@ -152,8 +152,8 @@ class ModelRegistry:
         return self.root / experiment / str(version)
 
     def promote(self, experiment: str, *, run_id: str, outputs: Path, metric: str, value: float,
-                goal: str, metrics: dict[str, float], flow_run_id: str | None = None
-                ) -> dict[str, Any]:
+                goal: str, metrics: dict[str, float], flow_run_id: str | None = None,
+                job: dict[str, Any] | None = None) -> dict[str, Any]:
         """Copy a run's outputs in as the next version; returns its model.json."""
         if not outputs.is_dir() or not any(outputs.iterdir()):
             raise TfsubmitError(f"run {run_id} has no outputs to promote ({outputs} is empty); "
@@ -161,7 +161,8 @@ class ModelRegistry:
         info = {"name": experiment, "experiment": experiment, "run_id": run_id,
                 "model_path": ".", "metric": metric, "value": value, "goal": goal,
                 "metrics": metrics, "promoted": time.time(), "flow_run_id": flow_run_id,
-                "tags": {}, "properties": {}, "description": f"promoted by retrain: {metric}"}
+                "tags": {}, "properties": {}, "description": f"promoted by retrain: {metric}",
+                "job": job or {}}
 
         def fill(staging: Path) -> None:
             shutil.copytree(outputs, staging, dirs_exist_ok=True)

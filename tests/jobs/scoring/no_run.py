@@ -1,0 +1,5 @@
+"""A scoring script that forgot run()."""
+
+
+def init():
+    pass

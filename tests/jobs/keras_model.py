@@ -20,7 +20,8 @@ run = Run.get_context()
 rng = np.random.default_rng(0)
 x = rng.normal(size=(512, 4)).astype("float32")
 y = (x.sum(axis=1, keepdims=True) > 0).astype("float32")
-model = tf.keras.Sequential([tf.keras.Input(shape=(4,)), tf.keras.layers.Dense(8, activation="relu"),
+model = tf.keras.Sequential([tf.keras.Input(shape=(4,)),
+                             tf.keras.layers.Dense(8, activation="relu"),
                              tf.keras.layers.Dense(1, activation="sigmoid")])
 model.compile(optimizer=tf.keras.optimizers.SGD(args.learning_rate), loss="binary_crossentropy",
               metrics=["accuracy"])

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from conftest import EXAMPLE, ROOT, TFSUBMIT
 
 from tfsubmit import Experiment, TensorFlow
 from tfsubmit.errors import TfsubmitError
+from tfsubmit.serving.endpoints import Endpoints
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.record import TERMINAL_STATUSES
 from tfsubmit.store.registry import ModelRegistry
@@ -354,19 +356,34 @@ def test_unknown_deployment_is_named(deployed, monkeypatch):
 
 
 def test_retrain_promotes_a_better_model_and_refuses_a_worse_one(deployed):
-    def retrain(learning_rate: float, epochs: int) -> dict:
+    def retrain(learning_rate: float, epochs: int, *more: str) -> dict:
         params = json.dumps({"--learning-rate": learning_rate, "--epochs": epochs,
                              "--samples": 600})
         flow_run = deployed.wait(deployed.run_deployment(
             "retrain/default", "job=examples/keras-synthetic/job.yaml", "experiment=rt",
-            f"script_params={params}"))
+            f"script_params={params}", *more))
         assert flow_run["state"]["type"] == "COMPLETED", deployed.logs_of(flow_run["id"])
         return flow_run
 
     registry = ModelRegistry(deployed.workspace)
     first = retrain(0.001, 1)  # nothing earlier: promoted as version 1
     assert [v["version"] for v in registry.versions("rt")] == [1]
-    retrain(0.05, 3)  # clearly better: version 2
+    # Version 1 served (a deploy-model flow run on this server, TF Serving's API); the next
+    # retrain that promotes updates the endpoint (issue 26).
+    deployed.cli(sys.executable, "-c", "from tfsubmit.serving.endpoints import Endpoints; "
+                 "from tfsubmit.flows.serve import deploy_model; "
+                 "from tfsubmit.store.layout import Workspace; "
+                 "deploy_model(endpoint='rt-live', "
+                 "version=Endpoints(Workspace()).plan('rt-live', 'rt:1'))", timeout=900)
+    endpoints = Endpoints(deployed.workspace)
+    try:
+        assert endpoints.state("rt-live")["model"] == "rt:1"
+        retrain(0.05, 3, "endpoint=rt-live")  # clearly better: version 2, and served
+        served = httpx.get(endpoints.state("rt-live")["base_uri"] + "/v1/models/rt").json()
+        assert served["model_version_status"][0]["version"] == "2"
+        assert endpoints.state("rt-live")["state"] == "Healthy"
+    finally:
+        endpoints.delete("rt-live")
     versions = registry.versions("rt")
     assert [v["version"] for v in versions] == [1, 2]
     assert versions[1]["value"] < versions[0]["value"]

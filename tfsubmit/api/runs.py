@@ -433,7 +433,8 @@ class Run(BaseRun):
         return ModelRegistry(self.workspace).register(
             model_name, source, run_id=self.id, tags=tags, properties=properties,
             description=description,
-            extra={"experiment": self.experiment, "job": self._model_job()})
+            extra={"experiment": self.record.read().get("experiment", "default"),
+                   "job": self._model_job()})
 
     def _model_job(self) -> dict[str, Any]:
         """What serving the model needs to know of the job that trained it."""

@@ -88,7 +88,88 @@ class RandInt(Uniform):
             raise JobSpecError(f"space: {name!r}: randint() bounds must be integers")
 
 
-Parameter = Choice | Uniform
+@dataclass(frozen=True, repr=False)
+class Transformed:
+    """A distribution Optuna has no type for, sampled through a latent value u, uniform in
+    [0, 1] (what Optuna samples), then transformed, with Azure ML's meanings:
+
+        quniform(low, high, q)        round(uniform(low, high) / q) * q
+        qloguniform(low, high, q)     round(exp(uniform(low, high)) / q) * q
+        normal(mu, sigma)             normally distributed
+        qnormal(mu, sigma, q)         round(normal(mu, sigma) / q) * q
+        lognormal(mu, sigma)          exp(normal(mu, sigma))
+        qlognormal(mu, sigma, q)      round(exp(normal(mu, sigma)) / q) * q
+    """
+
+    kind: str
+    args: tuple
+
+    ARITY = {"quniform": 3, "qloguniform": 3, "normal": 2, "qnormal": 3, "lognormal": 2,
+             "qlognormal": 3}
+
+    def check(self, name: str) -> None:
+        arity = self.ARITY.get(self.kind)
+        if arity is None or len(self.args) != arity:
+            raise JobSpecError(f"space: {name!r}: {self.kind}() takes {arity} numbers")
+        for arg in self.args:
+            if not isinstance(arg, (int, float)) or isinstance(arg, bool) \
+                    or not math.isfinite(arg):
+                raise JobSpecError(f"space: {name!r}: {self.kind}() arguments must be finite "
+                                   f"numbers, got {arg!r}")
+        if self.kind in ("quniform", "qloguniform") and self.args[0] >= self.args[1]:
+            raise JobSpecError(f"space: {name!r}: {self.kind}(low, high, q) needs low < high")
+        if "normal" in self.kind and self.args[1] <= 0:
+            raise JobSpecError(f"space: {name!r}: {self.kind}() needs sigma > 0")
+        if self.kind.startswith("q") and self.args[-1] <= 0:
+            raise JobSpecError(f"space: {name!r}: {self.kind}() needs q > 0")
+
+    def value(self, u: float) -> float:
+        """The parameter's value for latent u in [0, 1]."""
+        a, b = self.args[0], self.args[1]
+        if self.kind in ("quniform", "qloguniform"):
+            x = a + (b - a) * u
+            x = math.exp(x) if self.kind == "qloguniform" else x
+        else:
+            x = statistics.NormalDist(a, b).inv_cdf(min(max(u, 1e-12), 1 - 1e-12))
+            x = math.exp(x) if "lognormal" in self.kind else x
+        if self.kind.startswith("q"):
+            q = self.args[2]
+            x = round(x / q) * q
+            return int(x) if float(x).is_integer() and float(q).is_integer() else x
+        return x
+
+    def to_data(self) -> dict:
+        return {self.kind: list(self.args)}
+
+    def __repr__(self) -> str:
+        return f"{self.kind}({', '.join(map(repr, self.args))})"
+
+
+def quniform(low: float, high: float, q: float) -> Transformed:
+    return Transformed("quniform", (low, high, q))
+
+
+def qloguniform(low: float, high: float, q: float) -> Transformed:
+    return Transformed("qloguniform", (low, high, q))
+
+
+def normal(mu: float, sigma: float) -> Transformed:
+    return Transformed("normal", (mu, sigma))
+
+
+def qnormal(mu: float, sigma: float, q: float) -> Transformed:
+    return Transformed("qnormal", (mu, sigma, q))
+
+
+def lognormal(mu: float, sigma: float) -> Transformed:
+    return Transformed("lognormal", (mu, sigma))
+
+
+def qlognormal(mu: float, sigma: float, q: float) -> Transformed:
+    return Transformed("qlognormal", (mu, sigma, q))
+
+
+Parameter = Choice | Uniform | Transformed
 
 
 def choice(*values: Any) -> Choice:
@@ -111,12 +192,14 @@ def randint(low: int, high: int) -> RandInt:
     return RandInt(low, high)
 
 
-_KINDS = {"choice": choice, "uniform": uniform, "loguniform": loguniform, "randint": randint}
+_KINDS = {"choice": choice, "uniform": uniform, "loguniform": loguniform, "randint": randint,
+          "quniform": quniform, "qloguniform": qloguniform, "normal": normal,
+          "qnormal": qnormal, "lognormal": lognormal, "qlognormal": qlognormal}
 
 
 def parameter_from_data(name: str, data: Any) -> Parameter:
     """`{"choice": [16, 32]}`, `{"loguniform": [1e-4, 1e-1]}`, ... (the YAML form)."""
-    if isinstance(data, (Choice, Uniform)):
+    if isinstance(data, (Choice, Uniform, Transformed)):
         return data
     if not isinstance(data, dict) or len(data) != 1 or next(iter(data)) not in _KINDS:
         raise JobSpecError(f"space: {name!r}: write one of {', '.join(_KINDS)} with its "
@@ -124,8 +207,10 @@ def parameter_from_data(name: str, data: Any) -> Parameter:
     kind, args = next(iter(data.items()))
     if kind == "choice":
         return choice(*(args if isinstance(args, list) else [args]))
-    if not isinstance(args, list) or len(args) != 2:
-        raise JobSpecError(f"space: {name!r}: {kind} takes [low, high], got {args!r}")
+    arity = Transformed.ARITY.get(kind, 2)
+    if not isinstance(args, list) or len(args) != arity:
+        raise JobSpecError(f"space: {name!r}: {kind} takes {arity} numbers "
+                           f"({'[low, high]' if arity == 2 else '[a, b, q]'}), got {args!r}")
     return _KINDS[kind](*args)
 
 
@@ -211,14 +296,45 @@ class BanditPolicy(_Policy):
         return None
 
 
-def policy_from_data(data: Any) -> MedianStopping | BanditPolicy | None:
+@dataclass(frozen=True)
+class TruncationSelection(_Policy):
+    """At each evaluation, stop a trial among the worst `truncation_percentage` percent of
+    the trials at the same step (Azure ML's TruncationSelectionPolicy)."""
+
+    truncation_percentage: int = 10
+    name = "truncation_selection"
+
+    def check(self) -> None:
+        super().check()
+        if not 1 <= self.truncation_percentage <= 99:
+            raise JobSpecError("early_termination: truncation_percentage must be 1 to 99")
+
+    def verdict(self, values: list[float], others: list[list[float]], goal: str) -> str | None:
+        step = len(values)
+        at_step = [peer[-1] for peer in self.peers(step, others) if len(peer) >= step]
+        if not self.due(step) or not at_step:
+            return None
+        everyone = sorted([*at_step, values[-1]], reverse=goal == "minimize")  # worst first
+        cut = len(everyone) * self.truncation_percentage // 100
+        if cut and not goals.better(values[-1], everyone[cut - 1], goal):
+            return (f"truncation selection at step {step}: {values[-1]:.4g} is among the "
+                    f"worst {self.truncation_percentage}% of {len(everyone)} trials")
+        return None
+
+
+_POLICIES = {"median_stopping": MedianStopping, "bandit": BanditPolicy,
+             "truncation_selection": TruncationSelection}
+
+
+def policy_from_data(data: Any) -> MedianStopping | BanditPolicy | TruncationSelection | None:
     if data is None or isinstance(data, _Policy):
         return data
-    if not isinstance(data, dict) or data.get("policy") not in ("median_stopping", "bandit"):
-        raise JobSpecError("early_termination: write {policy: median_stopping, ...} or "
-                           f"{{policy: bandit, slack_factor: ...}}; got {data!r}")
+    if not isinstance(data, dict) or data.get("policy") not in _POLICIES:
+        raise JobSpecError("early_termination: write {policy: median_stopping, ...}, "
+                           "{policy: bandit, slack_factor: ...} or {policy: "
+                           f"truncation_selection, truncation_percentage: ...}}; got {data!r}")
     fields = {k: v for k, v in data.items() if k != "policy"}
-    cls = MedianStopping if data["policy"] == "median_stopping" else BanditPolicy
+    cls = _POLICIES[data["policy"]]
     try:
         return cls(**fields)
     except TypeError as exc:
@@ -241,7 +357,8 @@ class Sweep:
         sampling: str = "random",
         max_total_runs: int = 10,
         max_concurrent_runs: int = 1,
-        early_termination: MedianStopping | BanditPolicy | dict | None = None,
+        early_termination: MedianStopping | BanditPolicy | TruncationSelection | dict
+        | None = None,
         seed: int | None = None,
     ) -> None:
         if not isinstance(estimator, TrainingJob):
@@ -259,7 +376,8 @@ class Sweep:
             raise JobSpecError(f"sampling: {sampling!r} is not one of {', '.join(SAMPLINGS)}")
         if sampling == "grid":
             for name, parameter in self.space.items():
-                if isinstance(parameter, Uniform) and not isinstance(parameter, RandInt):
+                if isinstance(parameter, Transformed) or isinstance(parameter, Uniform) \
+                        and not isinstance(parameter, RandInt):
                     raise JobSpecError(
                         f"space: {name!r}: grid sampling needs discrete values, but "
                         f"{parameter!r} is a continuous range; use choice(...) or randint(...)")
@@ -303,6 +421,13 @@ class Sweep:
         if self.sampling == "grid":
             return min(self.max_total_runs, self.grid_size)
         return self.max_total_runs
+
+    def values_of(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """A trial's values from what the sampler drew (a Transformed parameter's latent
+        value becomes its value)."""
+        return {name: self.space[name].value(value)
+                if isinstance(self.space.get(name), Transformed) else value
+                for name, value in sampled.items()}
 
     def trial_job(self, params: dict[str, Any]) -> TrainingJob:
         data = self.estimator.to_dict()

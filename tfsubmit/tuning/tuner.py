@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from tfsubmit.runtime.metrics import read_metrics
 from tfsubmit.spec.goals import ranked
 from tfsubmit.spec.job import TrainingJob
-from tfsubmit.spec.sweep import Choice, RandInt, Sweep
+from tfsubmit.spec.sweep import Choice, RandInt, Sweep, Transformed
 from tfsubmit.store.cancel import CancelFlag, request_cancel
 from tfsubmit.store.layout import RunPaths, Workspace
 from tfsubmit.store.record import RunRecord
@@ -68,6 +68,8 @@ def _distributions(spec: Sweep) -> dict[str, Any]:
     for name, parameter in spec.space.items():
         if isinstance(parameter, Choice):
             out[name] = CategoricalDistribution(list(parameter.values))
+        elif isinstance(parameter, Transformed):  # its latent value (Sweep.values_of)
+            out[name] = FloatDistribution(0.0, 1.0)
         elif isinstance(parameter, RandInt):
             out[name] = IntDistribution(int(parameter.low), int(parameter.high))
         else:
@@ -171,7 +173,7 @@ class Tuner:
 
     def _start_trial(self) -> None:
         optuna_trial = self.study.ask(self.distributions)
-        params = dict(optuna_trial.params)
+        params = self.spec.values_of(dict(optuna_trial.params))
         job = self.spec.trial_job(params)
         run_id = f"{self.sweep_id}_t{optuna_trial.number:03d}"
         record = RunRecord.create(self.ws, run_id, self.experiment, job.to_dict(),

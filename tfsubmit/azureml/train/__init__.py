@@ -1,0 +1,1 @@
+"""azureml.train, ported: `dnn.TensorFlow` (the estimator) and `hyperdrive`."""

@@ -247,6 +247,8 @@ def _lifespan(startup):
     return lifespan
 
 
+# Seconds a retired version leaves kept-alive connections open before closing them.
+KEEP_ALIVE_GRACE = 2.0
 # The uvicorn server of this process (main() sets it), for retiring.
 _SERVER: list[Any] = []
 
@@ -258,16 +260,24 @@ async def _retire() -> None:
     import asyncio
 
     server = _SERVER[0]
+    loop = asyncio.get_running_loop()
     for listener in server.servers:
         listener.close()  # our copy of the socket only: the others keep listening
-    quiet_since = None
+    began, quiet_since, asked = loop.time(), None, False
     while True:
         await asyncio.sleep(0.05)
         if server.server_state.connections:
             quiet_since = None
+            if not asked and loop.time() - began > KEEP_ALIVE_GRACE:
+                # Kept-alive connections would stay ours: answer what they asked with
+                # `Connection: close`, close the idle ones (clients reconnect, to the new
+                # version).
+                asked = True
+                for connection in list(server.server_state.connections):
+                    connection.shutdown()
         elif quiet_since is None:
-            quiet_since = asyncio.get_running_loop().time()
-        elif asyncio.get_running_loop().time() - quiet_since > 0.5:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since > 0.5:
             break
     server.should_exit = True
 
@@ -292,11 +302,16 @@ def main() -> int:
         Path(args.ready).write_text(str(os.getpid()))
 
     app = build_app(spec, on_ready=ready)
-    config = uvicorn.Config(app, fd=args.fd, log_level="warning", access_log=False,
+    config = uvicorn.Config(app, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     server = uvicorn.Server(config)
     _SERVER.append(server)
-    server.run()
+    # The inherited socket as what it is (TCP): uvicorn's `fd=` takes it as a Unix socket,
+    # and asyncio then leaves TCP_NODELAY off its connections (measured: Nagle's algorithm
+    # and delayed ACKs added 40 ms to every reply).
+    import socket
+
+    server.run(sockets=[socket.socket(fileno=args.fd)])
     # A failed start-up (init raised) ends here too: uvicorn reports it and returns.
     return 0 if server.started else 3
 

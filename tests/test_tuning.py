@@ -44,7 +44,8 @@ def sweep(job, space, **fields) -> Sweep:
     ({"--lr": choice(0.1)}, "annealing", "sampling: 'annealing' is not one of random, grid, "
                                          "bayesian"),
     ({"--n": randint(1, 2.5)}, "random", "space: '--n': randint.. bounds must be integers"),
-    ({"--lr": {"lognormal": [1, 2]}}, "random", "space: '--lr': write one of choice"),
+    ({"--lr": {"gaussian": [1, 2]}}, "random", "space: '--lr': write one of choice"),
+    ({"--lr": {"qnormal": [1, 2]}}, "random", r"space: '--lr': qnormal takes 3 numbers"),
     ({}, "random", "space: needs at least one parameter"),
 ])
 def test_bad_spaces_name_the_parameter(job, space, sampling, message):
@@ -123,3 +124,59 @@ def test_bandit_slack():
     amount = BanditPolicy(slack_amount=0.05, evaluation_interval=2)
     assert amount.verdict([0.5], [[0.1, 0.1]], "minimize") is None  # step 1: not due
     assert "bandit at step 2" in amount.verdict([0.5, 0.5], [[0.1, 0.1]], "minimize")
+
+
+def test_truncation_selection_stops_the_worst_percent():
+    from tfsubmit.spec.sweep import TruncationSelection
+
+    policy = TruncationSelection(truncation_percentage=25)
+    peers = [[0.1], [0.2], [0.3]]
+    assert "worst 25% of 4" in policy.verdict([0.9], peers, "minimize")
+    assert policy.verdict([0.15], peers, "minimize") is None
+    assert policy.verdict([0.05], peers, "maximize")  # lowest accuracy: the worst
+    assert policy.verdict([0.9], [[0.1]], "minimize") is None  # 25% of 2 is no trial
+    with pytest.raises(JobSpecError, match="truncation_percentage must be 1 to 99"):
+        TruncationSelection(truncation_percentage=0).check()
+
+
+def test_azures_distributions_keep_their_meanings():
+    """Azure's q*, normal and lognormal: a latent uniform in [0, 1], transformed; its
+    loguniform(min, max) is exp(uniform(min, max)) and randint(upper) is [0, upper)."""
+    import math
+    import statistics
+
+    from tfsubmit.azureml.train import hyperdrive as hd
+
+    latent = [(i + 0.5) / 2000 for i in range(2000)]  # the latent's quantiles
+    normal = [hd.normal(3.0, 2.0).value(u) for u in latent]
+    assert abs(statistics.fmean(normal) - 3.0) < 0.01
+    assert abs(statistics.pstdev(normal) - 2.0) < 0.05
+    lognormal = [hd.lognormal(0.0, 1.0).value(u) for u in latent]
+    assert abs(statistics.median(lognormal) - 1.0) < 0.01 and min(lognormal) > 0
+    assert {hd.quniform(0, 10, 5).value(u) for u in latent} == {0, 5, 10}
+    assert all(v % 4 == 0 for v in (hd.qnormal(20, 8, 4).value(u) for u in latent))
+    assert {hd.qloguniform(0, math.log(100), 10).value(u) for u in latent} <= set(range(0, 101,
+                                                                                         10))
+    assert all(v % 0.5 == 0 for v in (hd.qlognormal(1, 0.5, 0.5).value(u) for u in latent))
+    log = hd.loguniform(-6, -1)
+    assert math.isclose(log.low, math.exp(-6)) and math.isclose(log.high, math.exp(-1))
+    assert (hd.randint(5).low, hd.randint(5).high) == (0, 4)
+    with pytest.raises(JobSpecError, match="needs sigma > 0"):
+        hd.normal(0, 0).check("x")
+
+
+def test_a_sweep_samples_transformed_parameters_through_optuna(job, tmp_path):
+    """The tuner asks Optuna for the latent value and the trial gets the transformed one."""
+    from tfsubmit.azureml.train import hyperdrive as hd
+    from tfsubmit.tuning.tuner import _distributions
+
+    sweep = Sweep(job, {"--units": hd.qnormal(64, 16, 8), "--lr": hd.loguniform(-6, -1)},
+                  primary_metric="loss")
+    assert {k: type(v).__name__ for k, v in _distributions(sweep).items()} == \
+        {"--units": "FloatDistribution", "--lr": "FloatDistribution"}
+    values = sweep.values_of({"--units": 0.5, "--lr": 0.01})
+    assert values == {"--units": 64, "--lr": 0.01}
+    with pytest.raises(JobSpecError, match="grid sampling needs discrete values"):
+        Sweep(job, {"--units": hd.qnormal(64, 16, 8)}, primary_metric="loss", sampling="grid")
+    again = Sweep.from_dict({**sweep.to_dict()})
+    assert again.space["--units"].to_data() == {"qnormal": [64, 16, 8]}

@@ -245,3 +245,25 @@ def test_an_endpoint_on_the_docker_target(workspace, trained, docker_engine):
     endpoint.delete()
     assert docker_engine.containers.list(all=True,
                                          filters={"label": "tfsubmit.endpoint"}) == []
+
+
+def test_an_endpoint_on_an_ssh_host(workspace, trained, hosts, tmp_path):
+    """Served from an SSH host: its inference environment built there by the host agent,
+    the model and scoring script copied there, the supervisor detached there and bound to
+    the host's address; delete leaves nothing there."""
+    from test_ssh import add_target
+
+    target = add_target(workspace, hosts, workdir=str(tmp_path / "remote"))
+    endpoint = deploy("toy-ssh", "toy:2", workspace=workspace.root, score_script="score.py",
+                      source_directory=str(SCORING), target=target, show_output=False)
+    assert endpoint.scoring_uri.startswith(f"http://{hosts.addresses[0]}:")
+    expected = _expected(trained)
+    assert _close(endpoint.run({"data": expected["rows"]})["predictions"],
+                  expected["predictions"])
+    remote = tmp_path / "remote" / "endpoints" / "toy-ssh"
+    assert (remote / "models" / "toy" / "2" / "model" / "model.keras").is_file()
+    assert _processes_of(remote)
+    endpoint.update("toy:1")
+    assert endpoint.model == "toy:1" and "retiring version 1" in endpoint.get_logs()
+    endpoint.delete()
+    assert _processes_of(remote) == [] and not remote.exists()

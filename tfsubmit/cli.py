@@ -589,8 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument("model", metavar="MODEL[:VERSION]", help="a registered model (latest "
                      "version without :VERSION)")
     dep.add_argument("--name", required=True, help="the endpoint's name (3-32 of a-z, 0-9, -)")
-    dep.add_argument("--target", default="local", help="local (default) or a docker target "
-                     "of targets.yaml")
+    dep.add_argument("--target", default="local", help="local (default), or an SSH or "
+                     "docker target of targets.yaml")
     dep.add_argument("--score", metavar="SCRIPT", help="a scoring script with init() and "
                      "run(raw_data) (Azure's contract); without one, TensorFlow Serving's "
                      "REST API serves the SavedModel or Keras model")

@@ -14,12 +14,13 @@ from tfsubmit.store.layout import Workspace
 def _say(endpoints: Endpoints, name: str):
     """A line to the flow run's log and to the endpoint's, where its deployer follows it."""
     logger = get_run_logger()
-    log = endpoints.folder(name) / "endpoint.log"
+    log = endpoints.folder(name) / "deploy.log"  # here, wherever the endpoint runs
 
     def say(line: str) -> None:
         logger.info(line)
         with log.open("a") as handle:
             handle.write(f"[deploy] {line}\n")
+            handle.flush()
 
     return say
 
@@ -27,25 +28,38 @@ def _say(endpoints: Endpoints, name: str):
 @task(name="environment", retries=1, retry_delay_seconds=10)
 def inference_environment(workspace: str, endpoint: str, version: int) -> dict:
     endpoints = Endpoints(Workspace(workspace))
-    env = endpoints.environment(endpoint, version, _say(endpoints, endpoint))
+    try:
+        env = endpoints.environment(endpoint, version, _say(endpoints, endpoint))
+    finally:
+        endpoints.close()
     return env.__dict__
 
 
 @task(name="provision")
 def provision_endpoint(workspace: str, endpoint: str, version: int, env: dict) -> None:
-    Endpoints(Workspace(workspace)).provision(endpoint, version, Environment(**env))
+    endpoints = Endpoints(Workspace(workspace))
+    try:
+        endpoints.provision(endpoint, version, Environment(**env))
+    finally:
+        endpoints.close()
 
 
 @task(name="start")
 def start_endpoint(workspace: str, endpoint: str, version: int) -> None:
     endpoints = Endpoints(Workspace(workspace))
-    endpoints.start(endpoint, version, _say(endpoints, endpoint))
+    try:
+        endpoints.start(endpoint, version, _say(endpoints, endpoint))
+    finally:
+        endpoints.close()
 
 
 @task(name="healthy")
 def wait_healthy(workspace: str, endpoint: str, version: int) -> dict:
     endpoints = Endpoints(Workspace(workspace))
-    state = endpoints.wait_healthy(endpoint, version)
+    try:
+        state = endpoints.wait_healthy(endpoint, version)
+    finally:
+        endpoints.close()
     get_run_logger().info(f"endpoint {endpoint} version {version}: Healthy at "
                           f"{state['scoring_uri']}")
     return state

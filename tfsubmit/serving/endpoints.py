@@ -15,7 +15,9 @@ beside the old one and switches once it is ready.
 from __future__ import annotations
 
 import ast
+import json
 import os
+import posixpath
 import re
 import secrets
 import shutil
@@ -28,16 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import EndpointError, JobSpecError, NotSupportedError, TfsubmitError
+from tfsubmit.serving.hosts import LocalFiles, SSHFiles
 from tfsubmit.spec.environment import Environment, EnvironmentSpec, local_content
 from tfsubmit.store.layout import Workspace, read_json, write_json
 from tfsubmit.store.package import runtime_dir
 from tfsubmit.store.registry import ModelRegistry, parse_reference
-from tfsubmit.system.processes import pid_alive
 from tfsubmit.targets.config import get_target
 from tfsubmit.targets.docker import DockerTarget
 from tfsubmit.targets.envbuild import resolve_environment
 from tfsubmit.targets.images import ENV_PYTHON, bootstrap_base, resolve_image
 from tfsubmit.targets.local import LocalTarget
+from tfsubmit.targets.ssh import SSHTarget
 
 # What the endpoint's server needs beside the model's own packages: a maintained ASGI stack.
 SERVING_PACKAGES = ("starlette>=0.40", "uvicorn>=0.30")
@@ -76,6 +79,31 @@ class Endpoints:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.root = workspace.root / "endpoints"
+        self._ssh: dict[str, tuple[SSHTarget, Any]] = {}  # target name: (target, 1st host)
+        self._reports: dict[str, dict] = {}
+
+    def close(self) -> None:
+        for target, _ in self._ssh.values():
+            target.close()
+        self._ssh.clear()
+
+    def _files(self, config: dict[str, Any]) -> LocalFiles | SSHFiles:
+        """Where the endpoint's supervisor keeps its files."""
+        if config["kind"] != "ssh":
+            return LocalFiles(self.folder(config["name"]))
+        target, conn = self._connection(config["target"])
+        return SSHFiles(conn, posixpath.join(target.config.workdir, "endpoints",
+                                             config["name"]))
+
+    def _connection(self, name: str) -> tuple[SSHTarget, Any]:
+        """The SSH target's first host, connected (and pre-flight checked) once."""
+        if name not in self._ssh:
+            target = get_target(name, self.workspace.root)
+            assert isinstance(target, SSHTarget)
+            self._reports.update(target.connect())
+            first = target.config.hosts[0].address
+            self._ssh[name] = (target, target.connections[first])
+        return self._ssh[name]
 
     def folder(self, name: str) -> Path:
         return self.root / name
@@ -100,9 +128,9 @@ class Endpoints:
     def state(self, name: str) -> dict[str, Any]:
         """The supervisor's state, made true: Failed when its supervisor is gone."""
         config = self.config(name)
-        folder = self.folder(name)
-        state = read_json(folder / "state.json") or {"state": TRANSITIONING}
-        started = config.get("container") or (folder / "supervisor.json").exists()
+        files = self._files(config)
+        state = _json(files.read("state.json")) or {"state": TRANSITIONING}
+        started = config.get("container") or files.read("supervisor.json") is not None
         if started and state.get("state") in (HEALTHY, UNHEALTHY, TRANSITIONING) \
                 and not self._supervisor_alive(config):
             state = {**state, "state": FAILED,
@@ -120,15 +148,15 @@ class Endpoints:
                 "keys": spec.get("keys") or [], "current": config["current"]}
 
     def _supervisor_alive(self, config: dict[str, Any]) -> bool:
-        folder = self.folder(config["name"])
         if config.get("container"):
             try:
                 return self._docker(config).client.containers.get(
                     config["container"]).status in ("created", "running")
             except Exception:  # noqa: BLE001 (gone, or the engine is)
                 return False
-        pid = (read_json(folder / "supervisor.json") or {}).get("pid")
-        return bool(pid) and pid_alive(pid) and _is_supervisor(pid, folder)
+        files = self._files(config)
+        pid = (_json(files.read("supervisor.json")) or {}).get("pid")
+        return bool(pid) and files.is_supervisor(pid)
 
     def _docker(self, config: dict[str, Any]) -> DockerTarget:
         target = get_target(config["target"], self.workspace.root)
@@ -179,7 +207,8 @@ class Endpoints:
         if running:
             port = existing["port"]
         elif port is not None:
-            _check_port_free(int(port))
+            if kind != "ssh":  # an SSH host's supervisor says so itself, naming the port
+                _check_port_free(int(port))
         else:
             port = free_port()
         folder = self.folder(name)
@@ -213,11 +242,11 @@ class Endpoints:
         }
         write_json(folder / "versions" / f"{version}.json", spec)
         if not existing or (overwrite and not running):
+            address = self._address(target) if kind == "ssh" else "127.0.0.1"
             write_json(folder / "endpoint.json", {
                 "name": name, "target": target, "kind": kind, "port": int(port),
-                "host": "127.0.0.1",
-                "address": "127.0.0.1", "current": version, "created": time.time(),
-                "liveness_seconds": 5})
+                "host": address, "address": address, "current": version,
+                "created": time.time(), "liveness_seconds": 5})
         return version
 
     def plan_update(self, name: str, model: str | None = None, *,
@@ -249,9 +278,16 @@ class Endpoints:
             found.client.close()
             found.streams.close()
             return "docker"
-        raise NotSupportedError(f"target {target!r}: endpoints run on the local target and "
-                                "on docker targets in this version (SSH and Slurm targets "
+        if isinstance(found, SSHTarget):
+            return "ssh"
+        raise NotSupportedError(f"target {target!r}: endpoints run on the local target, on "
+                                "docker and on SSH targets in this version (Slurm targets "
                                 "train only)")
+
+    def _address(self, target: str) -> str:
+        """An SSH target's endpoint serves on its first host."""
+        found = get_target(target, self.workspace.root)
+        return found.config.hosts[0].address
 
     # -- the deploy-model flow's steps ------------------------------------------------------
 
@@ -276,56 +312,78 @@ class Endpoints:
             say(f"image {image}: {'reused' if reused else f'built in {seconds:.1f} s'}")
             return Environment(env_spec.hash, path=image, python=ENV_PYTHON, reused=reused,
                                freeze="", build_seconds=seconds, image=image)
+        if config["kind"] == "ssh":
+            target, conn = self._connection(config["target"])
+            report = self._reports[conn.name]
+            env = target._build_env(conn, env_spec, report["version"], say)
+            say(f"environment {env.hash} on {conn.name}: {env.how()} ({env.python})")
+            return env
         env = resolve_environment(env_spec, self.workspace.env_cache, on_line=say)
         say(f"environment {env.hash}: {env.how()} ({env.python})")
         return env
 
     def provision(self, name: str, version: int, env: Environment) -> None:
-        """The version's spec completed with its interpreter and tfsubmit's runtime."""
+        """The version's spec completed with its interpreter and tfsubmit's runtime; on an
+        SSH host, the model and the scoring script's folder copied there and the spec's
+        paths made the host's."""
+        config = self.config(name)
         folder = self.folder(name)
         spec = self.spec(name, version)
-        runtime = runtime_dir(self.workspace.runtime)
+        if config["kind"] == "ssh":
+            target, _ = self._connection(config["target"])
+            runtime = target.runtime
+        else:
+            runtime = str(runtime_dir(self.workspace.runtime))
         spec["python"] = env.python
         spec["image"] = env.image
-        spec["env"] = {"PYTHONPATH": str(runtime), "PYTHONUNBUFFERED": "1",
+        spec["env"] = {"PYTHONPATH": runtime, "PYTHONUNBUFFERED": "1",
                        "TF_CPP_MIN_LOG_LEVEL": "2"}
-        spec["runtime"] = str(runtime)
+        spec["runtime"] = runtime
         write_json(folder / "versions" / f"{version}.json", spec)
+        files = self._files(config)
+        if config["kind"] == "ssh":
+            model_dir = Path(spec["model_dir"])
+            there = f"models/{spec['model_name']}/{spec['model_version']}"
+            remote_dir = files.put_tree(model_dir, there)
+            spec["model_path"] = posixpath.join(
+                remote_dir, os.path.relpath(spec["model_path"], model_dir))
+            spec["model_dir"] = remote_dir
+            if spec.get("cwd"):
+                remote_cwd = files.put_tree(Path(spec["cwd"]), f"source/{version}")
+                spec["score_script"] = posixpath.join(
+                    remote_cwd, os.path.relpath(spec["score_script"], spec["cwd"]))
+                spec["cwd"] = remote_cwd
+            files.write(f"versions/{version}.json", json.dumps(spec, indent=1).encode())
 
     def start(self, name: str, version: int, say: Callable[[str], None]) -> None:
         """Start the endpoint's supervisor, or, where it runs, ask it to switch to
         `version`."""
         config = self.config(name)
         folder = self.folder(name)
+        files = self._files(config)
+        config["current"] = version
         if self._supervisor_alive(config):
-            config["current"] = version
             write_json(folder / "endpoint.json", config)
+            files.write("endpoint.json", json.dumps(config, indent=1).encode())
             say(f"updating endpoint {name} to version {version}")
             self._signal(config, signal.SIGHUP)
             return
-        config["current"] = version
         config.pop("container", None)
         write_json(folder / "endpoint.json", config)
-        (folder / "state.json").unlink(missing_ok=True)
-        (folder / "supervisor.json").unlink(missing_ok=True)
+        files.write("endpoint.json", json.dumps(config, indent=1).encode())
+        files.remove("state.json")
+        files.remove("supervisor.json")
         spec = self.spec(name, version)
         if config["kind"] == "docker":
             self._start_container(config, spec)
         else:
             from tfsubmit.targets.local import base_env
 
-            log = (folder / "endpoint.log").open("a")
-            with log:
-                import subprocess
-
-                popen = subprocess.Popen([spec["python"], "-m",
-                                          "tfsubmit.endpoint.supervisor", str(folder)],
-                                         env={**base_env(), **spec["env"]}, cwd=str(folder),
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True)
-            write_json(folder / "supervisor.json", {"pid": popen.pid})
-        say(f"endpoint {name}: supervisor started on {config['target']}, port "
-            f"{config['port']}")
+            pid = files.start(spec["python"], spec["env"],
+                              base_env() if config["kind"] == "local" else {})
+            files.write("supervisor.json", json.dumps({"pid": pid}).encode())
+        say(f"endpoint {name}: supervisor started on {config['target']} ({files.where}), "
+            f"port {config['port']}")
 
     def _start_container(self, config: dict[str, Any], spec: dict[str, Any]) -> None:
         target = self._docker(config)
@@ -359,12 +417,10 @@ class Endpoints:
             except Exception:  # noqa: BLE001 (gone)
                 pass
             return
-        pid = (read_json(self.folder(config["name"]) / "supervisor.json") or {}).get("pid")
-        if pid and _is_supervisor(pid, self.folder(config["name"])):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        files = self._files(config)
+        pid = (_json(files.read("supervisor.json")) or {}).get("pid")
+        if pid:
+            files.signal(pid, sig)
 
     def wait_healthy(self, name: str, version: int, *, timeout: float = 900.0,
                      say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
@@ -392,31 +448,34 @@ class Endpoints:
             time.sleep(0.1)
 
     def follow_log(self, name: str) -> Iterator[str | None]:
-        """The log's new lines as they come; None when there are none yet."""
-        path = self.folder(name) / "endpoint.log"
-        offset = path.stat().st_size if path.exists() else 0
+        """New lines of the deployment's log (deploy.log, here) and of the endpoint's
+        (endpoint.log, where it runs) as they come; None when there are none yet."""
+        sources = [LocalFiles(self.folder(name)), self._files(self.config(name))]
+        names = ["deploy.log", "endpoint.log"]
+        offsets = [len(files.read(log) or b"") for files, log in zip(sources, names,
+                                                                       strict=True)]
         while True:
-            if path.exists():
-                with path.open("rb") as handle:
-                    handle.seek(offset)
-                    data = handle.read()
+            for i, (files, log) in enumerate(zip(sources, names, strict=True)):
+                data = files.read(log, offsets[i]) or b""
                 end = data.rfind(b"\n") + 1
-                offset += end
+                offsets[i] += end
                 yield from data[:end].decode("utf-8", "replace").splitlines()
             yield None
 
     def tail(self, name: str, lines: int = 20) -> str:
-        path = self.folder(name) / "endpoint.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        deploy = LocalFiles(self.folder(name)).read("deploy.log") or b""
+        data = self._files(self.config(name)).read("endpoint.log") or b""
+        text = (deploy + data).decode("utf-8", "replace").splitlines()
+        return "\n".join(text[-lines:])
 
     # -- deleting ----------------------------------------------------------------------------
 
     def delete(self, name: str, *, timeout: float = 60.0) -> Path:
         """Stop the endpoint (its supervisor stops its servers) and remove it; its log is
-        kept, and its path returned."""
+        kept here, and its path returned."""
         config = self.config(name)
         folder = self.folder(name)
+        files = self._files(config)
         self._signal(config, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while self._supervisor_alive(config) and time.monotonic() < deadline:
@@ -428,24 +487,21 @@ class Endpoints:
             except Exception:  # noqa: BLE001 (gone already)
                 pass
         elif self._supervisor_alive(config):
-            pid = (read_json(folder / "supervisor.json") or {}).get("pid")
-            if pid:
-                os.kill(pid, signal.SIGKILL)
+            self._signal(config, signal.SIGKILL)
         kept = self.root / ".deleted" / f"{name}-{time.strftime('%Y%m%d_%H%M%S')}.log"
         kept.parent.mkdir(parents=True, exist_ok=True)
-        if (folder / "endpoint.log").exists():
-            shutil.copyfile(folder / "endpoint.log", kept)
+        kept.write_bytes((LocalFiles(folder).read("deploy.log") or b"")
+                         + (files.read("endpoint.log") or b""))
+        files.remove_all()
         shutil.rmtree(folder, ignore_errors=True)
         return kept
 
 
-def _is_supervisor(pid: int, folder: Path) -> bool:
-    """Whether process `pid` is the supervisor of `folder` (not a reused pid)."""
+def _json(data: bytes | None) -> dict[str, Any] | None:
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"tfsubmit.endpoint.supervisor" in argv and str(folder).encode() in argv
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
 
 
 def _check_port_free(port: int) -> None:

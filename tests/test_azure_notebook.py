@@ -51,6 +51,16 @@ def data_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_endpoint_left(workspace):
+    yield
+    from tfsubmit.serving.endpoints import Endpoints
+
+    endpoints = Endpoints(workspace)
+    for name in endpoints.names():
+        endpoints.delete(name)
+
+
 @pytest.fixture(scope="module")
 def notebook(workspace, data_dir, tmp_path_factory):
     """The notebook's cells up to a trained, tuned, registered model."""

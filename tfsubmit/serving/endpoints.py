@@ -81,11 +81,16 @@ class Endpoints:
         self.root = workspace.root / "endpoints"
         self._ssh: dict[str, tuple[SSHTarget, Any]] = {}  # target name: (target, 1st host)
         self._reports: dict[str, dict] = {}
+        self._engines: dict[str, DockerTarget] = {}
 
     def close(self) -> None:
         for target, _ in self._ssh.values():
             target.close()
         self._ssh.clear()
+        for engine in self._engines.values():
+            engine.client.close()
+            engine.streams.close()
+        self._engines.clear()
 
     def _files(self, config: dict[str, Any]) -> LocalFiles | SSHFiles:
         """Where the endpoint's supervisor keeps its files."""
@@ -159,9 +164,12 @@ class Endpoints:
         return bool(pid) and files.is_supervisor(pid)
 
     def _docker(self, config: dict[str, Any]) -> DockerTarget:
-        target = get_target(config["target"], self.workspace.root)
-        assert isinstance(target, DockerTarget)
-        return target
+        """The Docker target's engine, connected once."""
+        if config["target"] not in self._engines:
+            target = get_target(config["target"], self.workspace.root)
+            assert isinstance(target, DockerTarget)
+            self._engines[config["target"]] = target
+        return self._engines[config["target"]]
 
     # -- deploying -------------------------------------------------------------------------
 

@@ -320,7 +320,7 @@ def test_submit_to_a_deployment_returns_at_once_then_streams(deployed, monkeypat
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[worker:0@local] Epoch 3/3" in result.stdout and "  val_loss: [" in result.stdout
     run_id = result.stdout.split("Submitted run ", 1)[1].split()[0]
-    shown = subprocess.run([*TFSUBMIT, "show", run_id], capture_output=True, text=True,
+    shown = subprocess.run([*TFSUBMIT, "show", run_id, "--json"], capture_output=True, text=True,
                            env={**deployed.env, "TFSUBMIT_WORKSPACE": str(deployed.logs / "c2")})
     details = json.loads(shown.stdout)
     assert details["status"] == "Completed" and set(details["metrics"]) >= {"loss", "val_loss"}

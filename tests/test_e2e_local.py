@@ -101,7 +101,7 @@ def test_same_spec_again_installs_nothing(workspace):
     assert probe.returncode != 0
 
 
-def test_cli_submit_runs_show_and_logs(workspace):
+def test_cli_submit_runs_show_and_logs(workspace, tmp_path):
     result = run_cli("submit", str(EXAMPLE / "job.yaml"), "--experiment", "e2e-cli", timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[worker:0@local] Epoch 3/3" in result.stdout
@@ -112,10 +112,21 @@ def test_cli_submit_runs_show_and_logs(workspace):
     row = next(line for line in listing.stdout.splitlines() if line.startswith(run_id))
     assert "Completed" in row
 
-    shown = json.loads(run_cli("show", run_id).stdout)
+    shown = json.loads(run_cli("show", run_id, "--json").stdout)
     assert shown["status"] == "Completed" and shown["exit_code"] == 0
     assert set(shown["metrics"]) >= {"loss", "accuracy", "val_loss"}
     assert "scikit-learn" in (workspace.runs / run_id / "pip-freeze.txt").read_text()
+    # For people (issue 28): a screenful, values at 4 significant digits, one duration.
+    summary = run_cli("show", run_id).stdout
+    assert f"Run {run_id}: Completed" in summary, summary
+    assert "from submit to end (training" in summary and "steps       snapshot" in summary
+    last = shown["metrics"]["val_loss"][-1]
+    assert f"    {'val_loss':24} {last:.4g} (3 values)" in summary, summary
+    assert "outputs/model.keras" in summary and f"tfsubmit download {run_id}" in summary
+    assert len(summary.splitlines()) < 40
+    downloaded = run_cli("download", run_id, "--prefix", "outputs/", "--to", str(tmp_path))
+    assert downloaded.returncode == 0 and (tmp_path / "outputs" / "model.keras").is_file()
+    assert run_cli("download", run_id, "--prefix", "nothing/").returncode == 2
 
     logs = run_cli("logs", run_id).stdout
     assert "[worker:0@local] Epoch 1/3" in logs and f"[tfsubmit] run {run_id} Completed" in logs
@@ -186,7 +197,8 @@ def test_max_run_duration_stops_the_run(workspace, job_dir):
     details = run.wait_for_completion(timeout=300, raise_on_error=False)
     assert details["status"] == "Failed"
     assert details["reason"] == "exceeded max_run_duration_seconds=3"
-    assert details["duration"] < 20
+    assert details["training_seconds"] < 20  # the job was stopped at 3 s
+    assert details["duration"] >= details["training_seconds"]  # submit to end (issue 28)
     assert "ready: sleeping" in run.paths.output_log.read_text()
     assert processes_of_run(run.id) == []
 
@@ -271,7 +283,7 @@ def test_odd_metrics_and_output_reach_the_terminal_tamed(workspace, tmp_path, ca
         def strict(text):
             return json.loads(text, parse_constant=lambda word: pytest.fail(f"{word} in JSON"))
 
-        details = strict(run_cli("show", run.id).stdout)
+        details = strict(run_cli("show", run.id, "--json").stdout)
         assert details["metrics"]["ratio"] == "NaN"
         assert details["metrics"]["blob"].endswith("[10,000,000 characters in all; "
                                                    "Run.get_metrics() or the run folder's "

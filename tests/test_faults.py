@@ -973,7 +973,7 @@ def test_11_a_disk_filling_up_mid_run_ends_the_run_truly(small_disk):
     assert details["exit_code"] == 1
     _no_tmp_files(small_disk.root)
     (run.paths.outputs / "fill.bin").unlink()  # space again: everything reads as it should
-    shown = _cli("show", run.id, workspace=small_disk.root)
+    shown = _cli("show", run.id, "--json", workspace=small_disk.root)
     assert shown.returncode == 0 and '"status": "Failed"' in shown.stdout, shown.stderr
 
 

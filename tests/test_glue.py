@@ -282,3 +282,32 @@ def test_tuner_stops_a_trial_the_policy_gives_up_on(tmp_path):
     assert by_loss[5.0].error.startswith("early-terminated: median stopping")
     assert len(by_loss[5.0].curve) < 60
     assert RunRecord(ws.paths_of(by_loss[5.0].run_id)).read()["early_terminated"] is True
+
+
+def test_a_failed_scripts_traceback_keeps_its_own_frames():
+    """Issue 28: the user's file and line survive however deep the library stack is; runs
+    of library frames in between become one line each."""
+    from tfsubmit.pipeline.failure import script_exception
+
+    lib = "/root/.cache/tfsubmit/envs/x/lib/python3.11/site-packages/keras/src"
+    lines = ["Epoch 1/3", "Traceback (most recent call last):",
+             '  File "/runs/r/work/train.py", line 42, in <module>',
+             "    model.fit(x, y)",
+             *[f'  File "{lib}/m{i}.py", line {i}, in f{i}\n    call()'.split("\n")[k]
+               for i in range(30) for k in (0, 1)],
+             '  File "/runs/r/work/helpers.py", line 7, in loss',
+             "    return tf.reduce_mean(y / 0)",
+             *[f'  File "{lib}/n{i}.py", line {i}, in g{i}' for i in range(10)],
+             "ValueError: Incompatible shapes: [32,1] vs. [32,10]"]
+    found = script_exception(lines)
+    trace = found["traceback"]
+    assert (found["type"], found["message"]) == ("ValueError",
+                                                 "Incompatible shapes: [32,1] vs. [32,10]")
+    assert trace[0] == "Traceback (most recent call last):"
+    assert trace[1].endswith('train.py", line 42, in <module>') and trace[2] == \
+        "    model.fit(x, y)"
+    assert "  ... 30 library frame(s) left out ..." in trace
+    assert any('helpers.py", line 7' in line for line in trace)
+    assert "  ... 7 library frame(s) left out ..." in trace  # 10, less the last 3
+    assert trace[-2].endswith("n9.py\", line 9, in g9") and trace[-1].startswith("ValueError")
+    assert len(trace) < 20

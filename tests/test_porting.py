@@ -142,7 +142,7 @@ def test_2_details_have_azure_keys_and_a_live_portal_url(ported, workspace):
     now = server_status(workspace)
     assert ported.get_portal_url() == flow_run_link(now.api_url, record["flow_run_id"])
     assert ported.get_portal_url().startswith(now.ui_url)
-    shown = json.loads(run_cli("show", ported.id).stdout)
+    shown = json.loads(run_cli("show", ported.id, "--json").stdout)
     assert shown["prefect_ui"] == shown["portalUrl"] == ported.get_portal_url()
     assert ported.get_children() == []
 
@@ -169,10 +169,14 @@ def test_2_failed_run_error_is_the_script_exception(ported_failing):
     assert error["exceptionMessage"] == "dataset not found: /data/train.csv"
     assert error["traceback"][0] == "Traceback (most recent call last):"
     assert error["traceback"][-1] == "FileNotFoundError: dataset not found: /data/train.csv"
+    # The script's own frame: its file and line (issue 28).
+    assert any(line.strip().startswith('File "') and 'azure_style.py", line' in line
+               for line in error["traceback"]), error["traceback"]
+    assert details["error"]["traceback"] == error["traceback"]
     assert error["message"] == details["reason"] == ("worker:0@local failed with exit code 1: "
                                                      "FileNotFoundError: dataset not found: "
                                                      "/data/train.csv")
-    shown = run_cli("show", ported_failing.id)
+    shown = run_cli("show", ported_failing.id, "--json")
     assert json.loads(shown.stdout)["error"]["error"]["exceptionType"] == "FileNotFoundError"
     # hyperparameters became --fail VALUE (SageMaker's way, item 3).
     assert "azure_style.py --fail /data/train.csv" in ported_failing.paths.output_log.read_text()

@@ -5,7 +5,8 @@
     tfsubmit resume SWEEP
     tfsubmit image bootstrap [--target NAME]
     tfsubmit runs [--experiment NAME] [--limit N]
-    tfsubmit show RUN
+    tfsubmit show RUN [--json] [--task ROLE:INDEX]
+    tfsubmit download RUN [--prefix outputs/] [--to DIR]
     tfsubmit logs RUN [--follow] [--task ROLE:INDEX] [--grep REGEX]
     tfsubmit cancel RUN
     tfsubmit server start|stop|status
@@ -30,6 +31,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 from tfsubmit.errors import RunFailedError, TfsubmitError
 from tfsubmit.store.layout import Workspace
@@ -243,8 +245,109 @@ def _show(args: argparse.Namespace) -> int:
     # The UI of the server answering now (an embedded one may have come back on another
     # port since the run was submitted).
     details["prefect_ui"] = details.get("portalUrl") or details.get("prefect_ui")
-    print(json.dumps(_shown(details), indent=2, sort_keys=True, allow_nan=False))
+    if args.json:
+        print(json.dumps(_shown(details), indent=2, sort_keys=True, allow_nan=False))
+    else:
+        print("\n".join(summary_lines(details, run)))
     return 0
+
+
+def _download(args: argparse.Namespace) -> int:
+    from tfsubmit.api import open_run
+
+    run = open_run(args.run, workspace=args.workspace)
+    copied = run.download_files(prefix=args.prefix, output_directory=args.to)
+    if not copied:
+        raise TfsubmitError(f"run {run.id} has no files" + (f" under {args.prefix!r}"
+                                                            if args.prefix else "")
+                            + "; `tfsubmit show RUN` lists its outputs")
+    for path in copied:
+        print(path)
+    print(f"{len(copied)} file(s) of run {run.id} in {Path(args.to).resolve()}",
+          file=sys.stderr)
+    return 0
+
+
+def _value(value) -> str:
+    """A metric's value as people read it: 4 significant digits."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        text = str(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return ""
+
+
+def summary_lines(details: dict, run) -> list[str]:
+    """`tfsubmit show`: the run in a screenful, for people (--json has everything)."""
+    status = details.get("status", "?")
+    lines = [f"Run {details.get('id') or run.id}: {status}"]
+    if details.get("reason") and status in ("Failed", "Canceled"):
+        lines.append(f"  reason      {details['reason']}")
+    if details.get("queue_reason") and status == "Queued":
+        lines.append(f"  waiting     {details['queue_reason']}")
+    submitted = details.get("created")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(submitted)) if submitted else "-"
+    duration = details.get("duration")
+    took = (f"{duration:.1f} s from submit to end (training "
+            f"{details.get('training_seconds', 0):.1f} s)"
+            if isinstance(duration, int | float) and status in ("Completed", "Failed",
+                                                               "Canceled")
+            else f"{time.time() - submitted:.0f} s so far" if submitted else "-")
+    lines += [f"  experiment  {details.get('experiment', '-')}",
+              f"  submitted   {when}",
+              f"  duration    {took}",
+              f"  target      {_where(details)}; {details.get('topology') or '-'}; hosts "
+              f"{', '.join(details.get('hosts') or []) or '-'}"]
+    steps = details.get("steps") or {}
+    if steps:
+        lines.append("  steps       " + ", ".join(f"{name} {seconds:.1f} s"
+                                                 for name, seconds in steps.items()))
+    restarts = details.get("restarts") or []
+    if restarts:
+        lines.append(f"  restarts    {len(restarts)}: " + "; ".join(
+            f"{r['task']} exit {r['exit_code']} ({r['action']})" for r in restarts[:5]))
+    codes = details.get("exit_codes") or {}
+    failed = {task: code for task, code in codes.items() if code not in (0, None)}
+    if failed:
+        lines.append("  exit codes  " + ", ".join(f"{t} {c}" for t, c in failed.items()))
+    metrics = details.get("metrics") or {}
+    if metrics:
+        lines.append("  metrics     last value of each (tfsubmit show --json has them all)")
+        for name, values in sorted(metrics.items()):
+            last = values[-1] if isinstance(values, list) and values else values
+            count = f" ({len(values)} values)" if isinstance(values, list) else ""
+            lines.append(f"    {name:24} {_value(last)}{count}")
+    outputs = details.get("outputs") or []
+    if outputs:
+        folder = details.get("run_folder")
+        sizes = [(name, (Path(folder) / name).stat().st_size) for name in outputs
+                 if folder and (Path(folder) / name).is_file()]
+        total = sum(size for _, size in sizes)
+        lines.append(f"  outputs     {len(outputs)} file(s), {_size(total)}: tfsubmit "
+                     f"download {details.get('id')} --prefix outputs/")
+        for name, size in sizes[:8]:
+            lines.append(f"    {name:40} {_size(size)}")
+        if len(outputs) > 8:
+            lines.append(f"    ... and {len(outputs) - 8} more")
+    error = (details.get("error") or {}).get("traceback") or []
+    if error:
+        lines.append("  traceback   (the script's own frames kept)")
+        lines += [f"    {line}" for line in error[-12:]]
+    if details.get("prefect_ui"):
+        lines.append(f"  Prefect UI  {details['prefect_ui']}")
+    lines.append(f"  TensorBoard tfsubmit tensorboard {details.get('id')}")
+    if details.get("run_folder"):
+        lines.append(f"  folder      {details['run_folder']}")
+    return lines
 
 
 # The longest string `show` prints whole (a metric may be megabytes of text).
@@ -530,12 +633,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at most this many runs, newest first (default 50)")
     runs.set_defaults(func=_runs)
 
-    show = commands.add_parser("show", help="a run's details as JSON")
+    show = commands.add_parser("show", help="a run in a screenful: status and reason, "
+                               "duration, topology and hosts, steps, restarts, metrics, "
+                               "outputs, links (--json: every detail)")
     show.add_argument("run", help="run id, a unique start of one, or `latest`")
     show.add_argument("--task", metavar="ROLE:INDEX",
                       help="metrics of this task (e.g. worker:1) instead of the chief's "
                       "(else worker 0's, else rank 0's)")
+    show.add_argument("--json", action="store_true", help="every detail as JSON (Azure ML's "
+                      "keys), as scripts read it")
     show.set_defaults(func=_show)
+
+    down = commands.add_parser("download", help="copy a run's files here (outputs, logs, "
+                               "images), keeping their paths")
+    down.add_argument("run", help="run id, a unique start of one, or `latest`")
+    down.add_argument("--prefix", help="only files whose paths start with this (outputs/)")
+    down.add_argument("--to", default=".", help="the folder to copy into (default: here)")
+    down.set_defaults(func=_download)
 
     logs = commands.add_parser("logs", help="print a run's merged log")
     logs.add_argument("run", help="run id, a unique start of one, or `latest`")

@@ -302,7 +302,8 @@ def azure_details(record: dict[str, Any], *, portal, log_files, tags, properties
         if raised:
             inner.update(task=raised["task"], exceptionType=raised["type"],
                          exceptionMessage=raised["message"], traceback=raised["traceback"])
-        error = {"error": inner, "time": _iso(details.get("finished"))}
+        error = {"error": inner, "time": _iso(details.get("finished")),
+                 **({"traceback": raised["traceback"]} if raised else {})}
     details.update(
         runId=details.get("id"),
         target=details.get("compute_target"),

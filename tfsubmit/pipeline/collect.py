@@ -57,13 +57,17 @@ def final_facts(sub: Submission, outcome: Outcome) -> dict[str, Any]:
     run ends). Outputs are listed before: whoever sees the final status sees them all."""
     outputs = output_files(sub.paths)
     raised = explain(outcome)
+    finished = time.time()
+    submitted = sub.record.read().get("created") or finished - outcome.duration
     return {
         "error": with_exception(outcome.reason, raised),
         "script_error": raised,
         "exit_code": outcome.results[0].exit_code if outcome.results else None,
         "exit_codes": {f"{r.role}:{r.index}@{r.host}": r.exit_code for r in outcome.results},
-        "finished": time.time(),
-        "duration": round(outcome.duration, 3),
+        "finished": finished,
+        # One duration everywhere: submit to end; the job's processes' time beside it.
+        "duration": round(finished - submitted, 3),
+        "training_seconds": round(outcome.duration, 3),
         "outputs": outputs,
     }
 
@@ -82,7 +86,8 @@ def summary_markdown(record: dict[str, Any], metrics: dict[str, list[float]]) ->
         f"- **Target**: {record.get('compute_target')}",
         f"- **Topology**: {record.get('topology', '-')}",
         f"- **Hosts**: {', '.join(record.get('hosts') or []) or '-'}",
-        f"- **Duration**: {record.get('duration', 0):.1f} s (processes)",
+        f"- **Duration**: {record.get('duration', 0):.1f} s from submit to end "
+        f"(training {record.get('training_seconds', 0):.1f} s)",
         f"- **Snapshot**: `{record.get('snapshot_hash', '-')}`",
         f"- **Environment**: `{record.get('environment_hash', '-')}`"
         + (" (reused)" if record.get("environment_reused") else ""),

@@ -12,7 +12,11 @@ from typing import Any
 from tfsubmit.pipeline.supervise import Outcome, ProcessResult
 
 TRACEBACK = "Traceback (most recent call last):"
-TRACEBACK_LINES = 12  # the last lines of a traceback kept with the error
+LAST_FRAMES = 3  # library frames kept where it raised
+# A frame's first line: `  File "path", line N, in name`.
+_FRAME = re.compile(r'^\s*File "(?P<path>[^"]+)", line \d+')
+# Where library code lives: site-packages, the standard library, frozen modules.
+_LIBRARY = re.compile(r"(site-packages|dist-packages|/lib/python\d[\d.]*/|^<frozen |^<string>)")
 TAIL_LINES = 400  # how much of a process's log is searched for its traceback
 # mpirun --tag-output's prefix of each rank's line: "[1,0]<stderr>:".
 _MPI_TAG = re.compile(r"^\[\d+,\d+\]<std(?:out|err)>:")
@@ -32,10 +36,34 @@ def script_exception(lines: list[str]) -> dict[str, Any] | None:
             match = _EXCEPTION.match(line.strip())
             if not match:
                 return None
-            frames = block[: i + 1]
             return {"type": match[1], "message": (match[2] or "").strip(),
-                    "traceback": [frames[0], *frames[1:][-TRACEBACK_LINES:]]}
+                    "traceback": [block[0], *own_frames(block[1:i]), block[i]]}
     return None
+
+
+def own_frames(lines: list[str]) -> list[str]:
+    """A traceback's frames, keeping every frame of the script's own files (the user's file
+    and line) and the last LAST_FRAMES (where it raised); each run of library frames in
+    between becomes one line that says how many were left out."""
+    frames: list[list[str]] = []
+    for line in lines:
+        if _FRAME.match(line) or not frames:
+            frames.append([line])
+        else:
+            frames[-1].append(line)  # its source line, carets, chained notes
+    kept: list[str] = []
+    skipped = 0
+    for n, frame in enumerate(frames):
+        match = _FRAME.match(frame[0])
+        library = bool(match and _LIBRARY.search(match["path"]))
+        if library and n < len(frames) - LAST_FRAMES:
+            skipped += 1
+            continue
+        if skipped:
+            kept.append(f"  ... {skipped} library frame(s) left out ...")
+            skipped = 0
+        kept += frame
+    return kept
 
 
 def failing_process(outcome: Outcome) -> ProcessResult | None:

@@ -127,6 +127,9 @@ def test_cli_submit_runs_show_and_logs(workspace, tmp_path):
     downloaded = run_cli("download", run_id, "--prefix", "outputs/", "--to", str(tmp_path))
     assert downloaded.returncode == 0 and (tmp_path / "outputs" / "model.keras").is_file()
     assert run_cli("download", run_id, "--prefix", "nothing/").returncode == 2
+    by_metric = run_cli("runs", "--experiment", "e2e-cli", "--metric", "val_loss").stdout
+    row = next(line for line in by_metric.splitlines() if line.startswith(run_id))
+    assert f" {last:.4g} * " in row, by_metric  # its value, marked the experiment's best
 
     logs = run_cli("logs", run_id).stdout
     assert "[worker:0@local] Epoch 1/3" in logs and f"[tfsubmit] run {run_id} Completed" in logs

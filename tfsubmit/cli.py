@@ -4,7 +4,7 @@
                     [--deployment FLOW/DEPLOYMENT]
     tfsubmit resume SWEEP
     tfsubmit image bootstrap [--target NAME]
-    tfsubmit runs [--experiment NAME] [--limit N]
+    tfsubmit runs [--experiment NAME] [--limit N] [--metric NAME [--goal G]]
     tfsubmit show RUN [--json] [--task ROLE:INDEX]
     tfsubmit download RUN [--prefix outputs/] [--to DIR]
     tfsubmit logs RUN [--follow] [--task ROLE:INDEX] [--grep REGEX]
@@ -182,15 +182,58 @@ def _runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet" + (f" in experiment {args.experiment}" if args.experiment else ""))
         return 0
+    shown = sorted(rows, reverse=True)[: args.limit]
+    values, best = _metric_column(workspace, args, shown)
+    metric = f"{args.metric.upper()[:14]:15} " if args.metric else ""
     print(f"{'RUN':44} {'EXPERIMENT':16} {'STATUS':10} {'SUBMITTED':20} {'DURATION':9} "
-          f"{'TARGET':24} FLOW RUN")
-    for created, run_id, experiment, status, duration, flow_run, problem, where in sorted(
-            rows, reverse=True)[: args.limit]:
+          f"{metric}{'TARGET':24} FLOW RUN")
+    for created, run_id, experiment, status, duration, flow_run, problem, where in shown:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(created))
         took = f"{duration:.1f} s" if isinstance(duration, int | float) else "-"
-        print(f"{run_id:44} {experiment:16} {status:10} {when:20} {took:9} {where:24} "
+        cell = ""
+        if args.metric:
+            value = values.get(run_id)
+            cell = (_value(value) if value is not None else "-") + \
+                (" *" if best.get(experiment) == run_id else "")
+            cell = f"{cell:15} "
+        print(f"{run_id:44} {experiment:16} {status:10} {when:20} {took:9} {cell}{where:24} "
               f"{flow_run}" + (f"  ({problem})" if problem else ""))
+    if args.metric:
+        print(f"* the best {args.metric} of its experiment ({_goal_of(args)}: the last "
+              "value each completed run logged)")
     return 0
+
+
+def _goal_of(args: argparse.Namespace) -> str:
+    if args.goal:
+        return args.goal
+    lowered = args.metric.lower()
+    return "minimize" if any(w in lowered for w in ("loss", "err", "mse", "mae")) \
+        else "maximize"
+
+
+def _metric_column(workspace: Workspace, args: argparse.Namespace, rows: list[tuple]
+                   ) -> tuple[dict[str, float], dict[str, str]]:
+    """Each run's last value of --metric, and each experiment's best completed run."""
+    if not args.metric:
+        return {}, {}
+    from tfsubmit.spec.goals import better
+    from tfsubmit.store.registry import last_values
+
+    goal = _goal_of(args)
+    values, best, best_value = {}, {}, {}
+    for row in rows:
+        run_id, experiment, status = row[1], row[2], row[3]
+        try:
+            value = last_values(workspace, run_id).get(args.metric)
+        except (OSError, ValueError, TfsubmitError):
+            value = None
+        if value is None:
+            continue
+        values[run_id] = value
+        if status == "Completed" and better(value, best_value.get(experiment), goal):
+            best[experiment], best_value[experiment] = run_id, value
+    return values, best
 
 
 def _where(record: dict) -> str:
@@ -631,6 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--experiment", help="only this experiment's runs")
     runs.add_argument("--limit", type=_positive, default=50,
                       help="at most this many runs, newest first (default 50)")
+    runs.add_argument("--metric", help="add a column: each run's last value of this metric, "
+                      "the best completed run of each experiment marked *")
+    runs.add_argument("--goal", choices=("minimize", "maximize"), help="for --metric "
+                      "(default: minimize for names with loss, err, mse or mae, else "
+                      "maximize)")
     runs.set_defaults(func=_runs)
 
     show = commands.add_parser("show", help="a run in a screenful: status and reason, "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -62,7 +64,16 @@ def test_api_trains_the_example_and_reports_everything(workspace, prefect_api, c
                             {"artifacts": {"flow_run_id": {"any_": [details["flow_run_id"]]}}})
     by_key = {a["key"].rsplit("-", 1)[1]: a for a in artifacts}
     assert {key: a["type"] for key, a in by_key.items()} == {
-        "metrics": "table", "progress": "progress", "summary": "markdown", "outputs": "markdown"}
+        "metrics": "table", "progress": "progress", "summary": "markdown", "outputs": "markdown",
+        "curves": "markdown"}
+    # Issue 28: the curves are a PNG; values read at 4 significant digits; the outputs
+    # artifact lists the files and how to download them.
+    png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", by_key["curves"]["data"])
+    assert png and base64.b64decode(png[1]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert all(v == float(f"{v:.4g}") for row in json.loads(by_key["metrics"]["data"])
+               for v in [*row["values"], row["last"], row["min"], row["max"]])
+    assert "| `outputs/model.keras` |" in by_key["outputs"]["data"]
+    assert f"tfsubmit download {run.id} --prefix outputs/" in by_key["outputs"]["data"]
     assert "Completed" in by_key["summary"]["data"]
     rows = json.loads(by_key["metrics"]["data"])
     assert {row["metric"] for row in rows} >= {"loss", "accuracy", "epoch"}

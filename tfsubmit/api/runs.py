@@ -619,7 +619,7 @@ class DeploymentRun(BaseRun):
         return self.api.flow_run_link(self.flow_run_id)
 
     def _folder(self) -> Path:
-        """The run folder on the machine that ran its flow (named by its `outputs` link
+        """The run folder on the machine that ran its flow (named by its `outputs`
         artifact); readable when that is this machine. Found once: it never moves."""
         if self._found_folder is not None:
             return self._found_folder
@@ -628,9 +628,13 @@ class DeploymentRun(BaseRun):
         if not found:
             raise TfsubmitError(f"run {self.id} has no files yet: its outputs are collected "
                                 "when it ends")
-        link = re.search(r"\]\(([^)]+)\)\s*$", found[0]["data"])  # "[text](file:///...)"
-        url = link[1] if link else found[0]["data"]
-        folder = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).parent
+        named = re.search(r"Run folder: `([^`]+)`", found[0]["data"])
+        if named:
+            folder = Path(named[1])
+        else:  # before issue 28: a link artifact, "[text](file:///.../outputs)"
+            link = re.search(r"\]\(([^)]+)\)\s*$", found[0]["data"])
+            url = link[1] if link else found[0]["data"]
+            folder = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).parent
         if not (folder / "run.json").is_file():
             raise TfsubmitError(f"run {self.id}'s files are on the machine that ran its flow, "
                                 f"in {folder}; read them there (tfsubmit show {self.id})")

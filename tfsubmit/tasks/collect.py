@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tfsubmit.pipeline.artifacts import outputs_markdown
 from tfsubmit.pipeline.collect import summary_markdown
 from tfsubmit.pipeline.context import Submission
 from tfsubmit.pipeline.execute import settle
@@ -50,9 +51,8 @@ def _publish(sub: Submission, artifacts: RunArtifacts, metrics: list[dict], fina
             {**sub.record.read(), **final, "status": outcome.status}, series(metrics))),
         description=f"Summary of run {sub.run_id}",
     )
-    create_link_artifact(
+    create_markdown_artifact(
         key=artifact_key(sub.run_id, "outputs"),
-        link=sub.paths.outputs.resolve().as_uri(),
-        link_text=f"{len(final['outputs'])} output file(s) in {sub.paths.outputs}",
-        description=f"Outputs of run {sub.run_id} (on the machine that ran its flow)",
+        markdown=json_safe(outputs_markdown(sub.run_id, sub.paths.root, final["outputs"])),
+        description=f"Outputs of run {sub.run_id}: files, sizes, and how to download them",
     )

@@ -27,6 +27,8 @@ from prefect.client.schemas.actions import ArtifactUpdate
 
 from tfsubmit.pipeline.artifacts import (
     METRICS_DESCRIPTION,
+    curves_markdown,
+    curves_png,
     images_markdown,
     metrics_table,
     progress,
@@ -36,6 +38,8 @@ from tfsubmit.service.prefect_api import artifact_key
 
 # Seconds live artifact updates pause after the API failed to take one.
 QUIET_SECONDS = 30.0
+# Seconds between live redraws of the curves (a figure costs about 0.2 s of CPU).
+CURVES_SECONDS = 10.0
 
 
 class RunArtifacts:
@@ -45,6 +49,8 @@ class RunArtifacts:
         self.run_id = run_id
         self.metrics_id: UUID | None = None
         self.progress_id: UUID | None = None
+        self.curves_id: UUID | None = None
+        self._curves_at = 0.0
         self._published: list[dict] = []
         self._lock = threading.Lock()
         self._quiet_until = 0.0
@@ -62,6 +68,9 @@ class RunArtifacts:
             try:
                 self._publish_metrics(records)
                 self._publish_progress(series(records), final)
+                if final or time.monotonic() - self._curves_at > CURVES_SECONDS:
+                    self._curves_at = time.monotonic()
+                    self._publish_curves(records)
             except Exception:
                 self._quiet_until = time.monotonic() + QUIET_SECONDS
                 if final:
@@ -80,6 +89,19 @@ class RunArtifacts:
         data = json.dumps(json_safe(table))
         with get_client(sync_client=True) as client:
             client.update_artifact(self.metrics_id, ArtifactUpdate(data=data))
+
+    def _publish_curves(self, records: list[dict]) -> None:
+        png = curves_png(records)
+        if png is None:
+            return
+        markdown = curves_markdown(self.run_id, png)
+        if self.curves_id is None:
+            self.curves_id = create_markdown_artifact(
+                markdown=markdown, key=artifact_key(self.run_id, "curves"),
+                description=f"Curves of run {self.run_id}: each metric over its steps")
+            return
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self.curves_id, ArtifactUpdate(data=markdown))
 
     def _publish_progress(self, metrics: dict[str, list[float]], final: bool) -> None:
         shown = progress(metrics, final)

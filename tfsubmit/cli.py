@@ -7,6 +7,7 @@
     tfsubmit runs [--experiment NAME] [--limit N] [--metric NAME [--goal G]]
     tfsubmit show RUN [--json] [--task ROLE:INDEX]
     tfsubmit download RUN [--prefix outputs/] [--to DIR]
+    tfsubmit tensorboard [RUN ...] [--experiment E] [--sweep S] [--port P]
     tfsubmit logs RUN [--follow] [--task ROLE:INDEX] [--grep REGEX]
     tfsubmit cancel RUN
     tfsubmit server start|stop|status
@@ -308,6 +309,42 @@ def _download(args: argparse.Namespace) -> int:
         print(path)
     print(f"{len(copied)} file(s) of run {run.id} in {Path(args.to).resolve()}",
           file=sys.stderr)
+    return 0
+
+
+def _tensorboard(args: argparse.Namespace) -> int:
+    import signal as signals
+    import threading
+
+    from tfsubmit.api.runs import SweepRun, run_of
+    from tfsubmit.api.tensorboard import TensorBoard
+
+    workspace = Workspace(args.workspace)
+    runs = [run_of(workspace.resolve_run_id(r), workspace=workspace.root) for r in args.runs]
+    if args.experiment:
+        found = [run_of(r["id"], workspace=workspace.root)
+                 for r in workspace.list_runs(args.experiment) if r.get("kind") != "sweep"]
+        if not found:
+            raise TfsubmitError(f"--experiment: no runs in experiment {args.experiment!r}")
+        runs += found
+    if args.sweep:
+        sweep = run_of(workspace.resolve_run_id(args.sweep), workspace=workspace.root)
+        if not isinstance(sweep, SweepRun):
+            raise TfsubmitError(f"--sweep: run {sweep.id} is not a sweep")
+        runs += sweep.get_children()
+    runs = list({run.id: run for run in runs}.values())
+    board = TensorBoard(runs, workspace=workspace.root, port=args.port)
+    stop = threading.Event()
+    for sig in (signals.SIGINT, signals.SIGTERM):
+        signals.signal(sig, lambda *_: stop.set())
+    url = board.start()
+    try:
+        print(f"TensorBoard over {len(runs)} run(s): {url}", flush=True)
+        print("(live while they train; Ctrl-C stops it)", file=sys.stderr, flush=True)
+        stop.wait()
+    finally:
+        board.stop()
+    print("TensorBoard stopped", file=sys.stderr)
     return 0
 
 
@@ -698,6 +735,15 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--prefix", help="only files whose paths start with this (outputs/)")
     down.add_argument("--to", default=".", help="the folder to copy into (default: here)")
     down.set_defaults(func=_download)
+
+    board = commands.add_parser("tensorboard", help="serve TensorBoard over runs: their "
+                                "metrics as scalars, and their own TensorBoard logs")
+    board.add_argument("runs", nargs="*", metavar="RUN", help="run ids (or unique starts, "
+                       "or `latest`)")
+    board.add_argument("--experiment", help="every run of this experiment")
+    board.add_argument("--sweep", help="the trials of this sweep, side by side")
+    board.add_argument("--port", type=int, help="the port (default: a free one)")
+    board.set_defaults(func=_tensorboard)
 
     logs = commands.add_parser("logs", help="print a run's merged log")
     logs.add_argument("run", help="run id, a unique start of one, or `latest`")

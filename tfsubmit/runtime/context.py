@@ -94,6 +94,15 @@ class RunContext:
         return path
 
     @property
+    def tensorboard_dir(self) -> Path:
+        """Where a Keras TensorBoard callback (or tf.summary) should write: `logs/tensorboard`
+        (Azure ML's `./logs` convention), collected with the run's logs; `tfsubmit
+        tensorboard RUN` shows it live beside the metrics logged through tfsubmit."""
+        path = Path(os.environ.get("TFSUBMIT_TENSORBOARD_DIR", "logs/tensorboard"))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
     def checkpoints_dir(self) -> Path:
         """Where to save checkpoints (`outputs/checkpoints`): kept across the run's
         restarts (a restarted process finds what its previous attempt wrote), collected

@@ -165,6 +165,13 @@ class PrefectAPI:
         return self.call("POST", "/artifacts/latest/filter" if latest else "/artifacts/filter",
                          body)
 
+    def link_artifact(self, flow_run_id: str, key: str, link: str, text: str,
+                      description: str) -> None:
+        """A link on a flow run's page (a new version of the key's artifact)."""
+        self.call("POST", "/artifacts/", {
+            "key": key, "type": "markdown", "flow_run_id": flow_run_id,
+            "data": f"[{text}]({link})", "description": description})
+
     def close(self) -> None:
         self._http.close()
 

@@ -26,4 +26,6 @@ fi
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 unset PREFECT_API_URL
 .venv/bin/ruff check tfsubmit tests benchmarks
+# The docs site builds with every link and anchor true (MkDocs' strict mode).
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$(mktemp -d)"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -41,10 +41,9 @@ TASKS = {"snapshot_source", "resolve_environment", "provision_nodes", "launch_to
 
 
 def readme_commands() -> list[list[str]]:
-    """The `prefect` commands of README's deployment steps, in order, as argv lists."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Prefect deployments"):]
-    section = section[: section.index("\n## ", 10)]
+    """The `prefect` commands of the docs' deployment steps (docs/prefect.md, once
+    README's), in order, as argv lists."""
+    section = (ROOT / "docs" / "prefect.md").read_text()
     return [[PREFECT, *shlex.split(line, comments=True)[1:]] for line in section.splitlines()
             if line.startswith(".venv/bin/prefect ")]
 
@@ -53,7 +52,7 @@ def readme_command(*words: str) -> list[str]:
     """The README's command whose words after `prefect` start with `words`."""
     found = [argv for argv in readme_commands() if argv[1: 1 + len(words)] == list(words)
              or argv[2: 2 + len(words)] == list(words)]
-    assert found, f"README has no `prefect {' '.join(words)}` step"
+    assert found, f"docs/prefect.md has no `prefect {' '.join(words)}` step"
     return found[0]
 
 

@@ -115,6 +115,22 @@ def test_exit_code_3_keeps_logs_and_cancel_removes_the_container(workspace, dock
     assert networks_of(docker_engine, sleeping.id) == []
 
 
+def test_a_container_removed_outside_tfsubmit_is_named_first(workspace, docker_engine,
+                                                              job_dir):
+    """Issue 28: the root cause leads the reason, then the first task it broke."""
+    run = Experiment("docker-removed").submit(TensorFlow(
+        source_directory=str(job_dir), entry_script="sleeper.py", compute_target="docker-test"))
+    wait_for_line(run, "ready: sleeping", timeout=600)
+    (container,) = of_run(docker_engine, run.id, status="running")
+    container.remove(force=True)
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["reason"].startswith(f"the container {container.name} was removed outside "
+                                        "tfsubmit (docker rm); the first task it broke: "
+                                        "worker:0@docker-test"), details["reason"]
+    assert of_run(docker_engine, run.id) == []
+
+
 def test_ps_topology_of_four_containers(workspace, docker_engine):
     job = TensorFlow(source_directory=str(PS_EXAMPLE), entry_script="train.py",
                      script_params={"--epochs": 2, "--steps-per-epoch": 12},

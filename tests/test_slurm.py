@@ -140,6 +140,25 @@ def test_time_limit(workspace, slurm, job_dir, tmp_path):
     _assert_nothing_left(run, slurm)
 
 
+def test_a_job_canceled_outside_tfsubmit_says_so_first(workspace, slurm, job_dir, tmp_path):
+    """Issue 28: an admin's scancel mid-run: the reason names that root cause first, then
+    the first task it broke (measured before: only the task's own exit code and error)."""
+    target = add_slurm_target(workspace, slurm, tmp_path)
+    run = Experiment("slurm-scancel", workspace=workspace.root).submit(TensorFlow(
+        source_directory=str(job_dir), entry_script="preemptible.py",
+        script_params=["60", "0.3"], node_count=2, distributed_backend="multiworker",
+        compute_target=target))
+    wait_for_line(run, "step 2 checkpointed")
+    done = slurm._client(["scancel", _job_id(run)])
+    assert done.returncode == 0, done.stderr
+    details = run.wait_for_completion(timeout=300, raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert details["reason"].startswith(
+        "the job was canceled in Slurm (scancel outside tfsubmit); the first task it broke: "
+        "worker:"), details["reason"]
+    _assert_nothing_left(run, slurm)
+
+
 def test_second_job_waits_queued_with_slurms_reason(workspace, slurm, job_dir, tmp_path):
     target = add_slurm_target(workspace, slurm, tmp_path, sbatch_args=["--exclusive"])
     experiment = Experiment("slurm-queue", workspace=workspace.root)
@@ -174,8 +193,9 @@ def test_requeue_resumes_from_the_checkpoint(workspace, slurm, job_dir, tmp_path
     slurm.scontrol("requeue", job_id)
     details = run.wait_for_completion(timeout=600)
     log = run.paths.output_log.read_text()
-    assert [r["reason"] for r in details["restarts"]] == \
-        ["worker:0@node1 ended: the Slurm job was requeued (restart 1)"]
+    assert [r["reason"].split(" (exit")[0].split(" (signal")[0]
+            for r in details["restarts"]] == \
+        ["the Slurm job was requeued (restart 1); the first task it broke: worker:0@node1"]
     resumed = run.get_metrics()["resumed_step"]
     assert resumed >= 3, log
     assert f"[worker:0@node1] resumed from checkpoint step {resumed}" in log

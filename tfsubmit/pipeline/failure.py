@@ -71,8 +71,9 @@ def failing_process(outcome: Outcome) -> ProcessResult | None:
     that exited non-zero."""
     failed = [r for r in outcome.results if r.exit_code not in (0, None)]
     reason = outcome.reason or ""
-    for result in failed:
-        if reason.startswith((f"{result.role}:{result.index}@", f"{result.role} {result.index}@")):
+    for result in failed:  # the reason names it first, or after its root cause
+        if reason.startswith((f"{result.role}:{result.index}@", f"{result.role} {result.index}@")) \
+                or f"first task it broke: {result.role}:{result.index}@{result.host} " in reason:
             return result
     return failed[0] if failed else None
 

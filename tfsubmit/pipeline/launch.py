@@ -52,12 +52,23 @@ def launch_topology(sub: Submission, target: Target, nodes: list[Node], env: Env
     if outcome.status == "Failed":
         outcome.reason = launcher.explain(outcome.reason, plan,
                                           lambda: sub.paths.output_log.read_text().splitlines())
+        outcome.reason = root_cause_first(target, outcome.reason)
     if outcome.status == "Canceled":
         outcome.reason = sub.cancel.reason()
     log.event(f"processes ended: {outcome.status}")  # the reason ends the run's log, once
     if outcome.restarts:
         sub.record.note(restarts=outcome.restarts)
     return outcome
+
+
+def root_cause_first(target: Target, reason: str | None) -> str | None:
+    """The reason led by its root cause where the target's scheduler ended the job (a
+    target may offer `scheduler_cause`; Slurm does): then the first task it broke."""
+    cause_of = getattr(target, "scheduler_cause", None)
+    cause = cause_of() if cause_of else None
+    if not cause or not reason or reason.startswith(cause):
+        return reason
+    return f"{cause}; the first task it broke: {reason}"
 
 
 def run_preflight(sub: Submission, target: Target, nodes: list[Node], check: Preflight,

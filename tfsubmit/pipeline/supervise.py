@@ -350,8 +350,7 @@ class _Run:
             for i, code in enumerate(codes):
                 if code not in (None, 0) or (code == 0 and not deciding[i]
                                              and any(deciding)):
-                    reason = f"{self.specs[i].tag.strip('[]')} " + _ending(self.handles[i],
-                                                                           code)
+                    reason = _reason(self.specs[i], self.handles[i], code)
                     if not self._recover(i, code, reason, policy):
                         return "Failed", reason
                     break
@@ -446,13 +445,18 @@ def _tagged(spec: ProcessSpec, line: str) -> tuple[str, str]:
     return spec.tag, line
 
 
-def _ending(handle: Handle, code: int) -> str:
-    """How a task's end reads in the run's reason."""
+def _reason(spec: ProcessSpec, handle: Handle, code: int) -> str:
+    """How a task's end reads in the run's reason: the root cause first (its scheduler
+    ended or requeued the job: canceled outside tfsubmit, a node lost, a time limit), then
+    the first task it broke; else the task and how it failed."""
+    tag = spec.tag.strip("[]")
     if handle.ended_by:
-        return f"ended: {handle.ended_by}"
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        return f"{handle.ended_by}; the first task it broke: {tag} ({how})"
     if code == 0:
-        return "failed with exit code 0 before the job was done"
-    return f"failed with signal {-code}" if code < 0 else f"failed with exit code {code}"
+        return f"{tag} failed with exit code 0 before the job was done"
+    return f"{tag} failed with signal {-code}" if code < 0 else \
+        f"{tag} failed with exit code {code}"
 
 
 def _shown(processes: list[tuple[str, int | str]]) -> str:

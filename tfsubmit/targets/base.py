@@ -147,6 +147,10 @@ class Target(Protocol):
     # started together (each start waits on its own host). Optional; absent means False.
     concurrent_start: bool
 
+    # Optional: `scheduler_cause() -> str | None`, why the target's scheduler ended the
+    # job (canceled outside tfsubmit, a node lost, a time limit): a failed run's reason
+    # then names it first.
+
     def leftovers(self, run_id: str) -> list[tuple[str, int | str]]:
         """(host, process) of every live process of the run, also those that left the group."""
         ...

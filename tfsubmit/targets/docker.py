@@ -24,6 +24,7 @@ import re
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,6 +134,8 @@ class DockerProcess:
             code = int(self.container.wait()["StatusCode"])
         except Exception:  # the container is gone (removed by a cancel): it was killed
             code = 137
+        if code:
+            self.ended_by = self._removed()
         if self.copy_back is not None:  # before the supervisor sees the end: files first
             try:
                 self.copy_back(self.container, self.spec.cwd)
@@ -140,6 +143,22 @@ class DockerProcess:
                 print(f"tfsubmit: could not copy files out of {self.container.name}: {exc}",
                       file=sys.stderr)
         self._code = code
+
+    def _removed(self) -> str | None:
+        """Why it ended, when its container was removed under it (`docker rm -f` kills,
+        then removes: given a moment)."""
+        for _ in range(5):
+            try:
+                self.container.reload()
+            except docker.errors.NotFound:
+                return (f"the container {self.container.name} was removed outside tfsubmit "
+                        "(docker rm)")
+            except Exception:  # noqa: BLE001 (the engine itself: the exit code says enough)
+                return None
+            if self.container.status not in ("removing", "exited", "dead"):
+                return None
+            time.sleep(0.2)
+        return None
 
     def lines(self) -> Iterator[str]:
         """The container's lines from both its streams, stderr's as StderrLine."""

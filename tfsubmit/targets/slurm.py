@@ -312,6 +312,10 @@ class SlurmTask:
                              + self.target.node_trouble())
             return code if code is not None else ENDED_CODE
         if code is not None:
+            if code != 0 and info.state in ENDED_BY:
+                # The task failed because Slurm ended the job under it (its peers were
+                # signalled): that is the cause, not the task's error.
+                self.ended_by = ENDED_BY[info.state] + self.target.node_trouble()
             return code
         if info.ended:
             try:  # its exit code may have landed just before the job ended
@@ -502,6 +506,17 @@ class SlurmTarget(LocalFolders):
                      gpus=int(gpus.get(name, 0)), python=self._python, runtime=self._runtime,
                      address=addresses.get(name, name))
                 for name in info.nodes]
+
+    def scheduler_cause(self) -> str | None:
+        """Why Slurm ended the run's job, when it did (canceled outside tfsubmit, a node
+        lost, its time limit): the root cause of tasks failing under it; else None."""
+        try:
+            info = self.info(fresh=True)
+        except TargetError:
+            return None
+        if info is None or info.state not in ENDED_BY:
+            return None
+        return ENDED_BY[info.state] + self.node_trouble()
 
     def node_trouble(self) -> str:
         """'; node2 DOWN (reason)' for each node of the run that Slurm took out of service

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import TfsubmitError
-from tfsubmit.runtime.metrics import KIND_LIST, read_records
+from tfsubmit.runtime.metrics import KIND_LIST, TOTAL_EPOCHS, read_records
 from tfsubmit.store.layout import Workspace
 
 REFRESH_SECONDS = 2.0
@@ -69,8 +69,8 @@ class _Converter:
         written = 0
         for record in records[self.seen:]:
             values = record["value"] if record.get("kind") == KIND_LIST else [record["value"]]
-            if record.get("kind") not in (None, KIND_LIST):
-                continue
+            if record.get("kind") not in (None, KIND_LIST) or record["name"] == TOTAL_EPOCHS:
+                continue  # not a series (total_epochs only sizes the progress bar)
             for value in values:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     continue

@@ -87,8 +87,9 @@ def outputs_markdown(run_id: str, root: Path, outputs: list[str]) -> str:
              f"{len(outputs)} file(s) in `{root / 'outputs'}` on the machine that ran the "
              "flow. Download them with:", "",
              f"    tfsubmit download {run_id} --prefix outputs/", "",
-             f"Run folder: `{root}`", "",
-             "| file | size |", "| --- | --- |"]
+             f"Run folder: `{root}`", ""]
+    if outputs:
+        lines += ["| file | size |", "| --- | --- |"]
     for name in outputs[:200]:
         path = root / name
         size = path.stat().st_size if path.is_file() else 0

@@ -229,6 +229,15 @@ def test_bad_input_is_refused_before_anything_is_made(workspace, trained, tmp_pa
         with pytest.raises(JobSpecError, match=f"port {port} is in use"):
             deploy("bad-one", "toy", workspace=workspace.root, port=port)
     assert "bad-one" not in endpoints.names() and not endpoints.folder("bad-one").exists()
+    # A deployment whose environment cannot be built: its flow run fails, the endpoint
+    # reads Failed saying why, and nothing of it runs.
+    with pytest.raises(EndpointError, match="tfsubmit-no-such-package-xyz was not found"):
+        deploy("bad-env", "toy", workspace=workspace.root,
+               pip_packages=["tfsubmit-no-such-package-xyz==1.0"], show_output=False)
+    state = endpoints.state("bad-env")
+    assert state["state"] == "Failed" and "tfsubmit-no-such-package-xyz" in state["error"]
+    assert _processes_of(endpoints.folder("bad-env")) == []
+    endpoints.delete("bad-env")
 
 
 def test_an_endpoint_on_the_docker_target(workspace, trained, docker_engine):

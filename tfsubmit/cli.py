@@ -358,16 +358,10 @@ def _value(value) -> str:
     return f"{value:.4g}"
 
 
-def _size(count: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1024 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return ""
-
-
 def summary_lines(details: dict, run) -> list[str]:
     """`tfsubmit show`: the run in a screenful, for people (--json has everything)."""
+    from tfsubmit.pipeline.artifacts import human_size
+
     status = details.get("status", "?")
     lines = [f"Run {details.get('id') or run.id}: {status}"]
     if details.get("reason") and status in ("Failed", "Canceled"):
@@ -412,10 +406,10 @@ def summary_lines(details: dict, run) -> list[str]:
         sizes = [(name, (Path(folder) / name).stat().st_size) for name in outputs
                  if folder and (Path(folder) / name).is_file()]
         total = sum(size for _, size in sizes)
-        lines.append(f"  outputs     {len(outputs)} file(s), {_size(total)}: tfsubmit "
+        lines.append(f"  outputs     {len(outputs)} file(s), {human_size(total)}: tfsubmit "
                      f"download {details.get('id')} --prefix outputs/")
         for name, size in sizes[:8]:
-            lines.append(f"    {name:40} {_size(size)}")
+            lines.append(f"    {name:40} {human_size(size)}")
         if len(outputs) > 8:
             lines.append(f"    ... and {len(outputs) - 8} more")
     error = (details.get("error") or {}).get("traceback") or []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 from tfsubmit.errors import EndpointError
 from tfsubmit.service.prefect_api import PrefectAPI, flow_run_link
 from tfsubmit.service.server import deployment_ids, ensure_server
-from tfsubmit.serving.endpoints import FAILED, HEALTHY, Endpoints
+from tfsubmit.serving.endpoints import Endpoints
 from tfsubmit.store.layout import Workspace
 from tfsubmit.store.registry import ModelRegistry
 
@@ -131,51 +130,26 @@ class Endpoint:
 
     def wait_for_deployment(self, show_output: bool = False, timeout: float = 900.0) -> None:
         """Until the deployed version is Healthy, printing the deployment's log lines with
-        show_output; EndpointError with the reason when it failed."""
+        show_output; EndpointError with the reason when it failed (or its deploy-model flow
+        run ended without it)."""
         version = self._version or self._endpoints.config(self.name)["current"]
-        deadline = time.monotonic() + timeout
-        lines = self._endpoints.follow_log(self.name)
         api = None
         if self._flow_run:
             from tfsubmit.service.server import api_url
 
             url = api_url(self.workspace, start=False)
             api = PrefectAPI(url) if url else None
-        next_flow_check = 0.0
+
+        def gave_up() -> str | None:
+            state = (api.flow_run(self._flow_run).get("state") or {}) if api else {}
+            if state.get("type") in ENDED:
+                return f"was not deployed: its flow run ended {state.get('name')}: " \
+                       f"{state.get('message') or ''}"
+            return None
+
         try:
-            while True:
-                for line in lines:
-                    if line is None:
-                        break
-                    if show_output:
-                        _print(line)
-                state = self._endpoints.state(self.name)
-                if state["state"] == HEALTHY and state.get("version") == version:
-                    return
-                failed = state["state"] == FAILED or (
-                    state.get("update_error") and f"version {version} " in
-                    state["update_error"])
-                if not failed and api and time.monotonic() > next_flow_check:
-                    next_flow_check = time.monotonic() + 1.0
-                    flow_state = (api.flow_run(self._flow_run).get("state") or {})
-                    if flow_state.get("type") in ENDED:
-                        state = self._endpoints.state(self.name)
-                        if state["state"] == HEALTHY and state.get("version") == version:
-                            return
-                        raise EndpointError(
-                            f"endpoint {self.name}: the deployment of version {version} "
-                            f"ended {flow_state.get('name')}: "
-                            f"{flow_state.get('message') or ''}\n"
-                            f"{self._endpoints.tail(self.name)}")
-                if failed:
-                    raise EndpointError(
-                        f"endpoint {self.name}: version {version} did not become Healthy: "
-                        f"{state.get('update_error') or state.get('error')}\n"
-                        f"{self._endpoints.tail(self.name)}")
-                if time.monotonic() > deadline:
-                    raise EndpointError(f"endpoint {self.name}: not Healthy after "
-                                        f"{timeout:g} s ({state['state']})")
-                time.sleep(0.1)
+            self._endpoints.wait_healthy(self.name, version, timeout=timeout, gave_up=gave_up,
+                                         say=_print if show_output else lambda line: None)
         finally:
             if api:
                 api.close()

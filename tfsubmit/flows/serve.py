@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from tfsubmit.serving.endpoints import Endpoints
 from tfsubmit.spec.environment import Environment
 from tfsubmit.store.layout import Workspace
+from tfsubmit.tasks.retries import may_pass
 
 
 def _say(endpoints: Endpoints, name: str):
@@ -25,7 +26,7 @@ def _say(endpoints: Endpoints, name: str):
     return say
 
 
-@task(name="environment", retries=1, retry_delay_seconds=10)
+@task(name="environment", retries=1, retry_delay_seconds=10, retry_condition_fn=may_pass)
 def inference_environment(workspace: str, endpoint: str, version: int) -> dict:
     endpoints = Endpoints(Workspace(workspace))
     try:
@@ -77,7 +78,15 @@ def deploy_model(endpoint: str, version: int, workspace: str | None = None) -> d
         workspace: the workspace folder (default: TFSUBMIT_WORKSPACE or ~/.tfsubmit).
     """
     ws = str(Workspace(workspace).root)
-    env = inference_environment(ws, endpoint, version)
-    provision_endpoint(ws, endpoint, version, env)
-    start_endpoint(ws, endpoint, version)
-    return wait_healthy(ws, endpoint, version)
+    try:
+        env = inference_environment(ws, endpoint, version)
+        provision_endpoint(ws, endpoint, version, env)
+        start_endpoint(ws, endpoint, version)
+        return wait_healthy(ws, endpoint, version)
+    except Exception as exc:
+        endpoints = Endpoints(Workspace(ws))
+        try:
+            endpoints.deployment_failed(endpoint, version, str(exc).splitlines()[0][:500])
+        finally:
+            endpoints.close()
+        raise

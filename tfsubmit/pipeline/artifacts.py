@@ -93,13 +93,14 @@ def outputs_markdown(run_id: str, root: Path, outputs: list[str]) -> str:
     for name in outputs[:200]:
         path = root / name
         size = path.stat().st_size if path.is_file() else 0
-        lines.append(f"| `{name}` | {_size(size)} |")
+        lines.append(f"| `{name}` | {human_size(size)} |")
     if len(outputs) > 200:
         lines.append(f"| ... {len(outputs) - 200} more | |")
     return "\n".join(lines)
 
 
-def _size(count: float) -> str:
+def human_size(count: float) -> str:
+    """Bytes as people read them: 512 B, 27.3 KB, 1.2 MB."""
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1024 or unit == "GB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

@@ -431,11 +431,14 @@ class Endpoints:
             files.signal(pid, sig)
 
     def wait_healthy(self, name: str, version: int, *, timeout: float = 900.0,
-                     say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+                     say: Callable[[str], None] = lambda line: None,
+                     gave_up: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
         """Until `version` serves (Healthy), following the endpoint's log; EndpointError
-        when it failed, naming why and the log's last lines."""
+        when it failed, naming why and the log's last lines. `gave_up` (asked about once a
+        second) says why the deployment ended without it, if it did (its flow run ended)."""
         deadline = time.monotonic() + timeout
         lines = self.follow_log(name)
+        next_ask = 0.0
         while True:
             for line in lines:
                 if line is None:
@@ -444,16 +447,35 @@ class Endpoints:
             state = self.state(name)
             if state["state"] == HEALTHY and state.get("version") == version:
                 return state
+            why = None
             if state["state"] == FAILED or (state.get("update_error")
                                             and f"version {version} " in
                                             state["update_error"]):
-                raise EndpointError(f"endpoint {name}: version {version} did not become "
-                                    f"Healthy: {state.get('update_error') or state['error']}"
-                                    f"\n{self.tail(name)}")
-            if time.monotonic() > deadline:
-                raise EndpointError(f"endpoint {name}: version {version} not Healthy after "
-                                    f"{timeout:g} s ({state['state']})\n{self.tail(name)}")
+                why = f"did not become Healthy: {state.get('update_error') or state['error']}"
+            elif time.monotonic() > next_ask:
+                next_ask = time.monotonic() + 1.0
+                why = gave_up()
+                if why and self.state(name).get("version") == version \
+                        and self.state(name)["state"] == HEALTHY:
+                    return self.state(name)
+            if why is None and time.monotonic() > deadline:
+                why = f"not Healthy after {timeout:g} s ({state['state']})"
+            if why:
+                raise EndpointError(f"endpoint {name}: version {version} {why}\n"
+                                    f"{self.tail(name)}")
             time.sleep(0.1)
+
+    def deployment_failed(self, name: str, version: int, error: str) -> None:
+        """A deployment that failed before its supervisor served: the endpoint reads Failed,
+        saying why (one that serves an older version keeps serving, and says so)."""
+        config = self.config(name)
+        files = self._files(config)
+        if self._supervisor_alive(config):
+            state = _json(files.read("state.json")) or {}
+            state["update_error"] = f"version {version} was not deployed: {error}"
+        else:
+            state = {"state": FAILED, "version": None, "error": error}
+        files.write("state.json", json.dumps(state).encode())
 
     def follow_log(self, name: str) -> Iterator[str | None]:
         """New lines of the deployment's log (deploy.log, here) and of the endpoint's

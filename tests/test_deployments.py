@@ -241,7 +241,7 @@ def test_deployment_run_trains_the_example(deployed, example_run):
     assert f"[tfsubmit] run {run_id} Completed" in logs
 
     artifacts = deployed.artifacts_of(flow_run_id)
-    assert set(artifacts) == {"metrics", "progress", "summary", "outputs"}
+    assert set(artifacts) == {"metrics", "progress", "summary", "outputs", "curves"}
     rows = {row["metric"]: row for row in json.loads(artifacts["metrics"]["data"])}
     assert len(rows["loss"]["values"]) == 3 and rows["loss"]["last"] == rows["loss"]["values"][-1]
     assert rows["val_loss"]["min"] <= rows["val_loss"]["values"][0]

@@ -133,6 +133,12 @@ def test_tf_serving_api_serves_a_model_without_a_scoring_script(workspace, train
     listing = run_cli("endpoints")
     assert "toy-tfs" in listing.stdout and "Healthy" in listing.stdout
     folder = Endpoints(workspace).folder("toy-tfs")
+    # Its supervisor killed outright: the endpoint reads Failed, and delete still leaves
+    # nothing (the orphaned server process is found from the state it kept).
+    supervisor = json.loads((folder / "supervisor.json").read_text())["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until(lambda: endpoint.state == "Failed", 60, "the endpoint read Failed")
+    assert _processes_of(folder)  # its server, orphaned, still serving
     assert run_cli("endpoints", "delete", "toy-tfs").returncode == 0
     assert _processes_of(folder) == [] and not folder.exists()
 

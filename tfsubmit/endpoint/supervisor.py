@@ -127,6 +127,9 @@ class Supervisor:
         self.log.write(f"[supervisor] {time.strftime('%H:%M:%S')} {text}\n")
 
     def save(self, **changes: Any) -> None:
+        # Every server process it holds, for whoever must stop them if it cannot.
+        changes["children"] = [server.pid for server in
+                               (self.current, self.pending, *self.retiring) if server]
         self.state.update(changes, updated=time.time())
         _write_json(self.folder / "state.json", self.state)
 
@@ -185,17 +188,20 @@ class Supervisor:
     def start(self, version: int) -> Server:
         server = Server(self.folder, version, self.sock, self.log)
         self.say(f"started version {version} (pid {server.pid})")
+        self.save(children=[])  # noted before anything else can happen to it
+        self.state["children"].append(server.pid)
+        _write_json(self.folder / "state.json", self.state)
         return server
 
     def watch_pending(self) -> None:
         pending = self.pending
         if pending.ready():
             old, self.current, self.pending = self.current, pending, None
+            old.retire()
+            self.retiring.append(old)
             self.save(state="Healthy", version=pending.version, child=pending.pid, error=None)
             self.say(f"version {pending.version} is serving; retiring version {old.version} "
                      "(it answers what it took, then exits)")
-            old.retire()
-            self.retiring.append(old)
             self.failures = self.crashes = 0
         elif not pending.alive() or time.monotonic() - pending.started > READY_TIMEOUT:
             pending.stop(grace=1)

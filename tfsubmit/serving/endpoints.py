@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tfsubmit.errors import EndpointError, JobSpecError, NotSupportedError, TfsubmitError
-from tfsubmit.serving.hosts import LocalFiles, SSHFiles
+from tfsubmit.serving.hosts import SERVER, LocalFiles, SSHFiles
 from tfsubmit.spec.environment import Environment, EnvironmentSpec, local_content
 from tfsubmit.store.layout import Workspace, read_json, write_json
 from tfsubmit.store.package import runtime_dir
@@ -518,6 +518,9 @@ class Endpoints:
                 pass
         elif self._supervisor_alive(config):
             self._signal(config, signal.SIGKILL)
+        if not config.get("container"):  # a supervisor killed before it could stop them
+            for pid in (_json(files.read("state.json")) or {}).get("children") or []:
+                files.signal(pid, signal.SIGKILL, SERVER)
         kept = self.root / ".deleted" / f"{name}-{time.strftime('%Y%m%d_%H%M%S')}.log"
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_bytes((LocalFiles(folder).read("deploy.log") or b"")

@@ -16,6 +16,7 @@ from tfsubmit.system.processes import pid_alive
 from tfsubmit.targets.ssh import Connection, _sftp_makedirs, shell_join
 
 SUPERVISOR = "tfsubmit.endpoint.supervisor"
+SERVER = "tfsubmit.endpoint.server"
 
 
 class LocalFiles:
@@ -43,19 +44,19 @@ class LocalFiles:
     def remove(self, name: str) -> None:
         (self.folder / name).unlink(missing_ok=True)
 
-    def is_supervisor(self, pid: int) -> bool:
-        """Whether `pid` is this endpoint's supervisor (not a reused pid)."""
+    def is_supervisor(self, pid: int, role: str = SUPERVISOR) -> bool:
+        """Whether `pid` is this endpoint's supervisor (or server: `role`), not a reused
+        pid."""
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return False
-        return pid_alive(pid) and SUPERVISOR.encode() in argv \
-            and str(self.folder).encode() in argv
+        return pid_alive(pid) and role.encode() in argv and str(self.folder).encode() in argv
 
-    def signal(self, pid: int, sig: int) -> None:
-        if self.is_supervisor(pid):
+    def signal(self, pid: int, sig: int, role: str = SUPERVISOR) -> None:
+        if self.is_supervisor(pid, role):
             try:
-                os.kill(pid, sig)
+                os.killpg(pid, sig) if role == SERVER else os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -107,10 +108,9 @@ class SSHFiles:
         except OSError:
             pass
 
-    def is_supervisor(self, pid: int) -> bool:
+    def is_supervisor(self, pid: int, role: str = SUPERVISOR) -> bool:
         argv = self.read_proc(pid)
-        return argv is not None and SUPERVISOR.encode() in argv \
-            and self.folder.encode() in argv
+        return argv is not None and role.encode() in argv and self.folder.encode() in argv
 
     def read_proc(self, pid: int) -> bytes | None:
         try:
@@ -118,10 +118,11 @@ class SSHFiles:
         except TargetError:
             return None
 
-    def signal(self, pid: int, sig: int) -> None:
-        if self.is_supervisor(pid):
+    def signal(self, pid: int, sig: int, role: str = SUPERVISOR) -> None:
+        if self.is_supervisor(pid, role):
+            target = f"-{int(pid)}" if role == SERVER else str(int(pid))  # a server's group
             try:
-                self.conn.run(["kill", f"-{signal.Signals(sig).name[3:]}", str(int(pid))],
+                self.conn.run(["kill", f"-{signal.Signals(sig).name[3:]}", "--", target],
                               timeout=30)
             except TargetError:
                 pass  # gone meanwhile

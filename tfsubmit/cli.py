@@ -779,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--path", default="outputs",
                           help="the file or folder, relative to the run (default: outputs)")
     register.add_argument("--tag", action="append", metavar="KEY=VALUE", help="a tag (repeat)")
-    register.add_argument("--description")
+    register.add_argument("--description", help="a line saying what this version is")
     register.set_defaults(func=_register)
 
     mods = commands.add_parser("models", help="list registered models and their versions")
@@ -809,7 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     eps = commands.add_parser("endpoints", help="list endpoints; show, logs or delete one")
     eps.add_argument("action", nargs="?", choices=("list", "show", "logs", "delete"),
-                     default="list")
+                     default="list", help="list them (default); show one's state as JSON, "
+                     "print its log, or delete it (nothing of it left running)")
     eps.add_argument("name", nargs="?", help="the endpoint (for show, logs, delete)")
     eps.add_argument("--lines", type=_positive, default=200, help="logs: the last N lines")
     eps.set_defaults(func=_endpoints)

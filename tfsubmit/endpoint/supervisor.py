@@ -188,8 +188,8 @@ class Supervisor:
     def start(self, version: int) -> Server:
         server = Server(self.folder, version, self.sock, self.log)
         self.say(f"started version {version} (pid {server.pid})")
-        self.save(children=[])  # noted before anything else can happen to it
-        self.state["children"].append(server.pid)
+        # Noted at once, before the caller holds it (save() lists the servers it holds).
+        self.state["children"] = [*self.state.get("children", []), server.pid]
         _write_json(self.folder / "state.json", self.state)
         return server
 

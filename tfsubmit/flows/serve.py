@@ -4,6 +4,9 @@ supervisor keeps it serving (tfsubmit/endpoint/supervisor.py)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from prefect import flow, get_run_logger, task
 
 from tfsubmit.serving.endpoints import Endpoints
@@ -26,41 +29,38 @@ def _say(endpoints: Endpoints, name: str):
     return say
 
 
-@task(name="environment", retries=1, retry_delay_seconds=10, retry_condition_fn=may_pass)
-def inference_environment(workspace: str, endpoint: str, version: int) -> dict:
+@contextlib.contextmanager
+def _opened(workspace: str) -> Iterator[Endpoints]:
+    """The workspace's endpoints for one step; their connections closed after it."""
     endpoints = Endpoints(Workspace(workspace))
     try:
-        env = endpoints.environment(endpoint, version, _say(endpoints, endpoint))
+        yield endpoints
     finally:
         endpoints.close()
-    return env.__dict__
+
+
+@task(name="environment", retries=1, retry_delay_seconds=10, retry_condition_fn=may_pass)
+def inference_environment(workspace: str, endpoint: str, version: int) -> dict:
+    with _opened(workspace) as endpoints:
+        return endpoints.environment(endpoint, version, _say(endpoints, endpoint)).__dict__
 
 
 @task(name="provision")
 def provision_endpoint(workspace: str, endpoint: str, version: int, env: dict) -> None:
-    endpoints = Endpoints(Workspace(workspace))
-    try:
+    with _opened(workspace) as endpoints:
         endpoints.provision(endpoint, version, Environment(**env))
-    finally:
-        endpoints.close()
 
 
 @task(name="start")
 def start_endpoint(workspace: str, endpoint: str, version: int) -> None:
-    endpoints = Endpoints(Workspace(workspace))
-    try:
+    with _opened(workspace) as endpoints:
         endpoints.start(endpoint, version, _say(endpoints, endpoint))
-    finally:
-        endpoints.close()
 
 
 @task(name="healthy")
 def wait_healthy(workspace: str, endpoint: str, version: int) -> dict:
-    endpoints = Endpoints(Workspace(workspace))
-    try:
+    with _opened(workspace) as endpoints:
         state = endpoints.wait_healthy(endpoint, version)
-    finally:
-        endpoints.close()
     get_run_logger().info(f"endpoint {endpoint} version {version}: Healthy at "
                           f"{state['scoring_uri']}")
     return state
@@ -84,9 +84,6 @@ def deploy_model(endpoint: str, version: int, workspace: str | None = None) -> d
         start_endpoint(ws, endpoint, version)
         return wait_healthy(ws, endpoint, version)
     except Exception as exc:
-        endpoints = Endpoints(Workspace(ws))
-        try:
+        with _opened(ws) as endpoints:
             endpoints.deployment_failed(endpoint, version, str(exc).splitlines()[0][:500])
-        finally:
-            endpoints.close()
         raise

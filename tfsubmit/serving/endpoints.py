@@ -455,9 +455,10 @@ class Endpoints:
             elif time.monotonic() > next_ask:
                 next_ask = time.monotonic() + 1.0
                 why = gave_up()
-                if why and self.state(name).get("version") == version \
-                        and self.state(name)["state"] == HEALTHY:
-                    return self.state(name)
+                if why:  # it may have served just before its flow run ended
+                    state = self.state(name)
+                    if state["state"] == HEALTHY and state.get("version") == version:
+                        return state
             if why is None and time.monotonic() > deadline:
                 why = f"not Healthy after {timeout:g} s ({state['state']})"
             if why:

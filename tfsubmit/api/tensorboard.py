@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from typing import Any
 
 from tfsubmit.errors import TfsubmitError
 from tfsubmit.runtime.metrics import KIND_LIST, TOTAL_EPOCHS, read_records
+from tfsubmit.service.server import free_port
 from tfsubmit.store.layout import Workspace
 
 REFRESH_SECONDS = 2.0
@@ -131,7 +131,7 @@ class TensorBoard:
             self._converters.append(_Converter(run, label / "metrics"))
         for converter in self._converters:
             converter.refresh()
-        port = self.port or _free_port(self.host)
+        port = self.port or free_port(self.host)
         log = (self.folder / "tensorboard.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.folder),
@@ -225,8 +225,3 @@ class TensorBoard:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]

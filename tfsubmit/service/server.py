@@ -98,9 +98,10 @@ def server_status(workspace: Workspace) -> ServerInfo:
     return ServerInfo(state["pid"], state["port"], state["api_url"], running, embedded=True)
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on now (the embedded server's, an endpoint's, TensorBoard's)."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -144,7 +145,7 @@ def ensure_server(workspace: Workspace, *, port: int | None = None,
             # worker does not: started before the API answers, Prefect's worker backs its
             # polls off (up to a minute) and took 24 s more to pick up the first run.
             info = _await_started(workspace) or _start(
-                workspace, port or _saved_port(workspace) or _free_port(),
+                workspace, port or _saved_port(workspace) or free_port(),
                 meanwhile=lambda api_url: forkserver.ensure(workspace, api_url))
             say(f"Prefect server ready in {time.monotonic() - began:.1f} s: UI {info.ui_url}")
         forkserver.ensure(workspace, info.api_url)

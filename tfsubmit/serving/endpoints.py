@@ -29,9 +29,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tfsubmit.errors import EndpointError, JobSpecError, NotSupportedError, TfsubmitError
+from tfsubmit.errors import EndpointError, JobSpecError, NotSupportedError
+from tfsubmit.service.server import free_port
 from tfsubmit.serving.hosts import SERVER, LocalFiles, SSHFiles
-from tfsubmit.spec.environment import Environment, EnvironmentSpec, local_content
+from tfsubmit.spec.environment import (
+    Environment,
+    EnvironmentSpec,
+    local_content,
+    tensorflow_package,
+)
+from tfsubmit.spec.job import DEFAULT_FRAMEWORK_VERSION
 from tfsubmit.store.layout import Workspace, read_json, write_json
 from tfsubmit.store.package import runtime_dir
 from tfsubmit.store.registry import ModelRegistry, parse_reference
@@ -47,12 +54,6 @@ SERVING_PACKAGES = ("starlette>=0.40", "uvicorn>=0.30")
 _NAME = re.compile(r"[a-z][a-z0-9-]{1,30}[a-z0-9]")  # Azure's rule for service names
 ENDPOINT_LABEL = "tfsubmit.endpoint"
 HEALTHY, UNHEALTHY, FAILED, TRANSITIONING = "Healthy", "Unhealthy", "Failed", "Transitioning"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def check_scoring_script(path: Path) -> None:
@@ -198,7 +199,7 @@ class Endpoints:
             raise EndpointError(f"endpoint {name!r} exists (serving "
                                 f"{self.state(name)['model']}); update it, deploy with "
                                 "overwrite=True (--overwrite), or delete it first")
-        script = None
+        script = root = None
         if score_script:
             base = Path(source_directory or ".").resolve()
             script = (base / score_script).resolve()
@@ -206,6 +207,8 @@ class Endpoints:
             if not script.is_relative_to(base):
                 raise JobSpecError(f"entry_script {score_script!r} is outside "
                                    f"source_directory {str(base)!r}")
+            # What is deployed with it: source_directory, else the script's own folder.
+            root = base if source_directory else script.parent
         kind = self._target_kind(target)
         if running and existing["target"] != target:
             raise EndpointError(f"endpoint {name!r} runs on target {existing['target']!r}; "
@@ -227,9 +230,7 @@ class Endpoints:
         if script is not None:
             source = folder / "source" / str(version)
             shutil.rmtree(source, ignore_errors=True)
-            shutil.copytree(script.parent if not source_directory
-                            else Path(source_directory).resolve(), source,
-                            ignore=shutil.ignore_patterns("__pycache__", ".git"))
+            shutil.copytree(root, source, ignore=shutil.ignore_patterns("__pycache__", ".git"))
         old_keys = (self.spec(name, existing["current"]).get("keys") if existing else None)
         keys = (old_keys or [secrets.token_urlsafe(24), secrets.token_urlsafe(24)]) \
             if auth else []
@@ -239,9 +240,7 @@ class Endpoints:
             "model_version": info["version"],
             "model_dir": str(registry.model_dir(info)),
             "model_path": str(registry.model_path(info)),
-            "score_script": str(source / script.relative_to(
-                script.parent if not source_directory else Path(source_directory).resolve()))
-            if source else None,
+            "score_script": str(source / script.relative_to(root)) if source else None,
             "cwd": str(source) if source else None,
             "framework_version": job.get("framework_version"),
             "use_gpu": bool(job.get("use_gpu")),
@@ -303,10 +302,8 @@ class Endpoints:
         """The inference environment: TensorFlow as the model was trained with, its pip
         packages, and the server's; built once and cached like training environments."""
         config, spec = self.config(name), self.spec(name, version)
-        framework = spec.get("framework_version") or _default_framework()
-        package = "tensorflow" if spec.get("use_gpu") else "tensorflow-cpu"
-        tf_req = f"{package}=={framework}.*" if framework.count(".") == 1 \
-            else f"{package}=={framework}"
+        tf_req = tensorflow_package(spec.get("framework_version") or DEFAULT_FRAMEWORK_VERSION,
+                                    gpu=bool(spec.get("use_gpu")))
         requirements = (tf_req, *SERVING_PACKAGES, *spec.get("pip_packages", []))
         env_spec = EnvironmentSpec(python_version="{}.{}.{}".format(*sys.version_info[:3]),
                                    requirements=requirements,
@@ -544,17 +541,3 @@ def _check_port_free(port: int) -> None:
     except OSError:
         raise JobSpecError(f"port {port} is in use on this machine; choose another "
                            "(or leave it out for a free one)") from None
-
-
-def _default_framework() -> str:
-    from tfsubmit.spec.job import TrainingJob
-
-    return TrainingJob.model_fields["framework_version"].default
-
-
-def describe(state: dict[str, Any]) -> str:
-    return (f"{state['name']}: {state['state']} {state['model']} on {state['target']} "
-            f"{state['scoring_uri']}")
-
-
-__all__ = ["Endpoints", "describe", "TfsubmitError"]

@@ -109,8 +109,12 @@ class Environment:
 
 
 def tensorflow_requirement(job: TrainingJob) -> str:
-    package = "tensorflow" if job.use_gpu else "tensorflow-cpu"
-    version = job.framework_version
+    return tensorflow_package(job.framework_version, gpu=job.use_gpu)
+
+
+def tensorflow_package(version: str, *, gpu: bool) -> str:
+    """TensorFlow's pip requirement: `tensorflow-cpu==2.21.*` (the GPU build with gpu)."""
+    package = "tensorflow" if gpu else "tensorflow-cpu"
     return f"{package}=={version}.*" if version.count(".") == 1 else f"{package}=={version}"
 
 

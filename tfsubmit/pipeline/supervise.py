@@ -346,7 +346,7 @@ class _Run:
             except TfsubmitError as exc:  # a host stopped answering
                 return "Failed", str(exc)
             if self.silence_seconds is not None:
-                self._say_silences(codes, now, activity)
+                self._say_silences(codes, deciding, now, activity)
             for i, code in enumerate(codes):
                 if code not in (None, 0) or (code == 0 and not deciding[i]
                                              and any(deciding)):
@@ -358,8 +358,11 @@ class _Run:
                 if all(code == 0 for code, d in zip(codes, deciding, strict=True) if d):
                     return "Completed", None
 
-    def _say_silences(self, codes: list[int | None], now: float, activity) -> None:
-        """Name a task silent for silence_seconds while others ended or went on; say the
+    def _say_silences(self, codes: list[int | None], deciding: list[bool], now: float,
+                      activity) -> None:
+        """Name a task whose exit decides the job (a ps serves, silent by design) silent for
+        silence_seconds while another ended (before or after its last line: on a loaded
+        machine a task may print its last line after a fast one ended) or went on; say the
         stall hint when nothing ended and no metric came for that long."""
         for i, code in enumerate(codes):
             if code is not None:
@@ -367,12 +370,13 @@ class _Run:
         limit = self.silence_seconds
         for i, code in enumerate(codes):
             quiet_since = self.last_line_of[i]
-            if code is not None or i in self.said_silent or now - quiet_since < limit:
+            if code is not None or not deciding[i] or i in self.said_silent \
+                    or now - quiet_since < limit:
                 continue
             went_on = [self.specs[j].tag.strip("[]") + (" ended" if j in self.ended_at
                                                         else " went on")
                        for j in range(len(codes)) if j != i
-                       and (self.ended_at.get(j, 0.0) > quiet_since
+                       and (j in self.ended_at
                             or self.last_line_of[j] > quiet_since + limit / 2)]
             if went_on:
                 self.said_silent.add(i)

@@ -132,9 +132,9 @@ class TrainingJob(BaseModel):
     )
     silence_notice_seconds: float = Field(
         default=180.0,
-        description="Say in the run's log when a task has printed nothing this long while "
-        "others ended or went on (it may wait for something that never comes), and, for a "
-        "ps job without a chief, when no task ended and no metric came this long.",
+        description="Say in the run's log when a worker or chief has printed nothing this "
+        "long while others ended or went on (it may wait for something that never comes), "
+        "and, for a ps job without a chief, when no task ended and no metric came this long.",
     )
     node_count: int = Field(default=1, description="Number of nodes.")
     process_count_per_node: int = Field(default=1, description="Processes on each node.")

@@ -28,4 +28,5 @@ unset PREFECT_API_URL
 .venv/bin/ruff check tfsubmit tests benchmarks
 # The docs site builds with every link and anchor true (MkDocs' strict mode).
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet -d "$(mktemp -d)"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The slowest tests are listed at the end: CI should stay under 30 minutes.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"

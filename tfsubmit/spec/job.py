@@ -132,8 +132,9 @@ class TrainingJob(BaseModel):
     )
     silence_notice_seconds: float = Field(
         default=180.0,
-        description="Say in the run's log when a worker or chief has printed nothing this "
-        "long while others ended or went on (it may wait for something that never comes), "
+        description="Say in the run's log when a task whose exit decides the job (the chief, "
+        "or the workers of a job without one; never a ps) has printed nothing this long while "
+        "others ended or went on (it may wait for something that never comes), "
         "and, for a ps job without a chief, when no task ended and no metric came this long.",
     )
     node_count: int = Field(default=1, description="Number of nodes.")

@@ -172,6 +172,14 @@ def test_azure_inputs_that_cannot_work_are_refused(workspace):
                         arguments=[Dataset.File.from_files(str(NOTEBOOK)).as_mount()]).to_job()
     with pytest.raises(JobSpecError, match="exactly one of run_config"):
         HyperDriveConfig(RandomParameterSampling({"a": randint(3)}), "loss", "MINIMIZE", 2)
+    # max_duration_minutes limits the whole sweep, as Azure's does; a trial keeps its own.
+    limited = HyperDriveConfig(
+        run_config=ScriptRunConfig(str(NOTEBOOK), "train.py", max_run_duration_seconds=300),
+        hyperparameter_sampling=RandomParameterSampling({"--a": choice(1, 2)}),
+        primary_metric_name="loss", primary_metric_goal="MINIMIZE", max_total_runs=2,
+        max_duration_minutes=30).to_sweep()
+    assert limited.max_duration_seconds == 1800
+    assert limited.estimator.max_run_duration_seconds == 300
     env = Environment.get(ws, "AzureML-TensorFlow-2.3-GPU")
     assert (env.framework_version, env.use_gpu) == ("2.12", True)  # the nearest supported
     assert randint(3).low == 0 and randint(3).high == 2  # Azure's [0, upper)

@@ -284,6 +284,34 @@ def test_tuner_stops_a_trial_the_policy_gives_up_on(tmp_path):
     assert RunRecord(ws.paths_of(by_loss[5.0].run_id)).read()["early_terminated"] is True
 
 
+def test_a_sweep_out_of_time_cancels_its_running_trials_and_starts_no_more(tmp_path):
+    """max_duration_seconds limits the whole sweep (Azure's max_duration_minutes): when it
+    is reached the running trial is canceled, none is started after, and the reason says
+    what is left."""
+    ws = Workspace(tmp_path / "ws")
+    (tmp_path / "scored.py").write_text("")
+    spec = _sweep(tmp_path, [0.4, 0.3, 0.2], sampling="grid", max_total_runs=3,
+                  max_duration_seconds=1)
+    ran: list[str] = []
+
+    def run_trial(run_id: str, job: TrainingJob) -> None:  # trains until it is canceled
+        ran.append(run_id)
+        _finish(ws, run_id, _log_losses(ws, run_id, [0.5] * 100_000, pause=0.02))
+
+    tuner = _tuner(ws, spec, run_trial)
+    began = time.monotonic()
+    assert tuner.run() is False
+    assert time.monotonic() - began < 60
+    assert ran == ["sweep1_t000"]
+    assert tuner.stopped_by == ("stopped: the sweep reached its max_duration_seconds (1 s) "
+                                "with 1 trial(s) running and 2 not started; run.resume() goes "
+                                "on with the trials left")
+    (trial,) = tuner.trials.values()
+    assert trial.status == "Canceled" and trial.value == 0.5
+    assert RunRecord(ws.paths_of("sweep1_t000")).read()["status"] == "Canceled"
+    assert tuner.stopped_by in ws.paths_of("sweep1").output_log.read_text()
+
+
 def test_a_failed_scripts_traceback_keeps_its_own_frames():
     """Issue 28: the user's file and line survive however deep the library stack is; runs
     of library frames in between become one line each."""

@@ -58,6 +58,8 @@ def test_bad_spaces_name_the_parameter(job, space, sampling, message):
     ({"max_total_runs": 0}, "max_total_runs: must be a whole number of at least 1"),
     ({"max_concurrent_runs": 1.5}, "max_concurrent_runs: must be a whole number"),
     ({"primary_metric": ""}, "primary_metric: name the metric"),
+    ({"max_duration_seconds": 0}, "max_duration_seconds: the whole sweep's limit"),
+    ({"max_duration_seconds": "1h"}, "max_duration_seconds: .* above 0 .got '1h'"),
     ({"early_termination": BanditPolicy()}, "bandit needs exactly one of slack_factor"),
     ({"early_termination": {"policy": "truncation"}}, "early_termination: write"),
     ({"early_termination": MedianStopping(evaluation_interval=0)},

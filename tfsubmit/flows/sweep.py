@@ -80,7 +80,7 @@ def run_sweep(run_id: str, workspace: str | None = None, sweep: dict[str, Any] |
                   f"({spec.goal})")
         finished = tuner.run()
         outcome = COMPLETED if finished else CANCELED
-        error = None if finished else "canceled by the user"
+        error = tuner.stopped_by
         best = tuner.best()
         log.event(f"sweep {run_id} {outcome}: " + (
             f"best trial {best.number} ({best.run_id}) {spec.primary_metric} {best.value:.6g} "

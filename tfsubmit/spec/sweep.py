@@ -360,6 +360,7 @@ class Sweep:
         early_termination: MedianStopping | BanditPolicy | TruncationSelection | dict
         | None = None,
         seed: int | None = None,
+        max_duration_seconds: float | None = None,
     ) -> None:
         if not isinstance(estimator, TrainingJob):
             raise JobSpecError("estimator: must be a TensorFlow(...) job")
@@ -389,6 +390,12 @@ class Sweep:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise JobSpecError(f"{field}: must be a whole number of at least 1 "
                                    f"(got {value!r})")
+        if max_duration_seconds is not None and (
+                isinstance(max_duration_seconds, bool)
+                or not isinstance(max_duration_seconds, int | float)
+                or not 0 < max_duration_seconds < math.inf):
+            raise JobSpecError("max_duration_seconds: the whole sweep's limit, a number of "
+                               f"seconds above 0 (got {max_duration_seconds!r})")
         self.early_termination = policy_from_data(early_termination)
         if self.early_termination is not None:
             self.early_termination.check()
@@ -399,6 +406,7 @@ class Sweep:
         self.max_total_runs = max_total_runs
         self.max_concurrent_runs = max_concurrent_runs
         self.seed = seed
+        self.max_duration_seconds = max_duration_seconds
 
     def __repr__(self) -> str:
         return (f"Sweep({self.sampling}, {self.max_total_runs} runs, {self.primary_metric} "
@@ -445,6 +453,7 @@ class Sweep:
             "max_concurrent_runs": self.max_concurrent_runs,
             "early_termination": self.early_termination and self.early_termination.to_data(),
             "seed": self.seed,
+            "max_duration_seconds": self.max_duration_seconds,
         }
 
     @classmethod
@@ -455,7 +464,7 @@ class Sweep:
             raise JobSpecError("estimator: a sweep needs the job to tune under `estimator:` "
                                "(source_directory, entry_script, ...)")
         known = {"space", "sampling", "primary_metric", "goal", "max_total_runs",
-                 "max_concurrent_runs", "early_termination", "seed"}
+                 "max_concurrent_runs", "early_termination", "seed", "max_duration_seconds"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise JobSpecError(f"{unknown[0]}: unknown sweep field (known: "

@@ -122,6 +122,7 @@ class Tuner:
         self.trials: dict[int, Trial] = {}
         self.running: list[Trial] = []
         self.distributions = _distributions(spec)
+        self.stopped_by: str | None = None  # why run() stopped before the budget was spent
         self._load_finished()
 
     # -- resuming ------------------------------------------------------------------------------
@@ -157,10 +158,25 @@ class Tuner:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> bool:
-        """Run trials until the budget is spent; False when the sweep was canceled."""
+        """Run trials until the budget is spent; False when the sweep was canceled or ran
+        out of its max_duration_seconds (counted from this process's start, so a resumed
+        sweep has the whole limit again), with the reason in stopped_by."""
+        limit = self.spec.max_duration_seconds
+        deadline = None if limit is None else time.monotonic() + limit
         while True:
             if self.cancel.is_set():
                 self._stop_all("canceled: the sweep was canceled")
+                self.stopped_by = "canceled by the user"
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                left = self.spec.total_runs - len(self.trials)
+                self.stopped_by = (
+                    f"stopped: the sweep reached its max_duration_seconds ({limit:g} s) with "
+                    f"{len(self.running)} trial(s) running and {left} not started; "
+                    "run.resume() goes on with the trials left")
+                self.log.event(self.stopped_by)
+                self._stop_all(f"canceled: the sweep reached its max_duration_seconds "
+                               f"({limit:g} s)")
                 return False
             while len(self.running) < self.spec.max_concurrent_runs and \
                     len(self.trials) < self.spec.total_runs:

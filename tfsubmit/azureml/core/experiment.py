@@ -69,7 +69,7 @@ class ScriptRunConfig:
         self.max_run_duration_seconds = max_run_duration_seconds
         self.node_count = node_count
 
-    def to_job(self, **overrides: Any):
+    def to_job(self):
         """The tfsubmit job it describes."""
         from tfsubmit.spec.job import TensorFlow
 
@@ -88,7 +88,6 @@ class ScriptRunConfig:
             fields["node_count"] = self.node_count
         if self.max_run_duration_seconds:
             fields["max_run_duration_seconds"] = self.max_run_duration_seconds
-        fields.update(overrides)
         return TensorFlow(**{k: v for k, v in fields.items() if v is not None})
 
 

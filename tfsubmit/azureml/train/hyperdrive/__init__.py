@@ -154,15 +154,10 @@ class HyperDriveConfig:
         self.run_config = run_config
 
     def to_sweep(self) -> _sweep.Sweep:
-        """The tfsubmit sweep: each trial's limit is max_duration_minutes (the closest
-        tfsubmit has to a limit on the whole sweep)."""
-        limit = {"max_run_duration_seconds": self.max_duration_minutes * 60}
-        if self.run_config is not None:
-            job = self.run_config.to_job(**({} if self.run_config.max_run_duration_seconds
-                                            else limit))
-        else:
-            job = self.estimator if self.estimator.max_run_duration_seconds is not None \
-                else self.estimator.model_copy(update=limit)
+        """The tfsubmit sweep. max_duration_minutes limits the whole sweep, as in Azure (its
+        running trials are canceled when it is reached); a trial's own limit is its
+        config's max_run_duration_seconds."""
+        job = self.run_config.to_job() if self.run_config is not None else self.estimator
         if job.script_params is not None and not isinstance(job.script_params, dict):
             raise JobSpecError("arguments: HyperDrive adds its values as `--name value`, so "
                                "the script's arguments must be flag and value pairs")
@@ -171,4 +166,5 @@ class HyperDriveConfig:
                             goal=self.primary_metric_goal.lower(),
                             sampling=self.sampling.method, max_total_runs=self.max_total_runs,
                             max_concurrent_runs=self.max_concurrent_runs,
-                            early_termination=self.policy)
+                            early_termination=self.policy,
+                            max_duration_seconds=self.max_duration_minutes * 60)

@@ -57,6 +57,16 @@ INPUTS_DIR = ".inputs"
 ScriptParamValue = str | int | float | bool | None | list[str | int | float]
 
 
+def duration_problem(value: Any) -> str | None:
+    """Why `value` is not a positive, finite number of seconds; None when it is (the rule
+    of every duration field, a job's and a sweep's)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number of seconds (got {value!r})"
+    if not math.isfinite(value) or value <= 0:
+        return f"must be a positive, finite number of seconds (got {value!r})"
+    return None
+
+
 class TrainingJob(BaseModel):
     """One TensorFlow training job, validated on construction."""
 
@@ -301,12 +311,9 @@ class TrainingJob(BaseModel):
                      "startup_timeout_seconds", "silence_notice_seconds", mode="before")
     @classmethod
     def _positive_duration(cls, value: Any) -> Any:
-        if value is None:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be a number of seconds (got {value!r})")
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"must be a positive, finite number of seconds (got {value!r})")
+        problem = value is not None and duration_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("node_count", "process_count_per_node", "worker_count",

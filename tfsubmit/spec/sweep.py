@@ -18,7 +18,7 @@ from typing import Any
 
 from tfsubmit.errors import JobSpecError
 from tfsubmit.spec import goals
-from tfsubmit.spec.job import TrainingJob, read_spec_file
+from tfsubmit.spec.job import TrainingJob, duration_problem, read_spec_file
 
 SAMPLINGS = ("random", "grid", "bayesian")
 
@@ -390,10 +390,7 @@ class Sweep:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise JobSpecError(f"{field}: must be a whole number of at least 1 "
                                    f"(got {value!r})")
-        if max_duration_seconds is not None and (
-                isinstance(max_duration_seconds, bool)
-                or not isinstance(max_duration_seconds, int | float)
-                or not 0 < max_duration_seconds < math.inf):
+        if max_duration_seconds is not None and duration_problem(max_duration_seconds):
             raise JobSpecError("max_duration_seconds: the whole sweep's limit, a number of "
                                f"seconds above 0 (got {max_duration_seconds!r})")
         self.early_termination = policy_from_data(early_termination)
